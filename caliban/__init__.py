@@ -1,0 +1,56 @@
+"""Caliban: package research code in a Docker image and run sweeps of it.
+
+The library API mirrors the command line::
+
+    import anyio, caliban
+
+    async def main() -> None:
+        async with caliban.Session() as session:
+            result = await session.run(caliban.RunRequest(
+                project=caliban.ProjectOptions(entry="train.py", use_gpu=False),
+                experiments={"learning_rate": [0.01, 0.1]},
+            ))
+            print(result.counts)
+
+    anyio.run(main)
+
+Names are imported lazily so that importing caliban (and ``caliban --help``)
+stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.5.0.dev0"
+
+_EXPORTS = {
+    "Session": "caliban.orchestrator",
+    "RunResult": "caliban.orchestrator",
+    "ProjectOptions": "caliban.options",
+    "RunRequest": "caliban.options",
+    "JobRecord": "caliban.spec",
+    "JobState": "caliban.spec",
+    "JobMode": "caliban.spec",
+    "Platform": "caliban.spec",
+    "CalibanError": "caliban.errors",
+    "ConfigError": "caliban.errors",
+    "BackendError": "caliban.errors",
+    "BuildError": "caliban.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'caliban' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -1,0 +1,128 @@
+"""Plain data shared by every layer: modes, platforms, job states, entrypoints.
+
+Standard library only. Everything here is immutable and cheap to build, so the
+pure modules (experiment, dockerfile, labels, ...) can pass it around freely.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class JobMode(enum.StrEnum):
+    """Whether a job's image and container are set up for GPUs."""
+
+    CPU = "cpu"
+    GPU = "gpu"
+
+    @classmethod
+    def parse(cls, text: str) -> JobMode:
+        """Accept any case and surrounding whitespace, as the original did."""
+        try:
+            return cls(text.strip().lower())
+        except ValueError:
+            raise ValueError(f"unknown job mode {text!r}: use 'cpu' or 'gpu'") from None
+
+
+class Platform(enum.StrEnum):
+    LOCAL = "local"
+    VERTEX = "vertex"
+    GKE = "gke"
+
+
+class JobState(enum.StrEnum):
+    """One state machine for every platform.
+
+    PLANNED is written before any side effect: a PLANNED job may or may not exist
+    on its platform and is reconciled (looked up by its job id) before it is
+    sent again. UNKNOWN means the last lookup failed; it is *not* terminal and
+    the next refresh tries again.
+    """
+
+    PLANNED = "PLANNED"
+    SUBMITTED = "SUBMITTED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    STOPPED = "STOPPED"
+    UNKNOWN = "UNKNOWN"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+    @property
+    def active(self) -> bool:
+        """Submitted to (or running on) a platform and not finished."""
+        return self in (JobState.SUBMITTED, JobState.RUNNING, JobState.UNKNOWN)
+
+
+_TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED})
+
+
+class EntryKind(enum.StrEnum):
+    MODULE = "module"  # python3 -m pkg.mod
+    SCRIPT = "script"  # python3 path/to/file.py
+    FILE = "file"  # /bin/bash path/to/file
+
+
+@dataclass(frozen=True)
+class Entrypoint:
+    """What the image runs, and which part of the project folder it needs.
+
+    ``package_path`` is the first path component of the target (``trainer`` for
+    ``trainer/train.py`` or ``trainer.train``), or ``.`` for a file at the root
+    of the project, in which case the whole folder is copied.
+    """
+
+    kind: EntryKind
+    target: str
+    package_path: str
+
+    @property
+    def command(self) -> tuple[str, ...]:
+        if self.kind is EntryKind.MODULE:
+            return ("python3", "-m", self.target)
+        if self.kind is EntryKind.SCRIPT:
+            return ("python3", self.target)
+        return ("/bin/bash", self.target)
+
+    @property
+    def display(self) -> str:
+        return self.target
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One job as the store knows it.
+
+    ``spec`` is what the platform was (or will be) asked to run: the container
+    config for local jobs, the CustomJob body for Vertex, the Job manifest for
+    Kubernetes. ``details`` holds where it went (region, cluster, namespace)
+    and what the platform called it (``platform_id``).
+    """
+
+    job_id: str
+    platform: Platform
+    state: JobState
+    xgroup: str
+    experiment_id: int
+    index: int
+    args: tuple[str, ...]
+    kwargs: dict[str, object]
+    image: str
+    spec: dict[str, object]
+    details: dict[str, object]
+    platform_id: str | None
+    exit_code: int | None
+    message: str | None
+    log_path: str | None
+    user: str
+    created: str
+    updated: str
+    container_spec_id: int = 0
+
+    @property
+    def short_id(self) -> str:
+        return self.job_id[-8:]
