@@ -1,0 +1,164 @@
+"""Identifiers and names: caliban job ids, Kubernetes and Vertex names.
+
+A job id is a ULID written in lowercase Crockford base32: 26 characters of
+``[0-9a-z]``, 48 bits of milliseconds then 80 random bits. Ids sort by
+creation time, are unique across processes without coordination, and are
+usable unchanged as a Google label value, a Docker container name and inside
+a DNS-1123 label.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+JOB_ID_LENGTH = 26
+DNS1123_MAX = 63
+VERTEX_DISPLAY_NAME_MAX = 128
+
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+_JOB_ID_RE = re.compile(rf"[0-7][{_CROCKFORD}]{{25}}")
+_RANDOM_BITS = 80
+_DNS_INVALID = re.compile(r"[^a-z0-9-]")
+_DOCKER_SEPARATOR = re.compile(r"[^a-z0-9]+")
+
+
+def _encode(number: int, length: int) -> str:
+    chars = []
+    for _ in range(length):
+        number, digit = divmod(number, 32)
+        chars.append(_CROCKFORD[digit])
+    return "".join(reversed(chars))
+
+
+class JobIdFactory:
+    """Makes job ids that strictly increase within one process.
+
+    Within a millisecond (or if the clock steps back) the random part of the
+    previous id is incremented instead of drawn again, so ids made in a burst
+    still sort in creation order. The clock and random source are injectable
+    for tests.
+    """
+
+    def __init__(
+        self,
+        clock_ms: Callable[[], int] | None = None,
+        random_bits: Callable[[int], int] = secrets.randbits,
+    ) -> None:
+        self._clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
+        self._random_bits = random_bits
+        self._lock = threading.Lock()
+        self._last_ms = -1
+        self._last_random = 0
+
+    def __call__(self) -> str:
+        with self._lock:
+            now = self._clock_ms()
+            if now > self._last_ms:
+                self._last_ms, self._last_random = now, self._random_bits(_RANDOM_BITS)
+            else:
+                self._last_random += 1
+                if self._last_random >> _RANDOM_BITS:
+                    # 2**80 ids in one millisecond: borrow the next one.
+                    self._last_ms, self._last_random = self._last_ms + 1, 0
+            value = (self._last_ms << _RANDOM_BITS) | self._last_random
+        return _encode(value, JOB_ID_LENGTH)
+
+
+_new_id = JobIdFactory()
+
+
+def new_job_id() -> str:
+    """A fresh job id, greater than every id made before it in this process."""
+    return _new_id()
+
+
+def is_job_id(s: str) -> bool:
+    """Whether ``s`` has the shape of a job id."""
+    return _JOB_ID_RE.fullmatch(s) is not None
+
+
+def job_id_time(job_id: str) -> datetime:
+    """When a job id was made (UTC, millisecond precision)."""
+    if not is_job_id(job_id):
+        raise ValueError(f"not a caliban job id: {job_id!r}")
+    ms = 0
+    for char in job_id[:10]:
+        ms = ms * 32 + _CROCKFORD.index(char)
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def dns1123_name(s: str) -> str:
+    """A valid DNS-1123 label (as Kubernetes names want) made from ``s``.
+
+    Lowercases; when the first character is not a letter or digit, prefixes
+    ``job-``; when the last is not, appends ``-0``; turns every other invalid
+    character into ``-``; cuts to 63 characters. Valid names come back
+    unchanged, so applying it twice changes nothing.
+    """
+    name = s.lower()
+    if not name:
+        return "job"
+    if not _alnum(name[0]):
+        name = "job-" + name
+    if not _alnum(name[-1]):
+        name += "-0"
+    name = _DNS_INVALID.sub("-", name)
+    if len(name) > DNS1123_MAX:
+        # The first character is alphanumeric, so something always remains.
+        name = name[:DNS1123_MAX].rstrip("-")
+    return name
+
+
+def _alnum(char: str) -> bool:
+    return "a" <= char <= "z" or "0" <= char <= "9"
+
+
+def k8s_job_name(prefix: str, job_id: str) -> str:
+    """A Kubernetes Job name: the sanitised prefix, ``-``, then the whole job id.
+
+    Deterministic, so a retried create after a lost response hits the same
+    name (and a 409) instead of making a duplicate.
+    """
+    if not re.fullmatch(r"[a-z0-9]+", job_id) or len(job_id) > DNS1123_MAX - 2:
+        raise ValueError(f"job id {job_id!r} cannot be part of a Kubernetes name")
+    room = DNS1123_MAX - len(job_id) - 1
+    head = dns1123_name(prefix)[:room].rstrip("-")
+    return f"{head}-{job_id}"
+
+
+def vertex_display_name(name: str, index: int) -> str:
+    """The display name of the ``index``-th job of a submission, <= 128 chars.
+
+    ``<name>_<index>`` like the original's job names (without their
+    timestamp: Vertex assigns unique job names itself). Control characters
+    are replaced and the name is cut so the index always survives.
+    """
+    suffix = f"_{index}"
+    clean = "".join(c if c.isprintable() else "_" for c in name) or "caliban"
+    return clean[: VERTEX_DISPLAY_NAME_MAX - len(suffix)] + suffix
+
+
+def default_xgroup_name(user: str, now: datetime) -> str:
+    """The experiment group of a command run without ``--xgroup``."""
+    return f"{user}-xgroup-{now:%Y-%m-%d-%H-%M-%S}"
+
+
+def docker_repo_name(folder_name: str) -> str:
+    """A Docker repository path component made from a project folder name.
+
+    Docker allows ``[a-z0-9]`` runs joined by ``.``, ``_``, ``__`` or dashes;
+    any other run of characters becomes one ``-``.
+    """
+
+    def separator(match: re.Match[str]) -> str:
+        run = match.group(0)
+        ok = run in (".", "_", "__") or set(run) == {"-"}
+        return run if ok else "-"
+
+    name = _DOCKER_SEPARATOR.sub(separator, folder_name.lower()).strip("._-")
+    return name[:128].rstrip("._-") or "caliban-project"
