@@ -1,0 +1,9 @@
+"""``python -m caliban``."""
+
+from __future__ import annotations
+
+import sys
+
+from caliban.cli import main
+
+sys.exit(main())

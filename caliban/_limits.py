@@ -1,0 +1,191 @@
+"""Concurrency limits shared by every backend: rate, retries, GPU slots.
+
+anyio only (plus tenacity for the retry loop). Nothing here knows about Docker,
+Vertex or Kubernetes; backends raise :class:`~caliban.errors.BackendError` with
+``retryable``/``retry_after`` set and these helpers decide what to do.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TypeVar
+
+import anyio
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity.stop import stop_after_delay
+from tenacity.wait import wait_base
+
+from caliban.errors import BackendError
+
+T = TypeVar("T")
+Clock = Callable[[], float]
+
+
+class TokenBucket:
+    """Paces calls to ``rate`` per second with bursts of at most ``burst``.
+
+    One bucket per quota (for Vertex: job creations per project and region).
+    Waiters are served in arrival order because anyio's Lock is fair, so a
+    sweep submits its jobs in order. :meth:`pause` lets a 429 with Retry-After
+    hold back every caller of the same quota, not just the one that was told.
+    """
+
+    def __init__(self, rate: float, burst: float = 1.0, *, clock: Clock | None = None) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.rate = rate
+        self.burst = max(1.0, burst)
+        self._clock = clock or anyio.current_time
+        self._tokens = self.burst
+        self._stamp: float | None = None
+        self._paused_until = 0.0
+        self._lock = anyio.Lock()
+
+    def _refill(self, now: float) -> None:
+        if self._stamp is not None:
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            while True:
+                now = self._clock()
+                if now < self._paused_until:
+                    await anyio.sleep(self._paused_until - now)
+                    continue
+                self._refill(now)
+                if self._tokens >= 1.0:
+                    self._tokens -= 1.0
+                    return
+                await anyio.sleep((1.0 - self._tokens) / self.rate)
+
+    def pause(self, seconds: float) -> None:
+        """Hold every caller for ``seconds`` and restart from an empty bucket."""
+        now = self._clock()
+        self._paused_until = max(self._paused_until, now + seconds)
+        self._tokens = 0.0
+        self._stamp = self._paused_until
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter, capped in attempts and total time."""
+
+    attempts: int = 6
+    initial: float = 1.0
+    max_delay: float = 60.0
+    deadline: float = 900.0
+
+    def backoff(self, attempt: int) -> float:
+        # Full jitter: spreads a thundering herd of retries over the whole window.
+        return random.uniform(0, min(self.max_delay, self.initial * 2 ** (attempt - 1)))
+
+
+class _WaitRetryAfter(wait_base):
+    """Use the server's Retry-After when it gave one, else the policy's backoff."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome is not None else None
+        if isinstance(exc, BackendError) and exc.retry_after is not None:
+            return min(exc.retry_after, self.policy.max_delay * 5)
+        return self.policy.backoff(retry_state.attempt_number)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, BackendError) and exc.retryable
+
+
+OnRetry = Callable[[int, float, BaseException], None]
+
+
+async def with_retries(
+    call: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    *,
+    on_retry: OnRetry | None = None,
+) -> T:
+    """Run ``call`` until it succeeds, fails for good, or the policy gives up.
+
+    Only :class:`BackendError` with ``retryable`` set is retried; the last
+    error is re-raised as is. ``on_retry(attempt, delay, error)`` runs before
+    each sleep so the caller can report it (and pause a shared bucket).
+    """
+
+    def before_sleep(state: RetryCallState) -> None:
+        if on_retry is None or state.outcome is None or state.next_action is None:
+            return
+        exc = state.outcome.exception()
+        if exc is not None:
+            on_retry(state.attempt_number, state.next_action.sleep, exc)
+
+    retrying = AsyncRetrying(
+        retry=retry_if_exception(is_retryable),
+        wait=_WaitRetryAfter(policy),
+        stop=stop_after_attempt(policy.attempts) | stop_after_delay(policy.deadline),
+        sleep=anyio.sleep,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            return await call()
+    raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+
+class GpuPool:
+    """Hands out GPU ids so that no two running jobs ever share one.
+
+    A job asks for ``k`` ids and waits until that many are free. Requests are
+    served strictly in arrival order: a job wanting 4 GPUs is not starved by a
+    stream of 1-GPU jobs slipping past it.
+    """
+
+    def __init__(self, ids: Sequence[str]) -> None:
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"duplicate GPU ids in {list(ids)}")
+        self.ids: tuple[str, ...] = tuple(ids)
+        self._free: set[str] = set(ids)
+        self._queue: deque[object] = deque()
+        self._cond = anyio.Condition()
+
+    @property
+    def free(self) -> frozenset[str]:
+        return frozenset(self._free)
+
+    def _order(self, gpu: str) -> int:
+        return self.ids.index(gpu)
+
+    @asynccontextmanager
+    async def acquire(self, count: int) -> AsyncIterator[tuple[str, ...]]:
+        if not 0 < count <= len(self.ids):
+            raise ValueError(f"cannot hold {count} of {len(self.ids)} GPUs")
+        ticket = object()
+        async with self._cond:
+            self._queue.append(ticket)
+            try:
+                while self._queue[0] is not ticket or len(self._free) < count:
+                    await self._cond.wait()
+            except BaseException:
+                self._queue.remove(ticket)
+                self._cond.notify_all()
+                raise
+            self._queue.popleft()
+            held = tuple(sorted(self._free, key=self._order)[:count])
+            self._free.difference_update(held)
+            # The next in line may fit in what is left.
+            self._cond.notify_all()
+        try:
+            yield held
+        finally:
+            with anyio.CancelScope(shield=True):
+                async with self._cond:
+                    self._free.update(held)
+                    self._cond.notify_all()

@@ -1,0 +1,360 @@
+"""Jobs as containers on the local Docker engine.
+
+A job's container is named ``caliban-<job id>`` and labelled with the job id,
+its experiment group and the store it belongs to, so a job can always be found
+again: by a later ``caliban status``, by ``caliban stop`` from another
+terminal, or by a re-run after a crash. Containers are removed once their
+result and output are recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiodocker
+import anyio
+from aiodocker.exceptions import DockerError
+
+from caliban import gpus
+from caliban.backends import Update
+from caliban.engine import MANAGED_LABEL, error_text, label_filter
+from caliban.errors import BackendError
+from caliban.events import JobOutput, Sink
+from caliban.spec import JobRecord, JobState
+
+JOB_LABEL = "caliban.job"
+XGROUP_LABEL = "caliban.xgroup"
+STORE_LABEL = "caliban.store"
+
+# How long a container gets between SIGTERM and SIGKILL when a run is stopped.
+STOP_GRACE = 10
+FORCED_GRACE = 0
+
+
+def container_name(job_id: str) -> str:
+    return f"caliban-{job_id}"
+
+
+def container_config(
+    *,
+    image: str,
+    argv: Sequence[str],
+    job_id: str,
+    xgroup: str,
+    store_id: str,
+    base: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The Engine API body that creates a job's container (GPUs come later)."""
+    config: dict[str, Any] = copy.deepcopy(base) if base else {}
+    config["Image"] = image
+    config["Cmd"] = list(argv)
+    config["Tty"] = False
+    config["Env"] = [
+        "PYTHONUNBUFFERED=1",
+        f"CALIBAN_JOB_ID={job_id}",
+        f"CALIBAN_XGROUP={xgroup}",
+        *config.get("Env", []),
+    ]
+    config["Labels"] = {
+        **config.get("Labels", {}),
+        MANAGED_LABEL: "true",
+        JOB_LABEL: job_id,
+        XGROUP_LABEL: xgroup,
+        STORE_LABEL: store_id,
+    }
+    host = config.setdefault("HostConfig", {})
+    # An init process forwards SIGTERM to the training script (python as
+    # PID 1 would ignore it) and reaps zombies.
+    host.setdefault("Init", True)
+    # Data loaders share tensors through /dev/shm; the original used the host IPC too.
+    host.setdefault("IpcMode", "host")
+    return config
+
+
+def with_gpus(config: dict[str, Any], ids: Sequence[str], *, simulated: bool) -> dict[str, Any]:
+    if not ids:
+        return config
+    config = copy.deepcopy(config)
+    config["Env"] = [*config.get("Env", []), *gpus.gpu_env(ids)]
+    if not simulated:
+        host = config.setdefault("HostConfig", {})
+        host["DeviceRequests"] = [*host.get("DeviceRequests", []), *gpus.device_requests(ids)]
+    return config
+
+
+class _Lines:
+    """Re-assembles lines from log frames, which may split a line anywhere."""
+
+    def __init__(self) -> None:
+        self._partial = ""
+
+    def feed(self, chunk: str) -> list[str]:
+        lines = (self._partial + chunk).split("\n")
+        self._partial = lines.pop()
+        return [line.rstrip("\r") for line in lines]
+
+    def flush(self) -> list[str]:
+        rest, self._partial = self._partial, ""
+        return [rest] if rest else []
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: JobState
+    exit_code: int | None
+    message: str | None = None
+
+
+def _is_missing(exc: DockerError) -> bool:
+    return exc.status == 404
+
+
+def _start_error(exc: DockerError) -> BackendError:
+    text = error_text(exc)
+    if "could not select device driver" in text:
+        return BackendError(
+            f"the Docker engine cannot give containers GPUs ({text})",
+            hint="install the NVIDIA container toolkit, or run with --nogpu",
+        )
+    return BackendError(f"cannot start a container: {text}", status=exc.status)
+
+
+class LocalBackend:
+    def __init__(
+        self,
+        docker: aiodocker.Docker,
+        *,
+        store_id: str,
+        sink: Sink,
+        force: anyio.Event | None = None,
+    ) -> None:
+        self.docker = docker
+        self.store_id = store_id
+        self.sink = sink
+        # Set on a second Ctrl-C: stop containers without a grace period.
+        self.force = force or anyio.Event()
+
+    async def run(
+        self,
+        job: JobRecord,
+        *,
+        label: str,
+        gpu_ids: Sequence[str] = (),
+        simulated_gpus: bool = False,
+        log_path: Path | None,
+        on_started: Callable[[str], Awaitable[None]],
+        adopt: bool = False,
+    ) -> Outcome:
+        """Run one job to completion and return how it ended.
+
+        ``adopt``: the job was planned by an earlier run that may have created
+        its container already; use that container if it is there.
+        """
+        container: aiodocker.docker.DockerContainer | None = None
+        started = False
+        if adopt:
+            container = await self._existing(job.job_id)
+            if container is not None:
+                info = await container.show()
+                started = info["State"]["Status"] != "created"
+        try:
+            if container is None:
+                config = with_gpus(job.spec, gpu_ids, simulated=simulated_gpus)
+                try:
+                    container = await self.docker.containers.create(
+                        config, name=container_name(job.job_id)
+                    )
+                except DockerError as exc:
+                    raise BackendError(
+                        f"cannot create the container of job {job.short_id}: {error_text(exc)}",
+                        status=exc.status,
+                    ) from exc
+            await on_started(container.id)
+            if not started:
+                try:
+                    await container.start()
+                except DockerError as exc:
+                    raise _start_error(exc) from exc
+            await self._follow(container, job, label, log_path)
+            try:
+                result = await container.wait()
+            except DockerError as exc:
+                if _is_missing(exc):  # removed by `caliban stop` from elsewhere
+                    return Outcome(JobState.STOPPED, None, "container removed")
+                raise
+            code = int(result.get("StatusCode", -1))
+            state = JobState.SUCCEEDED if code == 0 else JobState.FAILED
+            return Outcome(state, code, None if code == 0 else f"exit code {code}")
+        finally:
+            if container is not None:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_GRACE + 20):
+                    await self._remove(container)
+
+    async def _existing(self, job_id: str) -> aiodocker.docker.DockerContainer | None:
+        try:
+            return await self.docker.containers.get(container_name(job_id))
+        except DockerError as exc:
+            if _is_missing(exc):
+                return None
+            raise
+
+    async def _follow(
+        self,
+        container: aiodocker.docker.DockerContainer,
+        job: JobRecord,
+        label: str,
+        log_path: Path | None,
+    ) -> None:
+        lines = _Lines()
+        log_file = None
+        if log_path is not None:
+            await anyio.Path(log_path.parent).mkdir(parents=True, exist_ok=True)
+            log_file = await anyio.open_file(log_path, "a", encoding="utf-8")
+        try:
+            try:
+                async for chunk in container.log(stdout=True, stderr=True, follow=True):
+                    if log_file is not None:
+                        await log_file.write(chunk)
+                    for line in lines.feed(chunk):
+                        self.sink(JobOutput(job.job_id, label, line))
+            except DockerError as exc:
+                if not _is_missing(exc):
+                    raise
+            for line in lines.flush():
+                self.sink(JobOutput(job.job_id, label, line))
+        finally:
+            if log_file is not None:
+                with anyio.CancelScope(shield=True):
+                    await log_file.aclose()
+
+    async def _remove(self, container: aiodocker.docker.DockerContainer) -> None:
+        """Stop (politely unless forced) and remove; tolerate it being gone already."""
+        grace = FORCED_GRACE if self.force.is_set() else STOP_GRACE
+
+        async def kill_when_forced() -> None:
+            await self.force.wait()
+            with contextlib.suppress(DockerError):
+                await container.kill()
+
+        try:
+            info = await container.show()
+            if info["State"]["Running"]:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(kill_when_forced)
+                    await container.stop(t=grace)
+                    tg.cancel_scope.cancel()
+            await container.delete(force=True, v=True)
+        except DockerError as exc:
+            if not _is_missing(exc) and exc.status != 409:
+                raise
+
+    # -- status / stop / logs for jobs of any run ------------------------------------------
+
+    async def _containers(self) -> dict[str, dict[str, Any]]:
+        found = await self.docker.containers.list(
+            all=True, filters=label_filter(**{STORE_LABEL: self.store_id})
+        )
+        out: dict[str, dict[str, Any]] = {}
+        for c in found:
+            labels = c._container.get("Labels") or {}
+            if JOB_LABEL in labels:
+                out[labels[JOB_LABEL]] = {"container": c, **c._container}
+        return out
+
+    async def refresh(self, jobs: Sequence[JobRecord]) -> list[Update]:
+        """Bring jobs whose recording process died up to date.
+
+        A running container means RUNNING. An exited container that nobody
+        removed belongs to a caliban process that was killed: its exit code is
+        recorded, its full output saved to the job's log file, and it is
+        removed. A job that was started but has no container left is FAILED.
+        PLANNED jobs without a container may still be queued in a live run and
+        are left alone.
+        """
+        containers = await self._containers()
+        updates: list[Update] = []
+        for job in jobs:
+            info = containers.get(job.job_id)
+            if info is None:
+                if job.state in (JobState.RUNNING, JobState.SUBMITTED, JobState.UNKNOWN):
+                    updates.append(
+                        Update(job.job_id, JobState.FAILED, message="container disappeared")
+                    )
+                continue
+            status = info.get("State")
+            if status == "running":
+                updates.append(Update(job.job_id, JobState.RUNNING, platform_id=info["Id"]))
+            elif status in ("exited", "dead"):
+                container = info["container"]
+                detail = await container.show()
+                code = int(detail["State"].get("ExitCode", -1))
+                if job.log_path:
+                    text = "".join(await container.log(stdout=True, stderr=True))
+                    await anyio.Path(job.log_path).parent.mkdir(parents=True, exist_ok=True)
+                    await anyio.Path(job.log_path).write_text(text, encoding="utf-8")
+                state = JobState.SUCCEEDED if code == 0 else JobState.FAILED
+                updates.append(Update(job.job_id, state, exit_code=code, platform_id=info["Id"]))
+                await self._remove(container)
+        return updates
+
+    async def cancel(self, jobs: Sequence[JobRecord]) -> list[Update]:
+        containers = await self._containers()
+        updates: list[Update] = []
+
+        async def stop_one(job: JobRecord) -> None:
+            info = containers.get(job.job_id)
+            if info is not None:
+                await self._remove(info["container"])
+            updates.append(Update(job.job_id, JobState.STOPPED, message="stopped by caliban stop"))
+
+        async with anyio.create_task_group() as tg:
+            for job in jobs:
+                tg.start_soon(stop_one, job)
+        return updates
+
+    async def logs(self, job: JobRecord, *, follow: bool = False) -> AsyncIterator[str]:
+        """The job's output: from its container while it runs, else from its log file."""
+        info = (await self._containers()).get(job.job_id)
+        if info is not None and info.get("State") == "running":
+            container = info["container"]
+            if follow:
+                async for chunk in container.log(stdout=True, stderr=True, follow=True):
+                    yield chunk
+            else:
+                for chunk in await container.log(stdout=True, stderr=True):
+                    yield chunk
+            return
+        if job.log_path and await anyio.Path(job.log_path).exists():
+            async with await anyio.open_file(job.log_path, encoding="utf-8") as f:
+                async for line in f:
+                    yield line
+            return
+        raise BackendError(f"no output recorded for job {job.short_id}")
+
+
+async def remove_labelled(docker: aiodocker.Docker, **labels: str) -> int:
+    """Remove every container carrying these labels (test and benchmark cleanup)."""
+    found = await docker.containers.list(all=True, filters=label_filter(**labels))
+    for c in found:
+        try:
+            await c.delete(force=True, v=True)
+        except DockerError as exc:
+            if not _is_missing(exc):
+                raise
+    return len(found)
+
+
+def rebind(spec: dict[str, Any], job_id: str) -> dict[str, Any]:
+    """A recorded container config, re-addressed to a new job (for resubmit)."""
+    config = copy.deepcopy(spec)
+    config["Env"] = [
+        f"CALIBAN_JOB_ID={job_id}" if e.startswith("CALIBAN_JOB_ID=") else e
+        for e in config.get("Env", [])
+    ]
+    config.setdefault("Labels", {})[JOB_LABEL] = job_id
+    return config

@@ -1,0 +1,230 @@
+"""Building the project image with the Docker engine, skipping it when nothing changed.
+
+The image tag is a content hash of the Dockerfile text and of every file the
+build context holds (path, mode, bytes; not timestamps). If an image with that
+tag exists, the build is skipped without sending anything to the daemon. The
+context is a tar made off the event loop, honouring ``.dockerignore``, and the
+daemon's output is streamed as :class:`~caliban.events.BuildLog` events.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import stat
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import aiodocker
+import anyio
+from aiodocker.exceptions import DockerError
+
+from caliban import dockerfile
+from caliban.dockerignore import DockerIgnore, walk_context
+from caliban.engine import MANAGED_LABEL, error_text, image_exists
+from caliban.errors import BuildError, ConfigError
+from caliban.events import BuildFinished, BuildLog, BuildSkipped, BuildStarted, Notice, Sink
+
+# Inside the tar; the daemon drops both before COPY because the generated
+# .dockerignore lists them, so `COPY .` never ships them into the image.
+DOCKERFILE_NAME = "Dockerfile.caliban"
+_CONTEXT_IGNORE = f"{DOCKERFILE_NAME}\n.dockerignore\n".encode()
+
+# Contexts bigger than this spill from memory to a temporary file.
+_SPOOL_BYTES = 256 << 20
+
+_STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    tag: str
+    image_id: str
+    digest: str
+    skipped: bool
+
+
+@dataclass(frozen=True)
+class Context:
+    digest: str
+    files: int
+    size: int
+
+
+def _entries(folder: Path, spec: dockerfile.BuildSpec) -> Iterator[tuple[str, os.stat_result]]:
+    ignore = DockerIgnore.load(folder)
+    yield from walk_context(folder, spec.context_paths(), ignore)
+
+
+def _hash_file(path: Path, h: Any) -> None:
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+
+
+def scan_context(
+    folder: Path, spec: dockerfile.BuildSpec, text: str, out: IO[bytes] | None = None
+) -> Context:
+    """Hash (and, given ``out``, tar) the build context. Blocking: run it in a thread."""
+    h = hashlib.sha256()
+    h.update(text.encode())
+    files = size = 0
+    tar = tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) if out else None  # noqa: SIM115
+    try:
+        for rel, st in _entries(folder, spec):
+            path = folder / rel
+            # Only the executable bit of the mode matters to the image's behaviour.
+            h.update(f"\0{rel}\0{stat.S_IFMT(st.st_mode)}\0{bool(st.st_mode & 0o100)}\0".encode())
+            if stat.S_ISLNK(st.st_mode):
+                h.update(os.readlink(path).encode())
+            elif stat.S_ISREG(st.st_mode):
+                _hash_file(path, h)
+                files += 1
+                size += st.st_size
+            if tar is not None:
+                info = tar.gettarinfo(str(path), arcname=rel)
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                if info.isreg():
+                    with path.open("rb") as f:
+                        tar.addfile(info, f)
+                else:
+                    tar.addfile(info)
+        if tar is not None:
+            for name, data in (
+                (DOCKERFILE_NAME, text.encode()),
+                (".dockerignore", _CONTEXT_IGNORE),
+            ):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                info.mtime = int(time.time())
+                tar.addfile(info, io.BytesIO(data))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"build context changed while reading it: {exc}") from exc
+    finally:
+        if tar is not None:
+            tar.close()
+    return Context(h.hexdigest(), files, size)
+
+
+class _StepTracker:
+    """Remembers the Dockerfile step being run, so a failure can name it."""
+
+    def __init__(self) -> None:
+        self.step: str | None = None
+        self._partial = ""
+
+    def feed(self, text: str) -> list[str]:
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            m = _STEP.match(line.strip())
+            if m:
+                self.step = f"step {m[1]}/{m[2]} ({m[3].strip()})"
+        return lines
+
+    def flush(self) -> list[str]:
+        rest, self._partial = self._partial, ""
+        return [rest] if rest else []
+
+
+def _strip_ansi(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+async def build(
+    docker: aiodocker.Docker,
+    spec: dockerfile.BuildSpec,
+    folder: Path,
+    *,
+    repo: str,
+    no_cache: bool = False,
+    sink: Sink,
+    labels: dict[str, str] | None = None,
+) -> BuiltImage:
+    """Build ``spec`` from ``folder`` as ``repo:<content hash>`` unless it exists."""
+    text = dockerfile.render(spec)
+    ctx = await anyio.to_thread.run_sync(scan_context, folder, spec, text)
+    tag = f"{repo}:{ctx.digest[:16]}"
+    if not no_cache and await image_exists(docker, tag):
+        info = await docker.images.inspect(tag)
+        sink(BuildSkipped(tag))
+        return BuiltImage(tag, str(info["Id"]), ctx.digest, skipped=True)
+
+    started = time.monotonic()
+    with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as buf:
+        ctx = await anyio.to_thread.run_sync(scan_context, folder, spec, text, buf)
+        tag = f"{repo}:{ctx.digest[:16]}"
+        buf.seek(0)
+        sink(BuildStarted(tag, ctx.files, ctx.size))
+        tracker = _StepTracker()
+        image_id: str | None = None
+        try:
+            stream = docker.images.build(
+                fileobj=buf,
+                encoding="identity",
+                path_dockerfile=DOCKERFILE_NAME,
+                tag=tag,
+                rm=True,
+                forcerm=True,
+                nocache=no_cache,
+                labels={MANAGED_LABEL: "true", "caliban.digest": ctx.digest, **(labels or {})},
+                stream=True,
+            )
+            async for chunk in stream:
+                if "stream" in chunk:
+                    for line in tracker.feed(_strip_ansi(str(chunk["stream"]))):
+                        sink(BuildLog(line))
+                elif "aux" in chunk and isinstance(chunk["aux"], dict):
+                    image_id = chunk["aux"].get("ID", image_id)
+                elif "status" in chunk:
+                    # Pull progress of the base image.
+                    status = str(chunk["status"])
+                    if "id" not in chunk or status.startswith(("Pulling from", "Digest", "Status")):
+                        sink(BuildLog(status))
+                elif "error" in chunk:
+                    raise BuildError(
+                        _failure(str(chunk["error"]), tracker, spec), step=tracker.step
+                    )
+        except DockerError as exc:
+            raise BuildError(_failure(error_text(exc), tracker, spec), step=tracker.step) from exc
+        finally:
+            for line in tracker.flush():
+                sink(BuildLog(line))
+    if image_id is None:
+        info = await docker.images.inspect(tag)
+        image_id = str(info["Id"])
+    sink(BuildFinished(tag, image_id, time.monotonic() - started))
+    return BuiltImage(tag, image_id, ctx.digest, skipped=False)
+
+
+def _failure(message: str, tracker: _StepTracker, spec: dockerfile.BuildSpec) -> str:
+    where = f" at {tracker.step}" if tracker.step else ""
+    text = f"image build failed{where}: {message.strip()}"
+    lowered = message.lower()
+    if (tracker.step is None or "step 1/" in tracker.step) and any(
+        s in lowered for s in ("pull access denied", "dial tcp", "no such host", "not found")
+    ):
+        text += (
+            f"\nthe base image {spec.base_image} is not available locally and could not "
+            "be pulled: set CALIBAN_BASE_IMAGE or base_image in .calibanconfig.json"
+        )
+    return text
+
+
+async def notice_conda(folder: Path, sink: Sink) -> None:
+    if await anyio.Path(folder / "environment.yml").is_file():
+        sink(
+            Notice(
+                "environment.yml is ignored: caliban installs requirements.txt and setup.py "
+                "with pip",
+                level="warning",
+            )
+        )

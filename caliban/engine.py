@@ -1,0 +1,71 @@
+"""Connecting to the Docker engine, and translating its errors.
+
+aiodocker picks the daemon the usual way (DOCKER_HOST, the docker context, the
+default socket) and asks it for its API version, so an old daemon works with
+a newer client installed next to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiodocker
+import anyio
+from aiodocker.exceptions import DockerError
+
+from caliban.errors import EngineUnavailable
+
+# Everything caliban creates carries this label, and cleanup only ever
+# touches objects that have it.
+MANAGED_LABEL = "caliban.managed"
+
+
+@contextlib.asynccontextmanager
+async def connect(url: str | None = None) -> AsyncIterator[aiodocker.Docker]:
+    try:
+        docker = aiodocker.Docker(url=url)
+    except (ValueError, OSError) as exc:
+        raise EngineUnavailable(str(exc)) from exc
+    try:
+        try:
+            with anyio.fail_after(15):
+                await docker.version()
+        except DockerError as exc:
+            raise EngineUnavailable(_reason(exc)) from exc
+        except (OSError, TimeoutError) as exc:
+            raise EngineUnavailable(f"{docker.docker_host}: {exc or 'timed out'}") from exc
+        yield docker
+    finally:
+        with anyio.CancelScope(shield=True):
+            await docker.close()
+
+
+def _reason(exc: DockerError) -> str:
+    message = exc.message if isinstance(exc.message, str) else json.dumps(exc.message)
+    return message.removeprefix("Cannot connect to Docker Engine via ").strip() or str(exc)
+
+
+def error_text(exc: DockerError) -> str:
+    """The daemon's own words, without aiodocker's decoration."""
+    msg: Any = exc.message
+    if isinstance(msg, dict):
+        msg = msg.get("message", json.dumps(msg))
+    return str(msg).strip()
+
+
+def label_filter(**labels: str) -> str:
+    """The JSON ``filters`` argument of list calls, for ``key=value`` labels."""
+    return json.dumps({"label": [f"{k}={v}" for k, v in labels.items()]})
+
+
+async def image_exists(docker: aiodocker.Docker, ref: str) -> bool:
+    try:
+        await docker.images.inspect(ref)
+    except DockerError as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True

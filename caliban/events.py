@@ -1,0 +1,103 @@
+"""Typed events the core emits while it works; only the UI turns them into text.
+
+A sink is any callable taking an event. It is called from the event loop and
+must not block: the rich UI only updates in-memory state and prints lines.
+Library users can pass their own sink (or none) to :class:`caliban.Session`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from caliban.spec import JobState
+
+
+@dataclass(frozen=True)
+class Event:
+    pass
+
+
+@dataclass(frozen=True)
+class Notice(Event):
+    """A line meant for the user: what happened, or what to do next."""
+
+    text: str
+    level: str = "info"  # info | warning | error | debug
+
+
+@dataclass(frozen=True)
+class BuildStarted(Event):
+    tag: str
+    context_files: int
+    context_bytes: int
+
+
+@dataclass(frozen=True)
+class BuildLog(Event):
+    line: str
+
+
+@dataclass(frozen=True)
+class BuildSkipped(Event):
+    """An image with the same content hash already exists: nothing to build."""
+
+    tag: str
+
+
+@dataclass(frozen=True)
+class BuildFinished(Event):
+    tag: str
+    image_id: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class PushProgress(Event):
+    image: str
+    status: str
+    layer: str | None = None
+
+
+@dataclass(frozen=True)
+class JobsPlanned(Event):
+    """The sweep is recorded; ``skipped`` jobs already succeeded or are running."""
+
+    xgroup: str
+    total: int
+    to_run: int
+    skipped: int
+
+
+@dataclass(frozen=True)
+class JobStateChanged(Event):
+    job_id: str
+    label: str  # short human name, e.g. "3/16"
+    state: JobState
+    exit_code: int | None = None
+    detail: str | None = None
+    argv: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class JobOutput(Event):
+    job_id: str
+    label: str
+    line: str
+
+
+@dataclass(frozen=True)
+class RetryScheduled(Event):
+    """A platform call failed in a way worth retrying; the next try is in ``delay`` s."""
+
+    job_id: str | None
+    attempt: int
+    delay: float
+    reason: str
+
+
+Sink = Callable[[Event], None]
+
+
+def discard(event: Event) -> None:
+    """The default sink: library users who pass nothing see nothing."""

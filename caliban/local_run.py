@@ -1,0 +1,143 @@
+"""Running a planned sweep on the local engine: bounded, GPU-pinned, interruptible.
+
+``max_parallel`` workers pull jobs in order from one queue, so memory stays
+flat however long the sweep is. In GPU mode each job also holds its GPU ids
+from the pool for exactly as long as its container runs. Whatever way the
+sweep ends (done, a fatal error, Ctrl-C), no job of it is left non-terminal
+in the store and no container of it is left on the engine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import anyio
+
+from caliban._limits import GpuPool
+from caliban.backends.local import LocalBackend, Outcome
+from caliban.errors import BackendError
+from caliban.events import JobStateChanged, Notice, Sink
+from caliban.gpus import GpuInventory
+from caliban.spec import JobRecord, JobState
+from caliban.store import Planned, Store
+
+
+def label_for(job: JobRecord, total: int) -> str:
+    width = len(str(total))
+    return f"{job.index + 1:>{width}}/{total} {job.short_id}"
+
+
+@contextlib.asynccontextmanager
+async def _no_gpus() -> AsyncIterator[tuple[str, ...]]:
+    yield ()
+
+
+async def execute(
+    planned: Sequence[Planned],
+    *,
+    backend: LocalBackend,
+    store: Store,
+    sink: Sink,
+    total: int,
+    max_parallel: int,
+    inventory: GpuInventory | None,
+    gpus_per_job: int,
+) -> list[JobRecord]:
+    """Run every ``new``/``reconcile`` job and return all of them as finally recorded."""
+    todo = [p for p in planned if p.action in ("new", "reconcile")]
+    pool = GpuPool(inventory.ids) if inventory is not None and inventory.ids else None
+    workers = max(1, min(max_parallel, len(todo)))
+    if pool is not None:
+        workers = min(workers, math.floor(len(pool.ids) / gpus_per_job) or 1)
+    send, receive = anyio.create_memory_object_stream[Planned](math.inf)
+    for p in todo:
+        send.send_nowait(p)
+    send.close()
+
+    async def run_one(p: Planned) -> None:
+        job = p.job
+        label = label_for(job, total)
+        current = await store.job(job.job_id)
+        # `caliban stop` from another terminal may have stopped it while queued.
+        if current is None or current.state.terminal:
+            return
+        sink(JobStateChanged(job.job_id, label, JobState.PLANNED, argv=job.args))
+        holder = pool.acquire(gpus_per_job) if pool is not None else _no_gpus()
+        async with holder as gpu_ids:
+
+            async def on_started(container_id: str) -> None:
+                details: dict[str, object] = {"gpu_ids": list(gpu_ids)} if gpu_ids else {}
+                await store.transition(
+                    job.job_id, JobState.RUNNING, platform_id=container_id, details=details
+                )
+                extra = f"GPUs {','.join(gpu_ids)}" if gpu_ids else None
+                sink(JobStateChanged(job.job_id, label, JobState.RUNNING, detail=extra))
+
+            try:
+                outcome = await backend.run(
+                    job,
+                    label=label,
+                    gpu_ids=gpu_ids,
+                    simulated_gpus=bool(inventory and inventory.simulated),
+                    log_path=Path(job.log_path) if job.log_path else None,
+                    on_started=on_started,
+                    adopt=p.action == "reconcile",
+                )
+            except BackendError as exc:
+                with anyio.CancelScope(shield=True):
+                    await store.transition(job.job_id, JobState.FAILED, message=exc.message)
+                    sink(JobStateChanged(job.job_id, label, JobState.FAILED, detail=exc.message))
+                raise
+        await _record(store, sink, job, label, outcome)
+
+    async def worker() -> None:
+        async with receive.clone() as jobs:
+            async for p in jobs:
+                await run_one(p)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for _ in range(workers):
+                tg.start_soon(worker)
+    finally:
+        receive.close()
+        with anyio.CancelScope(shield=True):
+            await _stop_leftovers(store, sink, [p.job for p in todo], total)
+    return await store.jobs(job_ids=[p.job.job_id for p in planned])
+
+
+async def _record(store: Store, sink: Sink, job: JobRecord, label: str, outcome: Outcome) -> None:
+    changed = await store.transition(
+        job.job_id, outcome.state, exit_code=outcome.exit_code, message=outcome.message
+    )
+    if changed:
+        sink(
+            JobStateChanged(
+                job.job_id, label, outcome.state, exit_code=outcome.exit_code, argv=job.args
+            )
+        )
+
+
+async def _stop_leftovers(store: Store, sink: Sink, jobs: Sequence[JobRecord], total: int) -> None:
+    """Jobs of this run that did not finish (interrupted, or never started) become STOPPED."""
+    if not jobs:
+        return
+    current = await store.jobs(job_ids=[j.job_id for j in jobs])
+    left = [j for j in current if not j.state.terminal]
+    if not left:
+        return
+    await store.transitions(
+        [(j.job_id, JobState.STOPPED, None, "interrupted", None, None) for j in left]
+    )
+    for j in left:
+        sink(JobStateChanged(j.job_id, label_for(j, total), JobState.STOPPED, detail="interrupted"))
+    sink(
+        Notice(
+            f"{len(left)} job(s) recorded as STOPPED; `caliban resubmit --xgroup "
+            f"{left[0].xgroup}` runs them again",
+            level="warning",
+        )
+    )

@@ -1,0 +1,584 @@
+"""The library API: one :class:`Session` composes expand, build, launch and record.
+
+Everything the CLI does is a method here that an asyncio program can call::
+
+    async with caliban.Session(sink=print) as session:
+        result = await session.run(caliban.RunRequest(...))
+        for job in await session.status(xgroup=result.xgroup):
+            ...
+
+A session opens what it needs lazily (the Docker engine, the SQLite store,
+an HTTP session for cloud platforms) and closes all of it on exit, also when
+cancelled. Nothing is written to the store before every input is validated.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiodocker
+import anyio
+
+from caliban import baseimage, dockerargs, engine, experiment, names, project
+from caliban import config as calibanconfig
+from caliban.backends import Backend, Update
+from caliban.backends.local import LocalBackend, container_config, rebind
+from caliban.build import BuiltImage, notice_conda
+from caliban.build import build as build_image
+from caliban.dockerfile import BuildSpec, ImageUser
+from caliban.errors import CalibanError, ValidationError
+from caliban.events import JobsPlanned, Notice, Sink, discard
+from caliban.gpus import GpuInventory
+from caliban.gpus import detect as detect_gpus
+from caliban.jobmode import resolve_mode
+from caliban.local_run import execute
+from caliban.options import ProjectOptions, RunRequest
+from caliban.spec import JobMode, JobRecord, JobState, Platform
+from caliban.store import PlanItem, Planned, Store, default_home
+
+Confirm = Callable[[Sequence[JobRecord]], Awaitable[bool]]
+
+_USERNAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+
+
+def host_user() -> ImageUser:
+    """The uid/gid/name containers run as: whoever runs caliban."""
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):
+        name = "caliban"
+    if not _USERNAME.fullmatch(name):
+        name = "caliban"
+    return ImageUser(os.getuid(), os.getgid(), name)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A project, checked and resolved: everything needed to build its image."""
+
+    folder: Path
+    mode: JobMode
+    config: calibanconfig.CalibanConfig
+    spec: BuildSpec
+    repo: str
+
+    def record(self, image: str, digest: str) -> dict[str, object]:
+        entry = self.spec.entry
+        return {
+            "folder": str(self.folder),
+            "mode": self.mode.value,
+            "entry": entry.target if entry else None,
+            "extra_dirs": list(self.spec.extra_dirs),
+            "extras": list(self.spec.extras),
+            "base_image": self.spec.base_image,
+            "apt_packages": list(self.spec.apt_packages),
+            "image": image,
+            "digest": digest,
+        }
+
+
+@dataclass
+class RunResult:
+    xgroup: str
+    jobs: list[JobRecord] = field(default_factory=list)
+    skipped: int = 0
+    dry_run: bool = False
+
+    @property
+    def counts(self) -> Counter[JobState]:
+        return Counter(j.state for j in self.jobs)
+
+    @property
+    def ok(self) -> bool:
+        return all(j.state is JobState.SUCCEEDED for j in self.jobs)
+
+
+def _safe_path_part(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:100] or "_"
+
+
+class Session:
+    """One unit of work against the engine, the platforms and the store."""
+
+    def __init__(
+        self,
+        *,
+        home: str | os.PathLike[str] | None = None,
+        sink: Sink = discard,
+        docker_url: str | None = None,
+        user: ImageUser | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.home = Path(home) if home is not None else default_home()
+        self.sink = sink
+        self.docker_url = docker_url
+        self.user = user or host_user()
+        self.environ: Mapping[str, str] = os.environ if environ is None else environ
+        # Set by the CLI on a second Ctrl-C: cleanup stops containers without grace.
+        self.force = anyio.Event()
+        self._stack = AsyncExitStack()
+        self._docker: aiodocker.Docker | None = None
+        self._store: Store | None = None
+
+    async def __aenter__(self) -> Session:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._stack.aclose()
+
+    # -- resources ---------------------------------------------------------------------
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "caliban.db"
+
+    async def docker(self) -> aiodocker.Docker:
+        if self._docker is None:
+            self._docker = await self._stack.enter_async_context(engine.connect(self.docker_url))
+        return self._docker
+
+    async def store(self) -> Store:
+        if self._store is None:
+            self._store = await self._stack.enter_async_context(Store(self.db_path))
+        return self._store
+
+    async def _local(self) -> LocalBackend:
+        store = await self.store()
+        return LocalBackend(
+            await self.docker(), store_id=store.store_id, sink=self.sink, force=self.force
+        )
+
+    # -- build -------------------------------------------------------------------------
+
+    async def prepare(
+        self,
+        project_opts: ProjectOptions,
+        *,
+        gpu_spec: object | None = None,
+        tpu_spec: object | None = None,
+    ) -> Prepared:
+        """Check a project and decide what its image holds. No side effects."""
+        folder = project_opts.folder.resolve()
+        facts = await anyio.to_thread.run_sync(
+            project.inspect, folder, tuple(project_opts.extra_dirs)
+        )
+        cfg = await anyio.to_thread.run_sync(calibanconfig.load, folder)
+        mode = resolve_mode(project_opts.use_gpu, gpu_spec, tpu_spec, default=cfg.default_mode)
+        entry = None
+        if project_opts.entry is not None:
+            entry = await anyio.to_thread.run_sync(
+                project.resolve_entrypoint, project_opts.entry, folder
+            )
+        extras: tuple[str, ...] = ()
+        if facts.setup_py:
+            extras = tuple(dict.fromkeys([mode.value, *project_opts.extras]))
+        apt = list(cfg.apt_packages_for(mode))
+        if project_opts.shell == "zsh":
+            apt.append("zsh")
+        spec = BuildSpec(
+            base_image=baseimage.resolve(mode, cfg.base_image_for(mode), self.environ),
+            user=self.user,
+            mode=mode,
+            apt_packages=tuple(sorted(set(apt))),
+            requirements=facts.requirements,
+            setup_py=facts.setup_py,
+            extras=extras,
+            extra_dirs=tuple(project_opts.extra_dirs),
+            entry=entry,
+            jupyter=project_opts.jupyter,
+        )
+        repo = "caliban-" + names.docker_repo_name(folder.name)
+        return Prepared(folder, mode, cfg, spec, repo)
+
+    async def build_prepared(self, prepared: Prepared, *, no_cache: bool = False) -> BuiltImage:
+        docker = await self.docker()
+        await notice_conda(prepared.folder, self.sink)
+        return await build_image(
+            docker,
+            prepared.spec,
+            prepared.folder,
+            repo=prepared.repo,
+            no_cache=no_cache,
+            sink=self.sink,
+        )
+
+    async def build(self, project_opts: ProjectOptions) -> BuiltImage:
+        """Build (or find, by content hash) the image of a project."""
+        prepared = await self.prepare(project_opts)
+        return await self.build_prepared(prepared, no_cache=project_opts.no_cache)
+
+    # -- local runs ----------------------------------------------------------------------
+
+    async def _gpu_plan(self, mode: JobMode, req: RunRequest) -> tuple[GpuInventory | None, int]:
+        if mode is JobMode.CPU:
+            if req.gpu_ids or req.gpus_per_job:
+                raise ValidationError(
+                    "--gpu_ids and --gpus_per_job need GPU mode; drop --nogpu or those flags"
+                )
+            return None, 0
+        per_job = req.gpus_per_job or 1
+        if per_job < 1:
+            raise ValidationError("--gpus_per_job must be at least 1")
+        inventory = await detect_gpus(req.gpu_ids, self.environ)
+        if not inventory.ids:
+            raise ValidationError(
+                "GPU mode (the default) but no GPU was found on this machine",
+                hint='pass --nogpu, set "default_mode": "cpu" in .calibanconfig.json, '
+                "or name GPUs with --gpu_ids",
+            )
+        if per_job > len(inventory.ids):
+            raise ValidationError(
+                f"--gpus_per_job {per_job} is more than the {len(inventory.ids)} GPU(s) "
+                f"available ({','.join(inventory.ids)})"
+            )
+        return inventory, per_job
+
+    async def run(self, req: RunRequest) -> RunResult:
+        """Build the project and run every experiment locally; see :class:`RunRequest`."""
+        prepared = await self.prepare(req.project)
+        if prepared.spec.entry is None and req.project.image_id is None:
+            raise ValidationError("caliban run needs a script or module to run")
+        inventory, per_job = await self._gpu_plan(prepared.mode, req)
+        if req.max_parallel is not None and req.max_parallel < 1:
+            raise ValidationError("--max_parallel must be at least 1")
+        options = dockerargs.parse_docker_run_args(list(req.docker_run_args), environ=self.environ)
+        config = experiment.validate(req.experiments if req.experiments is not None else {})
+        total = experiment.count(config)
+        xgroup = req.xgroup or names.default_xgroup_name(self.user.name, datetime.now())
+        if inventory is not None:
+            max_parallel = req.max_parallel or max(1, len(inventory.ids) // per_job)
+        else:
+            max_parallel = req.max_parallel or (os.cpu_count() or 1)
+
+        base = options.apply({})
+
+        if req.dry_run:
+            image = req.project.image_id or f"{prepared.repo}:<content hash>"
+            for index, exp in enumerate(experiment.expand(config)):
+                argv = experiment.to_argv(exp, req.script_args)
+                body = container_config(
+                    image=image,
+                    argv=argv,
+                    job_id="<job id>",
+                    xgroup=xgroup,
+                    store_id="<store>",
+                    base=base,
+                )
+                self.sink(Notice(f"job {index + 1}/{total}: {_docker_run_line(body)}"))
+            self.sink(
+                Notice(
+                    f"dry run: {total} job(s) in {xgroup}; nothing was built, run or "
+                    "recorded. Run again without --dry_run to execute them."
+                )
+            )
+            return RunResult(xgroup, dry_run=True)
+
+        if req.project.image_id:
+            image, digest = req.project.image_id, req.project.image_id
+            if not await engine.image_exists(await self.docker(), image):
+                raise ValidationError(f"--image_id {image!r}: no such image on the Docker engine")
+        else:
+            built = await self.build_prepared(prepared, no_cache=req.project.no_cache)
+            image, digest = built.tag, built.digest
+        store = await self.store()
+        user = self.user.name
+        xgroup_id = await store.xgroup(xgroup, user)
+        spec_id = await store.container_spec(
+            f"local:{digest}", image, prepared.record(image, digest), user
+        )
+        logs = self.home / "logs" / _safe_path_part(xgroup)
+
+        def items() -> Any:
+            for index, exp in enumerate(experiment.expand(config)):
+                job_id = names.new_job_id()
+                argv = experiment.to_argv(exp, req.script_args)
+                body = container_config(
+                    image=image,
+                    argv=argv,
+                    job_id=job_id,
+                    xgroup=xgroup,
+                    store_id=store.store_id,
+                    base=base,
+                )
+                yield PlanItem(
+                    index=index,
+                    args=tuple(argv),
+                    kwargs=dict(exp),
+                    job_id=job_id,
+                    image=image,
+                    spec=body,
+                    details={"mode": prepared.mode.value, "gpus_per_job": per_job},
+                    log_path=str(logs / f"{job_id}.log"),
+                )
+
+        planned = await store.plan(
+            xgroup_id=xgroup_id,
+            container_spec_id=spec_id,
+            platform=Platform.LOCAL,
+            user=user,
+            items=items(),
+        )
+        return await self._execute_local(
+            planned,
+            xgroup=xgroup,
+            total=total,
+            max_parallel=max_parallel,
+            inventory=inventory,
+            per_job=per_job,
+        )
+
+    async def _execute_local(
+        self,
+        planned: Sequence[Planned],
+        *,
+        xgroup: str,
+        total: int,
+        max_parallel: int,
+        inventory: GpuInventory | None,
+        per_job: int,
+    ) -> RunResult:
+        to_run = sum(1 for p in planned if p.action in ("new", "reconcile"))
+        skipped = len(planned) - to_run
+        self.sink(JobsPlanned(xgroup, total, to_run, skipped))
+        if skipped:
+            self.sink(
+                Notice(
+                    f"{skipped} job(s) of {xgroup} already succeeded or are running; "
+                    "not running them again"
+                )
+            )
+        jobs = await execute(
+            planned,
+            backend=await self._local(),
+            store=await self.store(),
+            sink=self.sink,
+            total=total,
+            max_parallel=max_parallel,
+            inventory=inventory,
+            gpus_per_job=per_job,
+        )
+        return RunResult(xgroup, jobs, skipped)
+
+    # -- history -----------------------------------------------------------------------
+
+    async def _backend(self, platform: Platform) -> Backend:
+        if platform is Platform.LOCAL:
+            return await self._local()
+        raise ValidationError(f"the {platform.value} platform is not available in this build")
+
+    async def refresh(self, jobs: Sequence[JobRecord]) -> list[JobRecord]:
+        """Ask each platform about the unfinished ``jobs`` and record what it says."""
+        store = await self.store()
+        open_jobs = [j for j in jobs if not j.state.terminal]
+        by_platform: dict[Platform, list[JobRecord]] = {}
+        for job in open_jobs:
+            by_platform.setdefault(job.platform, []).append(job)
+        updates: list[Update] = []
+        for platform, group in by_platform.items():
+            try:
+                backend = await self._backend(platform)
+                updates += await backend.refresh(group)
+            except CalibanError as exc:
+                self.sink(
+                    Notice(
+                        f"could not refresh {platform.value} jobs: {exc.message}", level="warning"
+                    )
+                )
+        if updates:
+            await store.transitions(
+                [(u.job_id, u.state, u.exit_code, u.message, u.platform_id, None) for u in updates]
+            )
+        if not open_jobs:
+            return list(jobs)
+        fresh = {j.job_id: j for j in await store.jobs(job_ids=[j.job_id for j in jobs])}
+        return [fresh.get(j.job_id, j) for j in jobs]
+
+    async def status(
+        self, *, xgroup: str | None = None, max_jobs: int | None = None, refresh: bool = True
+    ) -> list[JobRecord]:
+        """Jobs, oldest first: the latest ``max_jobs`` (default 8, 0 for all) or,
+        with ``xgroup``, the latest ``max_jobs`` (default 1) of each of its experiments."""
+        store = await self.store()
+        if xgroup is not None:
+            if not await store.has_xgroup(xgroup):
+                raise ValidationError(f"no experiment group named {xgroup!r} in {self.db_path}")
+            per_experiment = 1 if max_jobs is None else max_jobs
+            jobs = await store.jobs(xgroup=xgroup)
+            if per_experiment > 0:
+                seen: Counter[int] = Counter()
+                kept: list[JobRecord] = []
+                for job in reversed(jobs):
+                    seen[job.experiment_id] += 1
+                    if seen[job.experiment_id] <= per_experiment:
+                        kept.append(job)
+                jobs = list(reversed(kept))
+        else:
+            jobs = await store.jobs(limit=8 if max_jobs is None else max_jobs)
+        return await self.refresh(jobs) if refresh else jobs
+
+    async def stop(
+        self,
+        *,
+        xgroup: str | None = None,
+        dry_run: bool = False,
+        confirm: Confirm | None = None,
+    ) -> list[JobRecord]:
+        """Stop every unfinished job of this user (of one group, with ``xgroup``)."""
+        store = await self.store()
+        if xgroup is not None and not await store.has_xgroup(xgroup):
+            raise ValidationError(f"no experiment group named {xgroup!r} in {self.db_path}")
+        candidates = await store.jobs(
+            xgroup=xgroup,
+            states=(JobState.PLANNED, JobState.SUBMITTED, JobState.RUNNING, JobState.UNKNOWN),
+        )
+        jobs = [j for j in candidates if j.user == self.user.name]
+        if dry_run or not jobs:
+            return jobs
+        if confirm is not None and not await confirm(jobs):
+            return []
+        by_platform: dict[Platform, list[JobRecord]] = {}
+        for job in jobs:
+            by_platform.setdefault(job.platform, []).append(job)
+        local = by_platform.pop(Platform.LOCAL, [])
+        if local:
+            # Recorded first: a `caliban run` still waiting on these containers
+            # must see STOPPED, not turn the kill into FAILED.
+            await store.transitions(
+                [
+                    (j.job_id, JobState.STOPPED, None, "stopped by caliban stop", None, None)
+                    for j in local
+                ]
+            )
+            await (await self._local()).cancel(local)
+        for platform, group in by_platform.items():
+            backend = await self._backend(platform)
+            updates = await backend.cancel(group)
+            await store.transitions(
+                [(u.job_id, u.state, u.exit_code, u.message, u.platform_id, None) for u in updates]
+            )
+        return await store.jobs(job_ids=[j.job_id for j in jobs])
+
+    async def resubmit(
+        self,
+        *,
+        xgroup: str,
+        all_jobs: bool = False,
+        dry_run: bool = False,
+        confirm: Confirm | None = None,
+        max_parallel: int | None = None,
+    ) -> RunResult:
+        """Launch again the latest job of each experiment of ``xgroup`` that failed or
+        was stopped (every one with ``all_jobs``), with the spec recorded for it."""
+        store = await self.store()
+        if not await store.has_xgroup(xgroup):
+            raise ValidationError(f"no experiment group named {xgroup!r} in {self.db_path}")
+        latest = await self.refresh(await store.latest_per_experiment(xgroup))
+        chosen = [
+            j
+            for j in latest
+            if j.state in (JobState.FAILED, JobState.STOPPED) or (all_jobs and j.state.terminal)
+        ]
+        if dry_run or not chosen:
+            return RunResult(xgroup, chosen, dry_run=dry_run)
+        if confirm is not None and not await confirm(chosen):
+            return RunResult(xgroup)
+        local = [j for j in chosen if j.platform is Platform.LOCAL]
+        others = [j for j in chosen if j.platform is not Platform.LOCAL]
+        if others:
+            raise ValidationError(
+                f"resubmitting {others[0].platform.value} jobs is not available in this build"
+            )
+        return await self._resubmit_local(local, xgroup, max_parallel)
+
+    async def _resubmit_local(
+        self, jobs: Sequence[JobRecord], xgroup: str, max_parallel: int | None
+    ) -> RunResult:
+        docker = await self.docker()
+        store = await self.store()
+        for image in sorted({j.image for j in jobs}):
+            if not await engine.image_exists(docker, image):
+                raise ValidationError(
+                    f"image {image} is no longer on the Docker engine; run the original "
+                    "`caliban run` command again to rebuild it"
+                )
+        new_items = []
+        for old in jobs:
+            job_id = names.new_job_id()
+            log_path = str(self.home / "logs" / _safe_path_part(xgroup) / f"{job_id}.log")
+            new_items.append(
+                (
+                    old,
+                    PlanItem(
+                        index=old.index,
+                        args=old.args,
+                        kwargs=old.kwargs,
+                        job_id=job_id,
+                        image=old.image,
+                        spec=rebind(old.spec, job_id),
+                        details=dict(old.details),
+                        log_path=log_path,
+                    ),
+                )
+            )
+        records = await store.add_jobs(new_items, user=self.user.name)
+        gpu_jobs = [r for r in records if r.details.get("mode") == JobMode.GPU.value]
+        inventory: GpuInventory | None = None
+        per_job = 0
+        if gpu_jobs:
+            per_job = max(int(str(r.details.get("gpus_per_job") or 1)) for r in gpu_jobs)
+            inventory = await detect_gpus(None, self.environ)
+            if len(inventory.ids) < per_job:
+                raise ValidationError(
+                    f"these jobs ran with {per_job} GPU(s) each; this machine has "
+                    f"{len(inventory.ids)} now"
+                )
+        parallel = max_parallel or (
+            max(1, len(inventory.ids) // per_job) if inventory else (os.cpu_count() or 1)
+        )
+        planned = [Planned("new", r) for r in records]
+        return await self._execute_local(
+            planned,
+            xgroup=xgroup,
+            total=len(records),
+            max_parallel=parallel,
+            inventory=inventory,
+            per_job=per_job,
+        )
+
+    async def job(self, job_id: str) -> JobRecord:
+        found = await (await self.store()).job(job_id)
+        if found is None:
+            raise ValidationError(f"no job with id {job_id!r} (see `caliban status`)")
+        return found
+
+    async def logs(self, job_id: str, *, follow: bool = False) -> AsyncIterator[str]:
+        job = await self.job(job_id)
+        backend = await self._backend(job.platform)
+        async for chunk in backend.logs(job, follow=follow):
+            yield chunk
+
+
+def _docker_run_line(body: Mapping[str, Any]) -> str:
+    """A readable summary of a container config for --dry_run."""
+    import shlex
+
+    parts = ["docker run"]
+    for e in body.get("Env", []):
+        parts += ["-e", shlex.quote(e)]
+    parts.append(body["Image"])
+    parts += [shlex.quote(a) for a in body.get("Cmd", [])]
+    return " ".join(parts)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

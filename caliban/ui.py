@@ -1,0 +1,268 @@
+"""Turning core events into terminal output with rich. The only module that prints.
+
+On a terminal a live line shows the sweep's progress (queued, running,
+succeeded, failed, retrying) while job output scrolls above it, each line
+prefixed with a short job label. Piped or redirected, output is plain lines
+with no cursor tricks, so logs stay readable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from typing import IO, Any
+
+from rich.console import Console, Group, RenderableType
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from caliban import events as ev
+from caliban.spec import JobRecord, JobState
+
+_STATE_STYLE = {
+    JobState.PLANNED: "dim",
+    JobState.SUBMITTED: "cyan",
+    JobState.RUNNING: "blue",
+    JobState.SUCCEEDED: "green",
+    JobState.FAILED: "bold red",
+    JobState.STOPPED: "yellow",
+    JobState.UNKNOWN: "magenta",
+}
+_LABEL_STYLES = ("cyan", "magenta", "green", "yellow", "blue", "bright_cyan", "bright_magenta")
+
+
+def make_console(file: IO[str] | None = None, *, stderr: bool = False) -> Console:
+    console = Console(file=file, stderr=stderr, highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        # Piped output has no width; do not squeeze tables into 80 columns.
+        console.width = 160
+    return console
+
+
+class ConsoleSink:
+    """An event sink that renders to a rich console."""
+
+    def __init__(
+        self,
+        console: Console | None = None,
+        *,
+        verbose: bool = False,
+        show_build_log: bool = True,
+        show_output: bool = True,
+    ) -> None:
+        self.console = console or make_console()
+        self.err = make_console(stderr=True) if console is None else console
+        self.verbose = verbose
+        self.show_build_log = show_build_log
+        self.show_output = show_output
+        self.counts: Counter[str] = Counter()
+        self.total = 0
+        self._progress: Progress | None = None
+        self._task: Any = None
+        self._live = self.console.is_terminal
+
+    # -- the live progress line ------------------------------------------------------
+
+    def _summary(self) -> str:
+        c = self.counts
+        parts = [
+            f"[dim]{c['queued']} queued[/]",
+            f"[blue]{c['running']} running[/]",
+            f"[green]{c['succeeded']} succeeded[/]",
+        ]
+        if c["submitted"]:
+            parts.insert(2, f"[cyan]{c['submitted']} submitted[/]")
+        if c["failed"]:
+            parts.append(f"[red]{c['failed']} failed[/]")
+        if c["stopped"]:
+            parts.append(f"[yellow]{c['stopped']} stopped[/]")
+        if c["retrying"]:
+            parts.append(f"[magenta]{c['retrying']} retries[/]")
+        return " · ".join(parts)
+
+    def start_progress(self, total: int, title: str = "jobs") -> None:
+        self.total = total
+        self.counts["queued"] = total
+        if not self._live or total == 0:
+            return
+        self._progress = Progress(
+            TextColumn(f"[bold]{escape(title)}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self._task = self._progress.add_task(self._summary(), total=total)
+        self._progress.start()
+
+    def _update(self) -> None:
+        if self._progress is not None:
+            done = self.counts["succeeded"] + self.counts["failed"] + self.counts["stopped"]
+            self._progress.update(self._task, completed=done, description=self._summary())
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._update()
+            self._progress.stop()
+            self._progress = None
+
+    # -- events --------------------------------------------------------------------------
+
+    def __call__(self, event: ev.Event) -> None:
+        handler = getattr(self, "_on_" + type(event).__name__, None)
+        if handler is not None:
+            handler(event)
+
+    def _on_Notice(self, e: ev.Notice) -> None:
+        style = {"warning": "yellow", "error": "bold red", "debug": "dim"}.get(e.level, "")
+        if e.level == "debug" and not self.verbose:
+            return
+        target = self.err if e.level in ("warning", "error") else self.console
+        target.print(Text(e.text, style=style))
+
+    def _on_BuildStarted(self, e: ev.BuildStarted) -> None:
+        size = e.context_bytes / 1e6
+        self.console.print(
+            Text(
+                f"building {e.tag} ({e.context_files} files, {size:.1f} MB of context)",
+                style="bold",
+            )
+        )
+
+    def _on_BuildLog(self, e: ev.BuildLog) -> None:
+        if self.show_build_log and e.line.strip():
+            self.console.print(Text("  " + e.line, style="dim"))
+
+    def _on_BuildSkipped(self, e: ev.BuildSkipped) -> None:
+        self.console.print(Text(f"image {e.tag} is up to date; build skipped", style="green"))
+
+    def _on_BuildFinished(self, e: ev.BuildFinished) -> None:
+        self.console.print(Text(f"built {e.tag} in {e.seconds:.1f}s", style="green"))
+
+    def _on_PushProgress(self, e: ev.PushProgress) -> None:
+        if self.verbose or e.layer is None:
+            self.console.print(Text(f"  {e.status}", style="dim"))
+
+    def _on_JobsPlanned(self, e: ev.JobsPlanned) -> None:
+        self.console.print(
+            f"[bold]{e.total}[/] job(s) in experiment group [bold]{escape(e.xgroup)}[/]"
+            + (f", {e.skipped} already done or running" if e.skipped else "")
+        )
+        self.start_progress(e.to_run)
+
+    def _on_JobStateChanged(self, e: ev.JobStateChanged) -> None:
+        state = e.state
+        if state is JobState.RUNNING:
+            self.counts["queued"] -= 1
+            self.counts["running"] += 1
+            if self.verbose and e.detail:
+                self.console.print(Text(f"[{e.label}] started on {e.detail}", style="dim"))
+        elif state is JobState.SUBMITTED:
+            self.counts["queued"] -= 1
+            self.counts["submitted"] += 1
+            if self.verbose and e.detail:
+                self.console.print(Text(f"[{e.label}] submitted: {e.detail}", style="dim"))
+        elif state.terminal:
+            if self.counts["running"] > 0 and e.detail != "interrupted":
+                self.counts["running"] -= 1
+            elif self.counts["queued"] > 0:
+                self.counts["queued"] -= 1
+            self.counts[state.value.lower()] += 1
+            if state is not JobState.SUCCEEDED or self.verbose:
+                why = f" (exit code {e.exit_code})" if e.exit_code not in (None, 0) else ""
+                if e.detail and not why:
+                    why = f" ({e.detail})"
+                args = " ".join(e.argv)
+                self.console.print(
+                    Text(
+                        f"[{e.label}] {state.value}{why} {args}".rstrip(), style=_STATE_STYLE[state]
+                    )
+                )
+        self._update()
+
+    def _on_JobOutput(self, e: ev.JobOutput) -> None:
+        if not self.show_output:
+            return
+        style = _LABEL_STYLES[hash(e.job_id) % len(_LABEL_STYLES)]
+        line = Text()
+        line.append(f"[{e.label}] ", style=style)
+        line.append(e.line)
+        self.console.print(line)
+
+    def _on_RetryScheduled(self, e: ev.RetryScheduled) -> None:
+        self.counts["retrying"] += 1
+        if self.verbose:
+            self.err.print(
+                Text(f"retry {e.attempt} in {e.delay:.1f}s: {e.reason}", style="magenta")
+            )
+        self._update()
+
+
+def print_error(message: str, *, file: IO[str] | None = None) -> None:
+    console = make_console(file or sys.stderr)
+    console.print(Text(f"caliban: {message}", style="bold red"))
+
+
+def jobs_table(jobs: Sequence[JobRecord]) -> RenderableType:
+    """Jobs grouped by experiment group, in the order given (oldest first)."""
+    parts: list[RenderableType] = []
+    table: Table | None = None
+    group = None
+    for job in jobs:
+        if job.xgroup != group or table is None:
+            group = job.xgroup
+            parts.append(Text(f"xgroup {group}", style="bold"))
+            table = Table(box=None, header_style="dim", show_edge=False, padding=(0, 1))
+            for name, justify in (
+                ("job", "left"),
+                ("#", "right"),
+                ("platform", "left"),
+                ("state", "left"),
+                ("exit", "right"),
+                ("created", "left"),
+            ):
+                table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+            table.add_column("args", overflow="fold")
+            parts.append(table)
+        table.add_row(
+            job.short_id,
+            str(job.index + 1),
+            job.platform.value,
+            Text(job.state.value, style=_STATE_STYLE[job.state]),
+            "" if job.exit_code is None else str(job.exit_code),
+            job.created[:19].replace("T", " "),
+            " ".join(job.args),
+        )
+    return Group(*parts)
+
+
+def job_json(job: JobRecord) -> dict[str, object]:
+    return {
+        "job_id": job.job_id,
+        "xgroup": job.xgroup,
+        "index": job.index,
+        "platform": job.platform.value,
+        "state": job.state.value,
+        "exit_code": job.exit_code,
+        "message": job.message,
+        "image": job.image,
+        "args": list(job.args),
+        "kwargs": job.kwargs,
+        "platform_id": job.platform_id,
+        "details": job.details,
+        "log_path": job.log_path,
+        "user": job.user,
+        "created": job.created,
+        "updated": job.updated,
+    }
+
+
+def dumps_jobs(jobs: Sequence[JobRecord]) -> str:
+    return json.dumps([job_json(j) for j in jobs], indent=2)
