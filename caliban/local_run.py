@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -57,7 +58,7 @@ async def execute(
         send.send_nowait(p)
     send.close()
 
-    async def run_one(p: Planned) -> None:
+    async def run_one(p: Planned, reap: Callable[[Any], None]) -> None:
         job = p.job
         label = label_for(job, total)
         current = await store.job(job.job_id)
@@ -85,6 +86,7 @@ async def execute(
                     log_path=Path(job.log_path) if job.log_path else None,
                     on_started=on_started,
                     adopt=p.action == "reconcile",
+                    reap=reap,
                 )
             except BackendError as exc:
                 with anyio.CancelScope(shield=True):
@@ -93,15 +95,20 @@ async def execute(
                 raise
         await _record(store, sink, job, label, outcome)
 
-    async def worker() -> None:
+    async def worker(reap: Callable[[Any], None]) -> None:
         async with receive.clone() as jobs:
             async for p in jobs:
-                await run_one(p)
+                await run_one(p, reap)
 
     try:
-        async with anyio.create_task_group() as tg:
-            for _ in range(workers):
-                tg.start_soon(worker)
+        async with anyio.create_task_group() as reaper:
+
+            def reap(container: Any) -> None:
+                reaper.start_soon(backend.remove, container)
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(workers):
+                    tg.start_soon(worker, reap)
     finally:
         receive.close()
         with anyio.CancelScope(shield=True):

@@ -14,10 +14,12 @@ ever grows.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -190,6 +192,9 @@ class Store:
         except (sqlite3.Error, OSError) as exc:
             await self.aclose()
             raise StoreError(f"cannot open the history store {self.path}: {exc}") from exc
+        except BaseException:
+            await self.aclose()
+            raise
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -212,7 +217,12 @@ class Store:
         async with self._lock:
             db = self.db
             try:
-                await db.execute("BEGIN IMMEDIATE")
+                # Shielded: a cancelled await would not stop the statement on
+                # aiosqlite's thread, and the transaction would stay open with
+                # nobody to end it. The cancellation lands right after instead,
+                # inside the body, where ROLLBACK handles it.
+                with anyio.CancelScope(shield=True):
+                    await db.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot write to {self.path}: {exc}") from exc
             try:
@@ -298,9 +308,17 @@ class Store:
         reconciliation.
         """
         out: list[Planned] = []
-        pending: list[PlanItem] = []
+        pending: list[tuple[str, PlanItem]] = []
+        # A config may list the same experiment twice on purpose (repeats):
+        # the n-th copy is its own experiment, and stays so on a re-run.
+        occurrences: Counter[str] = Counter()
         for item in items:
-            pending.append(item)
+            base = hashlib.sha256(
+                _dumps([list(item.args), list(item.kwargs.items())]).encode()
+            ).hexdigest()
+            occurrences[base] += 1
+            n = occurrences[base]
+            pending.append((base if n == 1 else f"{base}#{n}", item))
             if len(pending) >= batch:
                 out.extend(
                     await self._plan_batch(xgroup_id, container_spec_id, platform, user, pending)
@@ -318,14 +336,13 @@ class Store:
         container_spec_id: int,
         platform: Platform,
         user: str,
-        items: list[PlanItem],
+        items: list[tuple[str, PlanItem]],
     ) -> list[Planned]:
         decided: list[tuple[Action, str]] = []
         stamp = now()
         async with self._tx() as db:
-            for item in items:
-                key = _dumps([list(item.args), list(item.kwargs.items())])
-                await db.execute(
+            for key, item in items:
+                inserted = await db.execute(
                     "INSERT OR IGNORE INTO experiments"
                     " (xgroup_id, container_spec_id, idx, args, kwargs, key, created)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -339,20 +356,26 @@ class Store:
                         stamp,
                     ),
                 )
-                async with db.execute(
-                    "SELECT id FROM experiments WHERE xgroup_id = ? AND container_spec_id = ?"
-                    " AND key = ?",
-                    (xgroup_id, container_spec_id, key),
-                ) as cur:
-                    row = await cur.fetchone()
-                assert row is not None
-                experiment_id = int(row[0])
-                async with db.execute(
-                    "SELECT id, state FROM jobs WHERE experiment_id = ? AND platform = ?"
-                    " ORDER BY created DESC, rowid DESC LIMIT 1",
-                    (experiment_id, platform.value),
-                ) as cur:
-                    latest = await cur.fetchone()
+                latest = None
+                if inserted.rowcount == 1 and inserted.lastrowid is not None:
+                    # A new experiment has no jobs: skip two round trips to the
+                    # SQLite thread (a 500-job sweep plans several times faster).
+                    experiment_id = int(inserted.lastrowid)
+                else:
+                    async with db.execute(
+                        "SELECT id FROM experiments WHERE xgroup_id = ? AND container_spec_id = ?"
+                        " AND key = ?",
+                        (xgroup_id, container_spec_id, key),
+                    ) as cur:
+                        row = await cur.fetchone()
+                    assert row is not None
+                    experiment_id = int(row[0])
+                    async with db.execute(
+                        "SELECT id, state FROM jobs WHERE experiment_id = ? AND platform = ?"
+                        " ORDER BY created DESC, rowid DESC LIMIT 1",
+                        (experiment_id, platform.value),
+                    ) as cur:
+                        latest = await cur.fetchone()
                 state = JobState(latest[1]) if latest else None
                 if state is None or state in (JobState.FAILED, JobState.STOPPED):
                     await self._insert_job(db, item, experiment_id, platform, user, stamp)
@@ -495,6 +518,7 @@ class Store:
             where.append(f"j.state IN ({','.join('?' * len(wanted))})")
             params += wanted
         if job_ids is not None:
+            job_ids = list(dict.fromkeys(job_ids))
             if not job_ids:
                 return []
             # SQLite caps bound parameters; look big id lists up in chunks.

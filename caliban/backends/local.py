@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,41 @@ def container_name(job_id: str) -> str:
     return f"caliban-{job_id}"
 
 
+def managed_config(
+    *,
+    image: str,
+    argv: Sequence[str],
+    store_id: str,
+    labels: Mapping[str, str] | None = None,
+    env: Sequence[str] = (),
+    base: dict[str, Any] | None = None,
+    tty: bool = False,
+) -> dict[str, Any]:
+    """The Engine API body of any container caliban creates: a job, a shell, a notebook.
+
+    Every one is labelled as caliban's and as belonging to its store, so
+    cleanup can find it; ``env`` goes before the base's own entries, so those win.
+    """
+    config: dict[str, Any] = copy.deepcopy(base) if base else {}
+    config["Image"] = image
+    config["Cmd"] = list(argv)
+    config["Tty"] = tty
+    config["Env"] = [*env, *config.get("Env", [])]
+    config["Labels"] = {
+        **config.get("Labels", {}),
+        MANAGED_LABEL: "true",
+        **(labels or {}),
+        STORE_LABEL: store_id,
+    }
+    host = config.setdefault("HostConfig", {})
+    # An init process forwards SIGTERM to the training script (python as
+    # PID 1 would ignore it) and reaps zombies.
+    host.setdefault("Init", True)
+    # Data loaders share tensors through /dev/shm; the original used the host IPC too.
+    host.setdefault("IpcMode", "host")
+    return config
+
+
 def container_config(
     *,
     image: str,
@@ -50,30 +85,14 @@ def container_config(
     base: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The Engine API body that creates a job's container (GPUs come later)."""
-    config: dict[str, Any] = copy.deepcopy(base) if base else {}
-    config["Image"] = image
-    config["Cmd"] = list(argv)
-    config["Tty"] = False
-    config["Env"] = [
-        "PYTHONUNBUFFERED=1",
-        f"CALIBAN_JOB_ID={job_id}",
-        f"CALIBAN_XGROUP={xgroup}",
-        *config.get("Env", []),
-    ]
-    config["Labels"] = {
-        **config.get("Labels", {}),
-        MANAGED_LABEL: "true",
-        JOB_LABEL: job_id,
-        XGROUP_LABEL: xgroup,
-        STORE_LABEL: store_id,
-    }
-    host = config.setdefault("HostConfig", {})
-    # An init process forwards SIGTERM to the training script (python as
-    # PID 1 would ignore it) and reaps zombies.
-    host.setdefault("Init", True)
-    # Data loaders share tensors through /dev/shm; the original used the host IPC too.
-    host.setdefault("IpcMode", "host")
-    return config
+    return managed_config(
+        image=image,
+        argv=argv,
+        store_id=store_id,
+        labels={JOB_LABEL: job_id, XGROUP_LABEL: xgroup},
+        env=["PYTHONUNBUFFERED=1", f"CALIBAN_JOB_ID={job_id}", f"CALIBAN_XGROUP={xgroup}"],
+        base=base,
+    )
 
 
 def with_gpus(config: dict[str, Any], ids: Sequence[str], *, simulated: bool) -> dict[str, Any]:
@@ -149,20 +168,25 @@ class LocalBackend:
         log_path: Path | None,
         on_started: Callable[[str], Awaitable[None]],
         adopt: bool = False,
+        reap: Callable[[Any], None] | None = None,
     ) -> Outcome:
         """Run one job to completion and return how it ended.
+
+        ``reap``: when given, an exited container is handed to it for removal
+        instead of being removed here, so the job's GPUs and slot go to the
+        next job while the engine deletes it.
 
         ``adopt``: the job was planned by an earlier run that may have created
         its container already; use that container if it is there.
         """
         container: aiodocker.docker.DockerContainer | None = None
         started = False
-        if adopt:
-            container = await self._existing(job.job_id)
-            if container is not None:
-                info = await container.show()
-                started = info["State"]["Status"] != "created"
         try:
+            if adopt:
+                container = await self._existing(job.job_id)
+                if container is not None:
+                    info = await container.show()
+                    started = info["State"]["Status"] != "created"
             if container is None:
                 config = with_gpus(job.spec, gpu_ids, simulated=simulated_gpus)
                 try:
@@ -181,19 +205,35 @@ class LocalBackend:
                 except DockerError as exc:
                     raise _start_error(exc) from exc
             await self._follow(container, job, label, log_path)
-            try:
-                result = await container.wait()
-            except DockerError as exc:
-                if _is_missing(exc):  # removed by `caliban stop` from elsewhere
-                    return Outcome(JobState.STOPPED, None, "container removed")
-                raise
-            code = int(result.get("StatusCode", -1))
-            state = JobState.SUCCEEDED if code == 0 else JobState.FAILED
-            return Outcome(state, code, None if code == 0 else f"exit code {code}")
-        finally:
+            outcome = await self._result(container)
+        except BaseException:
             if container is not None:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_GRACE + 20):
                     await self._remove(container)
+            raise
+        if reap is not None:
+            reap(container)
+        else:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_GRACE + 20):
+                await self._remove(container)
+        return outcome
+
+    async def _result(self, container: aiodocker.docker.DockerContainer) -> Outcome:
+        try:
+            result = await container.wait()
+        except DockerError as exc:
+            if _is_missing(exc):  # removed by `caliban stop` from elsewhere
+                return Outcome(JobState.STOPPED, None, "container removed")
+            raise
+        code = int(result.get("StatusCode", -1))
+        state = JobState.SUCCEEDED if code == 0 else JobState.FAILED
+        return Outcome(state, code, None if code == 0 else f"exit code {code}")
+
+    async def remove(self, container: aiodocker.docker.DockerContainer) -> None:
+        """Stop and remove a container, shielded from cancellation: one handed out
+        by :meth:`run`'s ``reap``, or one caliban runs outside a job (a notebook)."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_GRACE + 20):
+            await self._remove(container)
 
     async def _existing(self, job_id: str) -> aiodocker.docker.DockerContainer | None:
         try:

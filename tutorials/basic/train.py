@@ -42,11 +42,21 @@ def main() -> None:
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(x_train, y_train)
     accuracy = model.score(x_test, y_test)
-    print(f"learning_rate={args.learning_rate} epochs={args.epochs}: "
-          f"test accuracy {accuracy:.3f} ({time.monotonic() - start:.1f}s)")
+    print(
+        f"learning_rate={args.learning_rate} epochs={args.epochs}: "
+        f"test accuracy {accuracy:.3f} ({time.monotonic() - start:.1f}s)"
+    )
     # One JSON line per run makes the results easy to collect from the logs.
-    print(json.dumps({"learning_rate": args.learning_rate, "epochs": args.epochs,
-                      "accuracy": round(accuracy, 4), "job": os.environ.get("CALIBAN_JOB_ID")}))
+    print(
+        json.dumps(
+            {
+                "learning_rate": args.learning_rate,
+                "epochs": args.epochs,
+                "accuracy": round(accuracy, 4),
+                "job": os.environ.get("CALIBAN_JOB_ID"),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

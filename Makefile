@@ -1,0 +1,48 @@
+# Set-up and checks for caliban. Every target is idempotent.
+#   make demo   - engine + base image + the tutorial sweep on real Docker
+#   make test   - engine + base image + the whole test suite
+#   make lint   - ruff and mypy
+#   make bench  - the benchmarks in benchmarks/
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint bench venv docker base-image clean-test-images
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+docker:
+	@scripts/ensure-docker.sh
+
+# The base image caliban builds FROM: the public python image when the
+# registry is reachable, else one made locally from Debian packages.
+base-image: docker
+	@scripts/base-image.sh >/dev/null
+
+demo: venv base-image
+	@export CALIBAN_BASE_IMAGE="$${CALIBAN_BASE_IMAGE:-$$(scripts/base-image.sh)}"; \
+	cd tutorials/basic && \
+	../../$(BIN)/caliban run --experiment_config experiment.json train.py && \
+	../../$(BIN)/caliban status --max_jobs 6
+
+test: venv base-image
+	@export CALIBAN_BASE_IMAGE="$${CALIBAN_BASE_IMAGE:-$$(scripts/base-image.sh)}"; \
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	@$(BIN)/ruff format --check caliban tests benchmarks tutorials
+	@$(BIN)/ruff check caliban tests benchmarks tutorials
+	@$(BIN)/mypy caliban
+
+bench: venv base-image
+	@export CALIBAN_BASE_IMAGE="$${CALIBAN_BASE_IMAGE:-$$(scripts/base-image.sh)}"; \
+	for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -1,0 +1,189 @@
+"""Ctrl-C, SIGTERM, kill -9 and `caliban stop` in the middle of a real sweep."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CALIBAN, MakeProject, labelled_containers, run_cli
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+
+def _store_id(home: Path) -> str:
+    with sqlite3.connect(home / "caliban.db") as db:
+        return str(db.execute("SELECT value FROM meta WHERE key='store_id'").fetchone()[0])
+
+
+def _states(home: Path, xgroup: str) -> list[str]:
+    with sqlite3.connect(home / "caliban.db") as db:
+        rows = db.execute(
+            "SELECT j.state FROM jobs j JOIN experiments e ON e.id = j.experiment_id "
+            "JOIN xgroups x ON x.id = e.xgroup_id WHERE x.name = ? ORDER BY e.idx, j.created",
+            (xgroup,),
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _wait_running(home: Path, count: int, timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (home / "caliban.db").exists():
+            try:
+                store = _store_id(home)
+            except sqlite3.Error:
+                store = ""
+            if store and len(labelled_containers(**{"caliban.store": store})) >= count:
+                return store
+        time.sleep(0.2)
+    raise AssertionError(f"{count} containers never started")
+
+
+def _start_sweep(
+    folder: Path, env: dict[str, str], xgroup: str, n: int = 4
+) -> subprocess.Popen[str]:
+    config = folder / "sweep.json"
+    config.write_text(json.dumps({"tag": [str(i) for i in range(n)]}))
+    return subprocess.Popen(
+        [
+            CALIBAN,
+            "run",
+            "--experiment_config",
+            str(config),
+            "--xgroup",
+            xgroup,
+            "--max_parallel",
+            "2",
+            "job.py",
+            "--",
+            "--sleep",
+            "60",
+        ],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_stops_and_removes_every_container(
+    make_project: MakeProject, env: dict[str, str], home: Path, sig: signal.Signals
+) -> None:
+    folder = make_project()
+    proc = _start_sweep(folder, env, "interrupted")
+    store = _wait_running(home, 2)
+    started = time.monotonic()
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    # Stopped within the grace period, not after the 60 s sleep.
+    assert time.monotonic() - started < 30
+    assert labelled_containers(**{"caliban.store": store}) == []
+    assert _states(home, "interrupted") == ["STOPPED"] * 4
+    assert "resubmit" in out
+
+
+def test_second_ctrl_c_skips_the_grace_period(
+    make_project: MakeProject, env: dict[str, str], home: Path
+) -> None:
+    folder = make_project(
+        {
+            "stubborn.py": "import signal, time\n"
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "print('ignoring SIGTERM', flush=True)\ntime.sleep(60)\n"
+        }
+    )
+    proc = subprocess.Popen(
+        [CALIBAN, "run", "--xgroup", "stubborn", "stubborn.py"],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    store = _wait_running(home, 1)
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(1)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out
+    assert time.monotonic() - started < 8  # well under the 10 s grace period
+    assert labelled_containers(**{"caliban.store": store}) == []
+    assert _states(home, "stubborn") == ["STOPPED"]
+
+
+def test_kill_9_then_status_and_rerun_lose_nothing(
+    make_project: MakeProject, env: dict[str, str], home: Path
+) -> None:
+    """After kill -9 the orphaned containers keep running; `status` records how
+    they end, and re-running the command runs only what never ran."""
+    folder = make_project()
+    config = folder / "sweep.json"
+    config.write_text(json.dumps({"tag": ["a", "b", "c", "d"]}))
+    args = [
+        "run",
+        "--experiment_config",
+        str(config),
+        "--xgroup",
+        "crash",
+        "--max_parallel",
+        "2",
+        "job.py",
+        "--",
+        "--sleep",
+        "3",
+    ]
+    proc = subprocess.Popen(
+        [CALIBAN, *args], cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    store = _wait_running(home, 2)
+    proc.kill()
+    proc.wait()
+    assert _states(home, "crash").count("RUNNING") == 2
+    assert len(labelled_containers(**{"caliban.store": store})) == 2
+
+    time.sleep(4)  # the orphans finish on their own
+    status = run_cli(["status", "--xgroup", "crash", "--json"], cwd=folder, env=env)
+    assert status.returncode == 0, status.stderr
+    jobs = json.loads(status.stdout)
+    assert sorted(j["state"] for j in jobs) == ["PLANNED", "PLANNED", "SUCCEEDED", "SUCCEEDED"]
+    assert labelled_containers(**{"caliban.store": store}) == []
+    finished = [j for j in jobs if j["state"] == "SUCCEEDED"]
+    assert all("tag" in Path(j["log_path"]).read_text() for j in finished)
+
+    rerun = run_cli(args, cwd=folder, env=env)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert _states(home, "crash") == ["SUCCEEDED"] * 4  # 4 jobs, none twice
+
+
+def test_stop_from_another_terminal(
+    make_project: MakeProject, env: dict[str, str], home: Path
+) -> None:
+    folder = make_project()
+    proc = _start_sweep(folder, env, "stopme", n=3)
+    store = _wait_running(home, 2)
+    dry = run_cli(["stop", "--xgroup", "stopme", "--dry_run"], cwd=folder, env=env)
+    assert dry.returncode == 0 and "3 job(s) would be stopped" in dry.stdout
+    assert len(labelled_containers(**{"caliban.store": store})) == 2
+
+    refused = run_cli(["stop", "--xgroup", "stopme"], cwd=folder, env=env, stdin="n\n")
+    assert refused.returncode == 0
+    assert len(labelled_containers(**{"caliban.store": store})) == 2
+
+    stopped = run_cli(["stop", "--xgroup", "stopme"], cwd=folder, env=env, stdin="y\n")
+    assert stopped.returncode == 0, stopped.stderr
+    out, _ = proc.communicate(timeout=60)
+    # The run saw its jobs stopped (not failed) and ended without starting the queued one.
+    assert _states(home, "stopme") == ["STOPPED"] * 3, out
+    assert proc.returncode == 1
+    assert labelled_containers(**{"caliban.store": store}) == []

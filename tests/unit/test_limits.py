@@ -1,0 +1,151 @@
+"""Rate limiting, retries and the GPU pool, on anyio with real (short) time."""
+
+from __future__ import annotations
+
+import itertools
+
+import anyio
+import pytest
+
+from caliban._limits import GpuPool, RetryPolicy, TokenBucket, with_retries
+from caliban.errors import BackendError, QuotaError
+
+
+class FakeClock:
+    """A clock the test moves; sleeps in the bucket advance it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_bucket_paces_to_the_rate_after_the_burst() -> None:
+    bucket = TokenBucket(rate=50, burst=5)
+    start = anyio.current_time()
+    for _ in range(15):
+        await bucket.acquire()
+    elapsed = anyio.current_time() - start
+    # 5 free, then 10 at 50/s = 0.2 s.
+    assert 0.17 <= elapsed < 0.5
+
+
+async def test_bucket_pause_holds_every_caller() -> None:
+    bucket = TokenBucket(rate=1000, burst=1)
+    await bucket.acquire()
+    bucket.pause(0.3)
+    start = anyio.current_time()
+    await bucket.acquire()
+    assert anyio.current_time() - start >= 0.29
+
+
+def test_bucket_rejects_a_zero_rate() -> None:
+    with pytest.raises(ValueError):
+        TokenBucket(rate=0)
+
+
+async def test_retries_honour_retry_after_then_succeed() -> None:
+    calls: list[float] = []
+    retries: list[tuple[int, float]] = []
+
+    async def flaky() -> str:
+        calls.append(anyio.current_time())
+        if len(calls) < 3:
+            raise QuotaError("slow down", retryable=True, retry_after=0.2)
+        return "ok"
+
+    result = await with_retries(
+        flaky,
+        RetryPolicy(attempts=5, initial=0.01),
+        on_retry=lambda n, delay, exc: retries.append((n, delay)),
+    )
+    assert result == "ok" and len(calls) == 3
+    assert [n for n, _ in retries] == [1, 2] and all(d == 0.2 for _, d in retries)
+    assert calls[1] - calls[0] >= 0.19
+
+
+async def test_retries_stop_on_permanent_errors_and_after_the_cap() -> None:
+    attempts = itertools.count(1)
+
+    async def denied() -> None:
+        next(attempts)
+        raise BackendError("forbidden", retryable=False, status=403)
+
+    with pytest.raises(BackendError, match="forbidden"):
+        await with_retries(denied, RetryPolicy(attempts=5, initial=0.001))
+    assert next(attempts) == 2  # called once
+
+    tries = itertools.count(1)
+
+    async def down() -> None:
+        next(tries)
+        raise BackendError("unavailable", retryable=True, status=503)
+
+    with pytest.raises(BackendError, match="unavailable"):
+        await with_retries(down, RetryPolicy(attempts=3, initial=0.001, max_delay=0.002))
+    assert next(tries) == 4  # exactly 3 attempts
+
+
+def test_backoff_is_jittered_and_capped() -> None:
+    policy = RetryPolicy(initial=1, max_delay=8)
+    delays = [policy.backoff(n) for n in range(1, 10) for _ in range(20)]
+    assert all(0 <= d <= 8 for d in delays)
+    assert len(set(delays)) > 100
+
+
+async def test_gpu_pool_never_hands_out_an_id_twice() -> None:
+    pool = GpuPool(["0", "1", "2", "3"])
+    held: set[str] = set()
+    peak = 0
+
+    async def job(k: int) -> None:
+        nonlocal peak
+        async with pool.acquire(k) as ids:
+            assert len(ids) == k and not held & set(ids)
+            held.update(ids)
+            peak = max(peak, len(held))
+            await anyio.sleep(0.01)
+            held.difference_update(ids)
+
+    async with anyio.create_task_group() as tg:
+        for k in [1, 2, 3, 1, 4, 2, 1, 1, 3, 2] * 3:
+            tg.start_soon(job, k)
+    assert peak == 4 and pool.free == frozenset({"0", "1", "2", "3"})
+
+
+async def test_gpu_pool_serves_requests_in_order() -> None:
+    """A 4-GPU job queued behind 1-GPU jobs is not starved by later 1-GPU jobs."""
+    pool = GpuPool(["0", "1", "2", "3"])
+    order: list[str] = []
+
+    async def job(name: str, k: int, hold: float) -> None:
+        async with pool.acquire(k):
+            order.append(name)
+            await anyio.sleep(hold)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(job, "small-1", 1, 0.05)
+        await anyio.sleep(0.01)
+        tg.start_soon(job, "big", 4, 0.01)
+        await anyio.sleep(0.01)
+        tg.start_soon(job, "small-2", 1, 0.01)
+    assert order == ["small-1", "big", "small-2"]
+
+
+async def test_gpu_pool_releases_on_cancellation() -> None:
+    pool = GpuPool(["0", "1"])
+    with anyio.move_on_after(0.05):
+        async with pool.acquire(2):
+            await anyio.sleep(10)
+    assert pool.free == frozenset({"0", "1"})
+    with anyio.move_on_after(0.05):
+        async with pool.acquire(2), pool.acquire(1):  # the second waits: cancelled queued
+            pass
+    async with pool.acquire(2) as ids:
+        assert ids == ("0", "1")
+
+
+def test_gpu_pool_rejects_impossible_requests() -> None:
+    with pytest.raises(ValueError):
+        GpuPool(["0", "0"])

@@ -1,0 +1,172 @@
+"""The SQLite store: migrations, planning and resumption, sticky states, concurrency."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import anyio
+import pytest
+
+from caliban.errors import StoreError
+from caliban.spec import JobState, Platform
+from caliban.store import SCHEMA_VERSION, PlanItem, Store
+
+
+def _items(n: int, prefix: str = "j") -> list[PlanItem]:
+    return [
+        PlanItem(
+            index=i,
+            args=("--i", str(i)),
+            kwargs={"i": i},
+            job_id=f"{prefix}{i}",
+            image="img:1",
+            spec={"Cmd": ["--i", str(i)]},
+            details={"mode": "cpu"},
+        )
+        for i in range(n)
+    ]
+
+
+async def _plan(store: Store, items: list[PlanItem], xgroup: str = "g") -> list[tuple[str, str]]:
+    xid = await store.xgroup(xgroup, "alice")
+    sid = await store.container_spec("local:abc", "img:1", {"image": "img:1"}, "alice")
+    planned = await store.plan(
+        xgroup_id=xid,
+        container_spec_id=sid,
+        platform=Platform.LOCAL,
+        user="alice",
+        items=items,
+        batch=3,
+    )
+    return [(p.action, p.job.job_id) for p in planned]
+
+
+async def test_fresh_store_is_migrated_and_reopens(tmp_path: Path) -> None:
+    path = tmp_path / "h" / "caliban.db"
+    async with Store(path) as store:
+        first_id = store.store_id
+    async with Store(path) as store:
+        assert store.store_id == first_id
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "caliban.db"
+    async with Store(path):
+        pass
+    with sqlite3.connect(path) as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(StoreError, match="newer caliban"):
+        async with Store(path):
+            pass
+
+
+async def test_unwritable_location_is_a_store_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(StoreError, match="cannot open"):
+        async with Store(blocker / "caliban.db"):
+            pass
+
+
+async def test_planning_resumes_a_group(tmp_path: Path) -> None:
+    async with Store(tmp_path / "c.db") as store:
+        first = await _plan(store, _items(5))
+        assert first == [("new", f"j{i}") for i in range(5)]
+        await store.transition("j0", JobState.SUCCEEDED, exit_code=0)
+        await store.transition("j1", JobState.FAILED, exit_code=1)
+        await store.transition("j2", JobState.RUNNING)
+        await store.transition("j3", JobState.STOPPED)
+        # j4 stays PLANNED: maybe launched, maybe not.
+        again = await _plan(store, _items(5, prefix="k"))
+        assert again == [
+            ("done", "j0"),
+            ("new", "k1"),
+            ("active", "j2"),
+            ("new", "k3"),
+            ("reconcile", "j4"),
+        ]
+        assert len(await store.jobs(xgroup="g")) == 7
+
+
+async def test_identical_experiments_are_kept_apart(tmp_path: Path) -> None:
+    async with Store(tmp_path / "c.db") as store:
+        same = [
+            PlanItem(
+                index=i,
+                args=("--x",),
+                kwargs={"x": True},
+                job_id=f"s{i}",
+                image="i",
+                spec={},
+                details={},
+            )
+            for i in range(3)
+        ]
+        assert [a for a, _ in await _plan(store, same)] == ["new"] * 3
+        for i in range(3):
+            await store.transition(f"s{i}", JobState.SUCCEEDED)
+        assert [a for a, _ in await _plan(store, same)] == ["done"] * 3
+
+
+async def test_terminal_states_are_sticky(tmp_path: Path) -> None:
+    async with Store(tmp_path / "c.db") as store:
+        await _plan(store, _items(1))
+        assert await store.transition("j0", JobState.STOPPED, message="stopped by user")
+        assert not await store.transition("j0", JobState.FAILED, exit_code=137)
+        (job,) = await store.jobs(job_ids=["j0"])
+        assert job.state is JobState.STOPPED and job.exit_code is None
+        assert await store.transition("j0", JobState.FAILED, exit_code=137, force=True)
+        states = [s for _, s, _ in await store.events("j0")]
+        assert states == ["PLANNED", "STOPPED", "FAILED"]
+
+
+async def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
+    """Many tasks on one connection, and a second process-like connection."""
+    path = tmp_path / "c.db"
+    async with Store(path) as a, Store(path) as b:
+        await _plan(a, _items(60))
+
+        async def bump(store: Store, i: int) -> None:
+            await store.transition(f"j{i}", JobState.RUNNING, platform_id=f"c{i}")
+            await store.transition(f"j{i}", JobState.SUCCEEDED, exit_code=0)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(60):
+                tg.start_soon(bump, a if i % 2 else b, i)
+        jobs = await a.jobs(xgroup="g")
+        assert [j.state for j in jobs] == [JobState.SUCCEEDED] * 60
+        assert all(j.platform_id == f"c{j.index}" for j in jobs)
+        counts = [len(await a.events(j.job_id)) for j in jobs]
+        assert sum(counts) == 180
+
+
+async def test_job_lookup_by_short_id_and_limits(tmp_path: Path) -> None:
+    async with Store(tmp_path / "c.db") as store:
+        await _plan(store, _items(12))
+        job = await store.job("j11")
+        assert job is not None and job.index == 11
+        assert await store.job("nope") is None
+        assert await store.job("1") is None  # ambiguous: j1 and j11
+        latest = await store.jobs(limit=3)
+        assert [j.job_id for j in latest] == ["j9", "j10", "j11"]
+        assert len(await store.jobs(job_ids=[f"j{i}" for i in range(12)] * 60)) == 12
+
+
+async def test_cancelled_writes_leave_no_transaction_open(tmp_path: Path) -> None:
+    """Cancellation at any point of a write must not break the next write."""
+    async with Store(tmp_path / "c.db") as store:
+        await _plan(store, _items(40))
+        for delay in (0, 0.0001, 0.0005, 0.001, 0.002, 0.005):
+            with anyio.move_on_after(delay):
+                async with anyio.create_task_group() as tg:
+                    for i in range(40):
+                        tg.start_soon(store.transition, f"j{i}", JobState.RUNNING)
+            # The store still takes writes, and what was written is whole.
+            assert await store.transition("j0", JobState.UNKNOWN, force=True)
+            assert await store.transition("j0", JobState.RUNNING, force=True)
+        jobs = await store.jobs(xgroup="g")
+        assert {j.state for j in jobs} <= {JobState.PLANNED, JobState.RUNNING}
