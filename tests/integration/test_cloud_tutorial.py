@@ -1,0 +1,84 @@
+"""tutorials/batch/submit_sweep.py, run as documented, against the local Vertex server whose
+jobs move on by themselves (QUEUED -> PENDING -> RUNNING -> SUCCEEDED), some failing."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import anyio
+
+from tests.conftest import ROOT
+from tests.fakes.vertex import FakeVertex
+from tests.fakes.vertex_jobs import Lifecycle
+from tests.integration.cloud_helpers import (  # noqa: F401  (fixtures)
+    IMAGE,
+    JOB_LABEL,
+    cli_env,
+    oauth_server,
+    service_account,
+    service_account_file,
+    vertex_server,
+)
+
+SCRIPT = ROOT / "tutorials" / "batch" / "submit_sweep.py"
+
+
+async def test_batch_tutorial_submits_waits_and_tabulates(
+    tmp_path: Path, service_account_file: Path, vertex_server: FakeVertex
+) -> None:
+    vertex_server.lifecycle = Lifecycle(queued=0.3, pending=0.3, running=2.0)
+    env = cli_env(tmp_path, service_account_file, vertex_server)
+    failing: set[str] = set()
+
+    async def fail_seed_4() -> None:
+        # Every job run with --seed 4 fails on the platform, as soon as it exists.
+        while True:
+            for job in vertex_server.jobs:
+                if job.labels.get("seed") == "4" and job.name not in failing:
+                    vertex_server.fail(job.name, 13, "worker exited with status 1")
+                    failing.add(job.name)
+            await anyio.sleep(0.01)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(fail_seed_4)
+        with anyio.fail_after(120):
+            done = await anyio.run_process(
+                [
+                    sys.executable,
+                    str(SCRIPT),
+                    "--image_tag",
+                    IMAGE,
+                    "--xgroup",
+                    "batch",
+                    "--rate_limit",
+                    "60000",
+                    "--poll",
+                    "0.5",
+                    "--timeout",
+                    "60",
+                ],
+                env=env,
+                check=False,
+            )
+        tg.cancel_scope.cancel()
+    out, err = done.stdout.decode(), done.stderr.decode()
+    assert done.returncode == 1, out + err  # some jobs failed
+    assert "300 jobs, 300 to submit, 0 already there" in out
+    assert "submitted 300 of 300 jobs to experiment group batch" in out
+    assert "300/300 finished" in out
+    assert len(vertex_server.jobs) == 300 and vertex_server.duplicates(JOB_LABEL) == {}
+    assert len(failing) == 60
+
+    lines = out.splitlines()
+    header = lines.index(next(line for line in lines if line.strip().startswith("learning_rate")))
+    assert lines[header].split() == ["learning_rate", "FAILED", "SUCCEEDED", "total"]
+    rows = [line.split() for line in lines[header + 1 : header + 14]]
+    assert len(rows) == 13 and rows[-1] == ["all", "60", "240", "300"]
+    for row in rows[:-1]:
+        assert re.fullmatch(r"[0-9.]+", row[0]) and row[1:] == ["5", "20", "25"], row
+    assert "failed: --learning_rate" in out and "worker exited with status 1" in out
+    # Polling a 300-job sweep costs one list call per poll, not one call per job.
+    assert vertex_server.get_calls == 0
+    assert vertex_server.list_calls < 40

@@ -1,0 +1,157 @@
+"""`caliban cloud` input checks: everything is validated before any network call, with
+messages that say what would work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from caliban import cloud_run
+from caliban.accelerators import AcceleratorSpec
+from caliban.config import CalibanConfig, GcloudConfig
+from caliban.errors import ConfigError, ValidationError
+from caliban.options import CloudRequest, ProjectOptions
+from caliban.spec import JobMode
+
+CONFIG = CalibanConfig()
+
+
+def _check(
+    mode: JobMode = JobMode.GPU,
+    environ: dict[str, str] | None = None,
+    config: CalibanConfig = CONFIG,
+    **kw: object,
+) -> cloud_run.CloudPlan:
+    kw.setdefault("project_id", "proj")
+    req = CloudRequest(project=ProjectOptions(folder=Path("/project")), **kw)  # type: ignore[arg-type]
+    return cloud_run.check(req, mode=mode, config=config, user="ada", environ=environ or {})
+
+
+def test_defaults() -> None:
+    plan = _check()
+    assert plan.machine_type == "n1-standard-8" and plan.accelerator == AcceleratorSpec(1, "T4")
+    assert plan.regions == ("us-central1",) and plan.name == "caliban_ada"
+    assert plan.key_file is None and plan.endpoint is None
+    cpu = _check(JobMode.CPU)
+    assert cpu.machine_type == "n1-highcpu-32" and cpu.accelerator is None
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        (
+            {"machine_type": "n1-standrd-8"},
+            "unknown machine type 'n1-standrd-8'; did you mean n1-standard-8",
+        ),
+        ({"gpu_spec": "1xT5"}, "unknown GPU type 'T5'; did you mean T4?"),
+        ({"gpu_spec": "2xV3"}, "V3 is a TPU: use --tpu_spec"),
+        ({"gpu_spec": "3xT4"}, "T4 is available in counts 1, 2, 4"),
+        (
+            {"gpu_spec": "1xA100", "machine_type": "n1-standard-8"},
+            "machine type n1-standard-8 cannot take 1xA100; try one of a2-highgpu-1g",
+        ),
+        ({"gpu_spec": "1xK80"}, "K80 GPUs are end-of-life on Vertex AI"),
+        ({"regions": ("us-centrl1",)}, "unknown region 'us-centrl1'; did you mean us-central1"),
+        ({"regions": ("us-central1", "mars-north1")}, "unknown region 'mars-north1'"),
+        (
+            {"gpu_spec": "8xH100", "regions": ("us-west2",)},
+            "H100 is not offered in us-west2; try one of",
+        ),
+        ({"machine_type": "a2-highgpu-1g", "gpu_spec": "1xT4"}, "cannot take 1xT4"),
+        ({"tpu_spec": "8xV3", "gpu_spec": "1xT4"}, "GPUs or TPUs, not both"),
+        ({"rate_limit": 0}, "--rate_limit must be positive"),
+        ({"max_inflight": 0}, "--max_inflight must be positive"),
+        ({"labels": (("", "x"),)}, "no usable key"),
+    ],
+)
+def test_bad_input_is_refused_with_a_suggestion(kw: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        _check(**kw)
+    assert message in str(caught.value)
+
+
+def test_force_skips_the_catalog_checks() -> None:
+    plan = _check(machine_type="n9-future-1", gpu_spec="3xT4", force=True, regions=("moon-1",))
+    assert plan.machine_type == "n9-future-1" and plan.accelerator == AcceleratorSpec(3, "T4")
+
+
+def test_tpus() -> None:
+    plan = _check(JobMode.CPU, tpu_spec="8xV3")
+    assert plan.machine_type == "cloud-tpu" and plan.accelerator == AcceleratorSpec(8, "V3")
+    assert plan.gpu is None
+    # GPU mode asked for explicitly, with only a TPU spec: no default GPU sneaks in.
+    gpu_mode = _check(JobMode.GPU, tpu_spec="8xV3")
+    assert gpu_mode.gpu is None and gpu_mode.machine_type == "cloud-tpu"
+
+
+def test_regions_from_flags_and_environment() -> None:
+    assert _check(regions=("us-central1,europe-west4", "asia-east1", "us-central1")).regions == (
+        "us-central1",
+        "europe-west4",
+        "asia-east1",
+    )
+    assert _check(environ={"REGION": "europe-west4"}).regions == ("europe-west4",)
+    assert _check(environ={"REGION": " "}).regions == ("us-central1",)
+
+
+def test_project_and_endpoint_precedence(tmp_path: Path) -> None:
+    key = tmp_path / "key.json"
+    key.write_text(
+        json.dumps(
+            {
+                "type": "service_account",
+                "project_id": "from-key",
+                "private_key": "k",
+                "client_email": "e",
+            }
+        )
+    )
+    env = {"GOOGLE_APPLICATION_CREDENTIALS": str(key), "CALIBAN_VERTEX_ENDPOINT": "http://x"}
+    plan = _check(project_id=None, environ=env)
+    assert plan.project_id == "from-key" and plan.key_file == str(key)
+    assert plan.endpoint == "http://x"
+    assert _check(project_id=None, environ={**env, "PROJECT_ID": "env-proj"}).project_id == (
+        "env-proj"
+    )
+    assert _check(environ=env, endpoint="http://flag").endpoint == "http://flag"
+    configured = CalibanConfig(gcloud=GcloudConfig(project_id="cfg-proj"))
+    assert _check(project_id=None, config=configured).project_id == "cfg-proj"
+    with pytest.raises(ValidationError, match="no Google Cloud project: pass --project_id"):
+        _check(project_id=None)
+    with pytest.raises(ConfigError, match="does not exist"):
+        _check(project_id=None, cloud_key=str(tmp_path / "missing.json"))
+
+
+def test_key_files_are_recorded_as_absolute_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert _check(cloud_key="keys/k.json").key_file == str(tmp_path / "keys" / "k.json")
+    # A key named in .calibanconfig.json is relative to the project.
+    configured = CalibanConfig(gcloud=GcloudConfig(cloud_key="k.json"))
+    assert _check(config=configured).key_file == "/project/k.json"
+
+
+def test_rebind_gives_a_recorded_body_a_new_job_id() -> None:
+    body = {
+        "labels": {"caliban_job": "old", "lr": "0_1"},
+        "jobSpec": {
+            "workerPoolSpecs": [
+                {
+                    "containerSpec": {
+                        "env": [
+                            {"name": "CALIBAN_JOB_ID", "value": "old"},
+                            {"name": "X", "value": "old"},
+                        ]
+                    }
+                }
+            ]
+        },
+    }
+    new = cloud_run.rebind(body, "new")
+    assert new["labels"] == {"caliban_job": "new", "lr": "0_1"}
+    env = new["jobSpec"]["workerPoolSpecs"][0]["containerSpec"]["env"]
+    assert env == [{"name": "CALIBAN_JOB_ID", "value": "new"}, {"name": "X", "value": "old"}]
+    assert body["labels"]["caliban_job"] == "old"  # type: ignore[index]  # a copy
