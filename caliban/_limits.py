@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import anyio
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
-from tenacity.stop import stop_after_delay
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
+from tenacity.stop import stop_after_delay, stop_base
 from tenacity.wait import wait_base
 
-from caliban.errors import BackendError
+from caliban.errors import BackendError, QuotaError
 
 T = TypeVar("T")
 Clock = Callable[[], float]
@@ -79,6 +79,9 @@ class RetryPolicy:
     initial: float = 1.0
     max_delay: float = 60.0
     deadline: float = 900.0
+    # A 429 for a rate quota means "not now", not "broken": it gets more tries
+    # (still within the deadline) before a job is given up.
+    quota_attempts: int = 24
 
     def backoff(self, attempt: int) -> float:
         # Full jitter: spreads a thundering herd of retries over the whole window.
@@ -97,6 +100,20 @@ class _WaitRetryAfter(wait_base):
         if isinstance(exc, BackendError) and exc.retry_after is not None:
             return min(exc.retry_after, self.policy.max_delay * 5)
         return self.policy.backoff(retry_state.attempt_number)
+
+
+class _OutOfAttempts(stop_base):
+    """``attempts`` tries, or ``quota_attempts`` when the last answer was a 429."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome is not None else None
+        quota = isinstance(exc, QuotaError)
+        cap = self.policy.quota_attempts if quota else self.policy.attempts
+        return retry_state.attempt_number >= cap
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -129,7 +146,7 @@ async def with_retries(
     retrying = AsyncRetrying(
         retry=retry_if_exception(is_retryable),
         wait=_WaitRetryAfter(policy),
-        stop=stop_after_attempt(policy.attempts) | stop_after_delay(policy.deadline),
+        stop=_OutOfAttempts(policy) | stop_after_delay(policy.deadline),
         sleep=anyio.sleep,
         before_sleep=before_sleep,
         reraise=True,

@@ -32,8 +32,7 @@ __version__ = "0.5.0.dev0"
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # one line, exit 2, as for every bad input
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"caliban {self.prog.split(' ', 1)[-1]}: error: {message}\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
 def _split_script_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -203,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow", "-f", action="store_true", help="keep printing while it runs")
     p.add_argument("--verbose", "-v", action="store_true")
     p.set_defaults(handler=cmd_logs)
+    from caliban import cli_cloud, cli_cluster, cli_dev
+
+    cli_dev.register(sub)
+    cli_cloud.register(sub)
+    cli_cluster.register(sub)
     return parser
 
 
@@ -465,6 +469,7 @@ def cmd_resubmit(ns: argparse.Namespace) -> int:
         return ns.yes or await _confirm(f"Resubmit these {len(jobs)} job(s)? [y/N] ", jobs, sink)
 
     async def work(session: Session) -> RunResult:
+        session.cloud_key = ns.cloud_key
         return await session.resubmit(
             xgroup=ns.xgroup,
             all_jobs=ns.all_jobs,

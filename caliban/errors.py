@@ -133,8 +133,10 @@ class OutcomeUnknown(BackendError):
     before sending the request again, or risk a duplicate.
     """
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message, retryable=True)
+    def __init__(self, message: str, *, settle: float | None = None) -> None:
+        # ``settle``: how long to wait before the lookup, when the server may
+        # still be working on the request (it timed out rather than failed).
+        super().__init__(message, retryable=True, retry_after=settle)
 
 
 class JobFailed(CalibanError):

@@ -67,6 +67,8 @@ class JobsPlanned(Event):
     total: int
     to_run: int
     skipped: int
+    # Jobs go to a remote platform: accepted there is as far as this command follows them.
+    remote: bool = False
 
 
 @dataclass(frozen=True)

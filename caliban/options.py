@@ -61,3 +61,154 @@ class RunRequest:
     gpu_ids: tuple[str, ...] | None = None
     docker_run_args: tuple[str, ...] = ()
     dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class ShellRequest:
+    """``caliban shell``: an interactive shell in the project's image.
+
+    ``shell`` is ``"bash"`` or ``"zsh"``; None picks zsh when ``$SHELL`` names
+    zsh and the home folder is mounted, bash otherwise. ``bare`` leaves the
+    home folder unmounted. ``image_id`` on ``project`` skips the build.
+    """
+
+    project: ProjectOptions = field(default_factory=ProjectOptions)
+    shell: str | None = None
+    bare: bool = False
+    gpu_ids: tuple[str, ...] | None = None
+    docker_run_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class NotebookRequest:
+    """``caliban notebook``: a Jupyter server in the project's image.
+
+    ``port`` None means the first free port from 8888. ``jupyter_version``
+    pins ``notebook`` (or ``jupyterlab`` with ``lab``). ``start_timeout`` is
+    how long the server may take to answer before caliban gives up.
+    """
+
+    project: ProjectOptions = field(default_factory=ProjectOptions)
+    port: int | None = None
+    lab: bool = False
+    jupyter_version: str | None = None
+    bare: bool = False
+    gpu_ids: tuple[str, ...] | None = None
+    docker_run_args: tuple[str, ...] = ()
+    start_timeout: float = 120.0
+
+
+@dataclass(frozen=True)
+class CloudRequest:
+    """``caliban cloud``: one Vertex AI custom job per experiment.
+
+    ``regions``: jobs are spread over them round-robin so each region's quota
+    is used. ``image_tag`` skips build and push and runs that image.
+    ``rate_limit`` is job creations per minute per region (Vertex's default
+    quota is 60); ``max_inflight`` bounds concurrent requests. ``endpoint``
+    replaces ``https://REGION-aiplatform.googleapis.com`` (private endpoints,
+    tests). ``image_registry`` replaces Artifact Registry as the push target.
+    """
+
+    project: ProjectOptions
+    experiments: object | None = None
+    script_args: tuple[str, ...] = ()
+    xgroup: str | None = None
+    project_id: str | None = None
+    regions: tuple[str, ...] = ()
+    machine_type: str | None = None
+    gpu_spec: str | None = None
+    tpu_spec: str | None = None
+    force: bool = False
+    name: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    image_tag: str | None = None
+    cloud_key: str | None = None
+    dry_run: bool = False
+    rate_limit: float = 60.0
+    max_inflight: int = 16
+    spot: bool = False
+    service_account: str | None = None
+    timeout_s: int | None = None
+    endpoint: str | None = None
+    artifact_repo: str = "caliban"
+    image_registry: str | None = None
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """Which Kubernetes cluster (``caliban cluster ...``).
+
+    A GKE cluster through the GKE API (``cluster_name``, ``zone`` - a zone or a
+    region -, ``project_id``, ``cloud_key``), or any cluster through a kubeconfig
+    (``kubeconfig``, ``context``). With neither ``kubeconfig`` nor ``context`` nor
+    ``$KUBECONFIG``, it is GKE, and the only cluster of the project when no name is
+    given. ``namespace`` defaults to the context's, else ``default``.
+    ``gke_endpoint`` replaces https://container.googleapis.com (also
+    ``$CALIBAN_GKE_ENDPOINT``).
+    """
+
+    cluster_name: str | None = None
+    zone: str | None = None
+    project_id: str | None = None
+    cloud_key: str | None = None
+    kubeconfig: str | None = None
+    context: str | None = None
+    namespace: str | None = None
+    gke_endpoint: str | None = None
+
+
+@dataclass(frozen=True)
+class ClusterJobRequest:
+    """``caliban cluster job submit``: one Kubernetes Job per experiment, or with
+    ``indexed`` one Indexed Job for the whole sweep (``max_parallel`` pods at once).
+
+    ``min_cpu`` is milli-CPU and ``min_mem`` MB per job. Jobs run on on-demand nodes
+    unless ``spot`` (GKE Spot VMs) or ``preemptible`` (the legacy GKE label).
+    ``cluster_type`` "gke" uses GKE's node labels for GPU type, TPU and spot;
+    "generic" only asks for resources (default: "gke" for clusters reached through
+    the GKE API, "generic" for kubeconfig contexts). ``export`` writes the manifests
+    to a .yaml/.json file instead of submitting. ``rate_limit`` (creates per
+    minute) is off by default: the API server's own throttling (429 with
+    Retry-After) is honoured, and ``max_inflight`` bounds concurrent requests.
+    """
+
+    project: ProjectOptions
+    cluster: ClusterOptions = field(default_factory=ClusterOptions)
+    experiments: object | None = None
+    script_args: tuple[str, ...] = ()
+    xgroup: str | None = None
+    name: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    image_tag: str | None = None
+    gpu_spec: str | None = None
+    tpu_spec: str | None = None
+    min_cpu: int | None = None
+    min_mem: int | None = None
+    spot: bool = False
+    preemptible: bool = False
+    cluster_type: str | None = None
+    node_selector: tuple[tuple[str, str], ...] = ()
+    indexed: bool = False
+    max_parallel: int | None = None
+    backoff_limit: int = 0
+    ttl_seconds: int | None = 7 * 24 * 3600
+    export: str | None = None
+    dry_run: bool = False
+    force: bool = False
+    max_inflight: int = 64
+    rate_limit: float | None = None
+    image_registry: str | None = None
+    artifact_repo: str = "caliban"
+
+
+@dataclass(frozen=True)
+class ClusterCreateRequest:
+    """``caliban cluster create``: a GKE cluster with node auto-provisioning, its
+    accelerator limits taken from the project's quotas in the region."""
+
+    cluster: ClusterOptions = field(default_factory=ClusterOptions)
+    release_channel: str = "REGULAR"
+    single_zone: bool = False
+    dry_run: bool = False
+    timeout_s: float = 1800.0

@@ -14,6 +14,7 @@ cancelled. Nothing is written to the store before every input is validated.
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import os
 import re
@@ -23,7 +24,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiodocker
 import anyio
@@ -41,9 +42,21 @@ from caliban.gpus import GpuInventory
 from caliban.gpus import detect as detect_gpus
 from caliban.jobmode import resolve_mode
 from caliban.local_run import execute
-from caliban.options import ProjectOptions, RunRequest
+from caliban.options import NotebookRequest, ProjectOptions, RunRequest, ShellRequest
 from caliban.spec import JobMode, JobRecord, JobState, Platform
 from caliban.store import PlanItem, Planned, Store, default_home
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from caliban.backends.kubeclient import KubeConnections
+    from caliban.cloud.auth import Credentials
+    from caliban.options import (
+        CloudRequest,
+        ClusterCreateRequest,
+        ClusterJobRequest,
+        ClusterOptions,
+    )
 
 Confirm = Callable[[Sequence[JobRecord]], Awaitable[bool]]
 
@@ -88,10 +101,14 @@ class Prepared:
 
 @dataclass
 class RunResult:
+    """What a run or a submission did. ``ok``: every local job succeeded, or every
+    remote job was accepted by its platform."""
+
     xgroup: str
     jobs: list[JobRecord] = field(default_factory=list)
     skipped: int = 0
     dry_run: bool = False
+    platform: Platform = Platform.LOCAL
 
     @property
     def counts(self) -> Counter[JobState]:
@@ -99,7 +116,26 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        return all(j.state is JobState.SUCCEEDED for j in self.jobs)
+        accepted = (JobState.SUBMITTED, JobState.RUNNING, JobState.SUCCEEDED)
+        return all(
+            j.state is JobState.SUCCEEDED if j.platform is Platform.LOCAL else j.state in accepted
+            for j in self.jobs
+        )
+
+
+LABELS_ENV = "CALIBAN_LABELS"
+
+
+def _labels_from_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """``CALIBAN_LABELS="team=vision,cost=q3"`` labels everything a session creates."""
+    out: dict[str, str] = {}
+    for part in environ.get(LABELS_ENV, "").split(","):
+        if part.strip():
+            key, sep, value = part.partition("=")
+            if not sep or not key.strip():
+                raise ValidationError(f"{LABELS_ENV}: {part!r} is not key=value")
+            out[key.strip()] = value.strip()
+    return out
 
 
 def _safe_path_part(name: str) -> str:
@@ -117,17 +153,26 @@ class Session:
         docker_url: str | None = None,
         user: ImageUser | None = None,
         environ: Mapping[str, str] | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> None:
         self.home = Path(home) if home is not None else default_home()
+        # Extra labels on every image and container this session creates
+        # (cost tracking, or a test run cleaning up after itself).
+        self.environ: Mapping[str, str] = os.environ if environ is None else environ
+        self.labels = dict(labels) if labels is not None else _labels_from_env(self.environ)
         self.sink = sink
         self.docker_url = docker_url
         self.user = user or host_user()
-        self.environ: Mapping[str, str] = os.environ if environ is None else environ
         # Set by the CLI on a second Ctrl-C: cleanup stops containers without grace.
         self.force = anyio.Event()
         self._stack = AsyncExitStack()
         self._docker: aiodocker.Docker | None = None
         self._store: Store | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self._credentials: dict[str | None, Credentials] = {}
+        # Credentials for status/stop/resubmit of cloud jobs (--cloud_key).
+        self.cloud_key: str | None = None
+        self._kube: KubeConnections | None = None
 
     async def __aenter__(self) -> Session:
         return self
@@ -151,6 +196,37 @@ class Session:
         if self._store is None:
             self._store = await self._stack.enter_async_context(Store(self.db_path))
         return self._store
+
+    async def http(self) -> aiohttp.ClientSession:
+        """The one HTTP session of this Session (Google APIs, registries)."""
+        if self._http is None:
+            import aiohttp
+
+            self._http = await self._stack.enter_async_context(
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120))
+            )
+        return self._http
+
+    async def credentials(self, key_file: str | None = None) -> Credentials:
+        """Google credentials, loaded once per key file (see :mod:`caliban.cloud.auth`)."""
+        from caliban.cloud.auth import Credentials
+
+        if key_file not in self._credentials:
+            creds = await Credentials.load(
+                await self.http(), key_file=key_file, environ=self.environ
+            )
+            self._stack.push_async_callback(creds.aclose)
+            self._credentials[key_file] = creds
+        return self._credentials[key_file]
+
+    async def kube(self) -> KubeConnections:
+        """Kubernetes API connections, one per cluster, closed with the session."""
+        if self._kube is None:
+            from caliban.backends.kubeclient import KubeConnections
+
+            self._kube = KubeConnections(self)
+            self._stack.push_async_callback(self._kube.aclose)
+        return self._kube
 
     async def _local(self) -> LocalBackend:
         store = await self.store()
@@ -210,6 +286,7 @@ class Session:
             repo=prepared.repo,
             no_cache=no_cache,
             sink=self.sink,
+            labels=self.labels,
         )
 
     async def build(self, project_opts: ProjectOptions) -> BuiltImage:
@@ -245,6 +322,9 @@ class Session:
 
     async def run(self, req: RunRequest) -> RunResult:
         """Build the project and run every experiment locally; see :class:`RunRequest`."""
+        if req.project.use_gpu is None and (req.gpu_ids or req.gpus_per_job):
+            # Naming GPUs asks for GPU mode, whatever default_mode says.
+            req = dataclasses.replace(req, project=dataclasses.replace(req.project, use_gpu=True))
         prepared = await self.prepare(req.project)
         if prepared.spec.entry is None and req.project.image_id is None:
             raise ValidationError("caliban run needs a script or module to run")
@@ -260,7 +340,7 @@ class Session:
         else:
             max_parallel = req.max_parallel or (os.cpu_count() or 1)
 
-        base = options.apply({})
+        base = options.apply({"Labels": dict(self.labels)} if self.labels else {})
 
         if req.dry_run:
             image = req.project.image_id or f"{prepared.repo}:<content hash>"
@@ -369,11 +449,74 @@ class Session:
         )
         return RunResult(xgroup, jobs, skipped)
 
+    # -- interactive -------------------------------------------------------------------
+
+    async def shell(self, req: ShellRequest, *, stdin_fd: int = 0, stdout_fd: int = 1) -> int:
+        """A shell in the project's image on this terminal; returns its exit code.
+        See :func:`caliban.interactive.shell`."""
+        from caliban import interactive
+
+        return await interactive.shell(self, req, stdin_fd=stdin_fd, stdout_fd=stdout_fd)
+
+    async def notebook(self, req: NotebookRequest) -> int:
+        """A Jupyter server in the project's image until cancelled; returns its exit code.
+        See :func:`caliban.notebook.notebook`."""
+        from caliban import notebook
+
+        return await notebook.notebook(self, req)
+
     # -- history -----------------------------------------------------------------------
 
-    async def _backend(self, platform: Platform) -> Backend:
+    async def cluster_submit(self, req: ClusterJobRequest) -> RunResult:
+        """One Kubernetes Job per experiment (or one Indexed Job for the sweep);
+        see :mod:`caliban.cluster_run`."""
+        from caliban import cluster_run
+
+        return await cluster_run.submit(self, req)
+
+    async def cluster_submit_file(
+        self, opts: ClusterOptions, path: str, *, dry_run: bool = False
+    ) -> list[dict[str, Any]]:
+        """Create the Jobs of a manifest file as they are (not recorded)."""
+        from caliban import cluster_admin
+
+        return await cluster_admin.submit_file(self, opts, path, dry_run=dry_run)
+
+    async def cluster_create(self, req: ClusterCreateRequest) -> dict[str, Any]:
+        """Create a GKE cluster and wait for it (the request body with ``dry_run``)."""
+        from caliban import cluster_admin
+
+        return await cluster_admin.create_cluster(self, req)
+
+    async def cloud(self, req: CloudRequest) -> RunResult:
+        """Submit one Vertex AI custom job per experiment; see :mod:`caliban.cloud_run`."""
+        from caliban import cloud_run
+
+        return await cloud_run.submit(self, req)
+
+    async def _backend(self, platform: Platform, jobs: Sequence[JobRecord] = ()) -> Backend:
         if platform is Platform.LOCAL:
             return await self._local()
+        if platform is Platform.VERTEX:
+            from caliban.backends.vertex import VertexBackend
+            from caliban.cloud.http import GoogleApi
+
+            # --cloud_key, else the key the jobs were submitted with while it still
+            # exists, else $GOOGLE_APPLICATION_CREDENTIALS / ADC / the metadata server.
+            key = self.cloud_key
+            for job in jobs if key is None else ():
+                recorded = str(job.details.get("cloud_key") or "")
+                if recorded and await anyio.Path(recorded).is_file():
+                    key = recorded
+                    break
+            api = GoogleApi(await self.http(), await self.credentials(key))
+            return VertexBackend(api, store_id=(await self.store()).store_id)
+        if platform is Platform.GKE:
+            from caliban.backends.gke import KubeBackend
+
+            return KubeBackend(
+                await self.kube(), store_id=(await self.store()).store_id, sink=self.sink
+            )
         raise ValidationError(f"the {platform.value} platform is not available in this build")
 
     async def refresh(self, jobs: Sequence[JobRecord]) -> list[JobRecord]:
@@ -386,7 +529,7 @@ class Session:
         updates: list[Update] = []
         for platform, group in by_platform.items():
             try:
-                backend = await self._backend(platform)
+                backend = await self._backend(platform, group)
                 updates += await backend.refresh(group)
             except CalibanError as exc:
                 self.sink(
@@ -461,7 +604,7 @@ class Session:
             )
             await (await self._local()).cancel(local)
         for platform, group in by_platform.items():
-            backend = await self._backend(platform)
+            backend = await self._backend(platform, group)
             updates = await backend.cancel(group)
             await store.transitions(
                 [(u.job_id, u.state, u.exit_code, u.message, u.platform_id, None) for u in updates]
@@ -483,22 +626,35 @@ class Session:
         if not await store.has_xgroup(xgroup):
             raise ValidationError(f"no experiment group named {xgroup!r} in {self.db_path}")
         latest = await self.refresh(await store.latest_per_experiment(xgroup))
-        chosen = [
-            j
-            for j in latest
-            if j.state in (JobState.FAILED, JobState.STOPPED) or (all_jobs and j.state.terminal)
-        ]
+
+        def wanted(job: JobRecord) -> bool:
+            if job.state in (JobState.FAILED, JobState.STOPPED):
+                return True
+            if all_jobs and job.state.terminal:
+                return True
+            # A remote job whose submission was cut short: look it up, send if missing.
+            return job.platform is not Platform.LOCAL and job.state is JobState.PLANNED
+
+        chosen = [j for j in latest if wanted(j)]
         if dry_run or not chosen:
             return RunResult(xgroup, chosen, dry_run=dry_run)
         if confirm is not None and not await confirm(chosen):
             return RunResult(xgroup)
+        jobs: list[JobRecord] = []
         local = [j for j in chosen if j.platform is Platform.LOCAL]
-        others = [j for j in chosen if j.platform is not Platform.LOCAL]
-        if others:
-            raise ValidationError(
-                f"resubmitting {others[0].platform.value} jobs is not available in this build"
-            )
-        return await self._resubmit_local(local, xgroup, max_parallel)
+        vertex = [j for j in chosen if j.platform is Platform.VERTEX]
+        gke = [j for j in chosen if j.platform is Platform.GKE]
+        if vertex:
+            from caliban import cloud_run
+
+            jobs += await cloud_run.resubmit(self, vertex)
+        if gke:
+            from caliban import cluster_run
+
+            jobs += await cluster_run.resubmit(self, gke)
+        if local:
+            jobs += (await self._resubmit_local(local, xgroup, max_parallel)).jobs
+        return RunResult(xgroup, jobs)
 
     async def _resubmit_local(
         self, jobs: Sequence[JobRecord], xgroup: str, max_parallel: int | None
@@ -563,7 +719,7 @@ class Session:
 
     async def logs(self, job_id: str, *, follow: bool = False) -> AsyncIterator[str]:
         job = await self.job(job_id)
-        backend = await self._backend(job.platform)
+        backend = await self._backend(job.platform, [job])
         async for chunk in backend.logs(job, follow=follow):
             yield chunk
 

@@ -62,27 +62,44 @@ class ConsoleSink:
         self.show_output = show_output
         self.counts: Counter[str] = Counter()
         self.total = 0
+        # Where each job is counted, so that every state change moves exactly one
+        # job between counts whatever order events come in.
+        self._bucket: dict[str, str] = {}
+        # Jobs waiting to retry a platform call, until their next state change.
+        self._retrying: set[str] = set()
+        # Remote jobs (Vertex, GKE): being accepted is as far as the bar follows them.
+        self.remote = False
         self._progress: Progress | None = None
         self._task: Any = None
         self._live = self.console.is_terminal
 
     # -- the live progress line ------------------------------------------------------
 
+    @property
+    def accepted(self) -> int:
+        c = self.counts
+        return c["submitted"] + c["running"] + c["succeeded"]
+
     def _summary(self) -> str:
         c = self.counts
-        parts = [
-            f"[dim]{c['queued']} queued[/]",
-            f"[blue]{c['running']} running[/]",
-            f"[green]{c['succeeded']} succeeded[/]",
-        ]
-        if c["submitted"]:
-            parts.insert(2, f"[cyan]{c['submitted']} submitted[/]")
+        if self.remote:
+            parts = [f"[green]{self.accepted} accepted[/]", f"[dim]{c['queued']} queued[/]"]
+        else:
+            parts = [
+                f"[dim]{c['queued']} queued[/]",
+                f"[blue]{c['running']} running[/]",
+                f"[green]{c['succeeded']} succeeded[/]",
+            ]
+            if c["submitted"]:
+                parts.insert(2, f"[cyan]{c['submitted']} submitted[/]")
+        if self._retrying:
+            parts.append(f"[magenta]{len(self._retrying)} retrying[/]")
         if c["failed"]:
             parts.append(f"[red]{c['failed']} failed[/]")
         if c["stopped"]:
             parts.append(f"[yellow]{c['stopped']} stopped[/]")
-        if c["retrying"]:
-            parts.append(f"[magenta]{c['retrying']} retries[/]")
+        if c["unknown"]:
+            parts.append(f"[magenta]{c['unknown']} unknown[/]")
         return " · ".join(parts)
 
     def start_progress(self, total: int, title: str = "jobs") -> None:
@@ -104,7 +121,11 @@ class ConsoleSink:
 
     def _update(self) -> None:
         if self._progress is not None:
-            done = self.counts["succeeded"] + self.counts["failed"] + self.counts["stopped"]
+            c = self.counts
+            if self.remote:
+                done = self.total - c["queued"]
+            else:
+                done = c["succeeded"] + c["failed"] + c["stopped"]
             self._progress.update(self._task, completed=done, description=self._summary())
 
     def close(self) -> None:
@@ -147,44 +168,53 @@ class ConsoleSink:
         self.console.print(Text(f"built {e.tag} in {e.seconds:.1f}s", style="green"))
 
     def _on_PushProgress(self, e: ev.PushProgress) -> None:
-        if self.verbose or e.layer is None:
+        if e.layer is None:
             self.console.print(Text(f"  {e.status}", style="dim"))
+        elif self.verbose:
+            self.console.print(Text(f"  {e.layer}: {e.status}", style="dim"))
 
     def _on_JobsPlanned(self, e: ev.JobsPlanned) -> None:
         self.console.print(
             f"[bold]{e.total}[/] job(s) in experiment group [bold]{escape(e.xgroup)}[/]"
             + (f", {e.skipped} already done or running" if e.skipped else "")
         )
+        if self._progress is not None:
+            self.close()
+        self.remote = e.remote
+        self._bucket.clear()
+        self._retrying.clear()
+        self.counts.clear()
         self.start_progress(e.to_run)
+
+    def _move(self, job_id: str, state: JobState) -> None:
+        old = self._bucket.get(job_id, "queued")
+        new = state.value.lower() if state is not JobState.PLANNED else "queued"
+        if old != new:
+            if self.counts[old] > 0:
+                self.counts[old] -= 1
+            self.counts[new] += 1
+            self._bucket[job_id] = new
 
     def _on_JobStateChanged(self, e: ev.JobStateChanged) -> None:
         state = e.state
+        self._move(e.job_id, state)
+        self._retrying.discard(e.job_id)
         if state is JobState.RUNNING:
-            self.counts["queued"] -= 1
-            self.counts["running"] += 1
             if self.verbose and e.detail:
                 self.console.print(Text(f"[{e.label}] started on {e.detail}", style="dim"))
         elif state is JobState.SUBMITTED:
-            self.counts["queued"] -= 1
-            self.counts["submitted"] += 1
             if self.verbose and e.detail:
                 self.console.print(Text(f"[{e.label}] submitted: {e.detail}", style="dim"))
-        elif state.terminal:
-            if self.counts["running"] > 0 and e.detail != "interrupted":
-                self.counts["running"] -= 1
-            elif self.counts["queued"] > 0:
-                self.counts["queued"] -= 1
-            self.counts[state.value.lower()] += 1
-            if state is not JobState.SUCCEEDED or self.verbose:
-                why = f" (exit code {e.exit_code})" if e.exit_code not in (None, 0) else ""
-                if e.detail and not why:
-                    why = f" ({e.detail})"
-                args = " ".join(e.argv)
-                self.console.print(
-                    Text(
-                        f"[{e.label}] {state.value}{why} {args}".rstrip(), style=_STATE_STYLE[state]
-                    )
-                )
+        elif (state.terminal or state is JobState.UNKNOWN) and (
+            state is not JobState.SUCCEEDED or self.verbose
+        ):
+            why = f" (exit code {e.exit_code})" if e.exit_code not in (None, 0) else ""
+            if e.detail and not why:
+                why = f" ({e.detail})"
+            args = " ".join(e.argv)
+            self.console.print(
+                Text(f"[{e.label}] {state.value}{why} {args}".rstrip(), style=_STATE_STYLE[state])
+            )
         self._update()
 
     def _on_JobOutput(self, e: ev.JobOutput) -> None:
@@ -197,7 +227,9 @@ class ConsoleSink:
         self.console.print(line)
 
     def _on_RetryScheduled(self, e: ev.RetryScheduled) -> None:
-        self.counts["retrying"] += 1
+        self.counts["retries"] += 1
+        if e.job_id is not None:
+            self._retrying.add(e.job_id)
         if self.verbose:
             self.err.print(
                 Text(f"retry {e.attempt} in {e.delay:.1f}s: {e.reason}", style="magenta")
@@ -207,7 +239,7 @@ class ConsoleSink:
 
 def print_error(message: str, *, file: IO[str] | None = None) -> None:
     console = make_console(file or sys.stderr)
-    console.print(Text(f"caliban: {message}", style="bold red"))
+    console.print(Text(f"caliban: {message}", style="bold red"), soft_wrap=True)
 
 
 def jobs_table(jobs: Sequence[JobRecord]) -> RenderableType:

@@ -16,6 +16,9 @@ PURE = [
     "caliban.names",
     "caliban.accelerators",
     "caliban.config",
+    "caliban.k8sspec",
+    "caliban.gkespec",
+    "caliban.vertexspec",
 ]
 FORBIDDEN = ["aiohttp", "aiodocker", "kubernetes_asyncio", "aiosqlite", "rich", "anyio"]
 
