@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from caliban.cli_args import non_negative_int, positive_int
 from caliban.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CalibanError
 
 if TYPE_CHECKING:
@@ -99,26 +100,6 @@ def _executing(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="caliban",
@@ -146,13 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--xgroup", help="experiment group to record the jobs in (default: a new one)")
     p.add_argument(
         "--max_parallel",
-        type=_positive,
+        type=positive_int,
         metavar="N",
         help="run at most N jobs at once (default: one per GPU slot, or per CPU core with --nogpu)",
     )
     p.add_argument(
         "--gpus_per_job",
-        type=_positive,
+        type=positive_int,
         metavar="K",
         help="GPUs each job holds exclusively (default 1)",
     )
@@ -167,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--xgroup", help="show this experiment group")
     p.add_argument(
         "--max_jobs",
-        type=_non_negative,
+        type=non_negative_int,
         metavar="N",
         help="jobs to show (default 8; with --xgroup: per experiment, default 1; 0 = all)",
     )
@@ -193,7 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     p.add_argument("--project_id", help="Google Cloud project (cloud jobs)")
     p.add_argument("--cloud_key", metavar="KEY_FILE", help="service account key file")
-    p.add_argument("--max_parallel", type=_positive, metavar="N", help="local jobs to run at once")
+    p.add_argument(
+        "--max_parallel", type=positive_int, metavar="N", help="local jobs to run at once"
+    )
     p.add_argument("--verbose", "-v", action="store_true")
     p.set_defaults(handler=cmd_resubmit)
 

@@ -9,37 +9,11 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from caliban.cli import _execute, _executing, _experiments, _project, _sink, _summary
+from caliban.cli_args import key_value, positive_float, positive_int
 from caliban.errors import EXIT_FAILURE, EXIT_OK
 
 if TYPE_CHECKING:
     from caliban.orchestrator import RunResult, Session
-
-
-def _label(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
-    return key.strip(), value
-
-
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -79,7 +53,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "--label",
         action="append",
         default=[],
-        type=_label,
+        type=key_value,
         dest="labels",
         metavar="KEY=VALUE",
         help="label for every job; repeatable",
@@ -89,14 +63,14 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--service_account", help="service account the jobs run as")
     p.add_argument(
         "--rate_limit",
-        type=_rate,
+        type=positive_float,
         default=60.0,
         metavar="PER_MINUTE",
         help="job creations per minute per region (default 60, Vertex's quota)",
     )
     p.add_argument(
         "--max_inflight",
-        type=_count,
+        type=positive_int,
         default=16,
         metavar="N",
         help="requests in flight at once (default 16)",

@@ -17,34 +17,17 @@ from caliban.cli import (
     _executing,
     _experiments,
     _Parser,
-    _positive,
     _project,
     _sink,
     _summary,
 )
+from caliban.cli_args import key_value, non_negative_int, positive_int
 from caliban.errors import EXIT_FAILURE, EXIT_OK
 
 if TYPE_CHECKING:
     from caliban.options import ClusterOptions
     from caliban.orchestrator import RunResult, Session
     from caliban.ui import ConsoleSink
-
-
-def _pair(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
-    return key.strip(), value
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
-    return value
 
 
 def _gke_flags(p: argparse.ArgumentParser, *, cloud_key: bool = True) -> None:
@@ -119,7 +102,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--dry_run", action="store_true", help="print the request; create nothing")
     p.add_argument(
         "--timeout",
-        type=_positive,
+        type=positive_int,
         default=1800,
         metavar="SECONDS",
         help="how long to wait for the cluster (default 1800)",
@@ -132,7 +115,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     p.add_argument(
         "--timeout",
-        type=_positive,
+        type=positive_int,
         default=1800,
         metavar="SECONDS",
         help="how long to wait for the deletion (default 1800)",
@@ -194,14 +177,14 @@ def _submit_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tpu_spec", metavar="NxTYPE", help="TPU chips per job, e.g. 4xV5E (GKE)")
     p.add_argument(
         "--min_cpu",
-        type=_positive,
+        type=positive_int,
         metavar="MILLICPU",
         help="CPU request in milli-CPU (default: 1500 with accelerators, 31000 "
         "without on GKE; 1000 on other clusters)",
     )
     p.add_argument(
         "--min_mem",
-        type=_positive,
+        type=positive_int,
         metavar="MB",
         help="memory request in MB (default: 7000 / 25000 on GKE; 4000 / 2000 on other clusters)",
     )
@@ -232,7 +215,7 @@ def _submit_flags(p: argparse.ArgumentParser) -> None:
         "--node_selector",
         action="append",
         default=[],
-        type=_pair,
+        type=key_value,
         metavar="KEY=VALUE",
         help="node label every pod needs; repeatable",
     )
@@ -247,7 +230,7 @@ def _submit_flags(p: argparse.ArgumentParser) -> None:
         "--label",
         action="append",
         default=[],
-        type=_pair,
+        type=key_value,
         dest="labels",
         metavar="KEY=VALUE",
         help="label on every Job and pod; repeatable",
@@ -266,20 +249,20 @@ def _submit_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--max_parallel",
-        type=_positive,
+        type=positive_int,
         metavar="N",
         help="with --indexed: experiments running at once (default: all)",
     )
     p.add_argument(
         "--backoff_limit",
-        type=_non_negative,
+        type=non_negative_int,
         default=0,
         metavar="N",
         help="retries of a failed pod (default 0; spot/preemption evictions never count)",
     )
     p.add_argument(
         "--ttl",
-        type=_non_negative,
+        type=non_negative_int,
         default=7 * 24 * 3600,
         metavar="SECONDS",
         dest="ttl_seconds",
@@ -287,7 +270,7 @@ def _submit_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--max_inflight",
-        type=_positive,
+        type=positive_int,
         default=64,
         metavar="N",
         help="create requests in flight at once (default 64)",

@@ -12,20 +12,11 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from caliban.cli import _base, _docker_run_args, _execute, _project, _sink
+from caliban.cli_args import port
 from caliban.errors import EXIT_FAILURE, EXIT_USAGE
 
 if TYPE_CHECKING:
     from caliban.orchestrator import Session
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
-    return value
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -79,7 +70,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument(
         "-p",
         "--port",
-        type=_port,
+        type=port,
         help="port on 127.0.0.1 to serve on (default: the first free one from 8888)",
     )
     p.add_argument(
