@@ -338,86 +338,89 @@ class Store:
         user: str,
         items: list[tuple[str, PlanItem]],
     ) -> list[Planned]:
-        decided: list[tuple[Action, str]] = []
+        # Set-based: a handful of statements per batch instead of several per
+        # job, since every statement is a round trip to aiosqlite's thread.
         stamp = now()
+        keys = [key for key, _ in items]
+        marks = ",".join("?" * len(keys))
+        scope = (xgroup_id, container_spec_id)
         async with self._tx() as db:
+            await db.executemany(
+                "INSERT OR IGNORE INTO experiments"
+                " (xgroup_id, container_spec_id, idx, args, kwargs, key, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (*scope, item.index, _dumps(list(item.args)), _dumps(item.kwargs), key, stamp)
+                    for key, item in items
+                ],
+            )
+            async with db.execute(
+                "SELECT key, id FROM experiments WHERE xgroup_id = ? AND container_spec_id = ?"
+                f" AND key IN ({marks})",
+                (*scope, *keys),
+            ) as cur:
+                experiment_of = {str(k): int(i) for k, i in await cur.fetchall()}
+            # The latest job of each experiment on this platform, if any.
+            latest: dict[int, tuple[str, JobState]] = {}
+            async with db.execute(
+                "SELECT experiment_id, id, state FROM jobs"
+                f" WHERE platform = ? AND experiment_id IN ({marks})"
+                " ORDER BY created, rowid",
+                (platform.value, *experiment_of.values()),
+            ) as cur:
+                for experiment_id, job_id, state in await cur.fetchall():
+                    latest[int(experiment_id)] = (str(job_id), JobState(state))
+            decided: list[tuple[Action, str]] = []
+            fresh: list[tuple[PlanItem, int]] = []
             for key, item in items:
-                inserted = await db.execute(
-                    "INSERT OR IGNORE INTO experiments"
-                    " (xgroup_id, container_spec_id, idx, args, kwargs, key, created)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        xgroup_id,
-                        container_spec_id,
-                        item.index,
-                        _dumps(list(item.args)),
-                        _dumps(item.kwargs),
-                        key,
-                        stamp,
-                    ),
-                )
-                latest = None
-                if inserted.rowcount == 1 and inserted.lastrowid is not None:
-                    # A new experiment has no jobs: skip two round trips to the
-                    # SQLite thread (a 500-job sweep plans several times faster).
-                    experiment_id = int(inserted.lastrowid)
-                else:
-                    async with db.execute(
-                        "SELECT id FROM experiments WHERE xgroup_id = ? AND container_spec_id = ?"
-                        " AND key = ?",
-                        (xgroup_id, container_spec_id, key),
-                    ) as cur:
-                        row = await cur.fetchone()
-                    assert row is not None
-                    experiment_id = int(row[0])
-                    async with db.execute(
-                        "SELECT id, state FROM jobs WHERE experiment_id = ? AND platform = ?"
-                        " ORDER BY created DESC, rowid DESC LIMIT 1",
-                        (experiment_id, platform.value),
-                    ) as cur:
-                        latest = await cur.fetchone()
-                state = JobState(latest[1]) if latest else None
+                experiment_id = experiment_of[key]
+                job_id, state = latest.get(experiment_id, (item.job_id, None))
                 if state is None or state in (JobState.FAILED, JobState.STOPPED):
-                    await self._insert_job(db, item, experiment_id, platform, user, stamp)
+                    fresh.append((item, experiment_id))
                     decided.append(("new", item.job_id))
                 elif state is JobState.PLANNED:
-                    decided.append(("reconcile", str(latest[0])))  # type: ignore[index]
+                    decided.append(("reconcile", job_id))
                 elif state is JobState.SUCCEEDED:
-                    decided.append(("done", str(latest[0])))  # type: ignore[index]
+                    decided.append(("done", job_id))
                 else:
-                    decided.append(("active", str(latest[0])))  # type: ignore[index]
+                    decided.append(("active", job_id))
+            await self._insert_jobs(db, fresh, platform, user, stamp)
         records = {r.job_id: r for r in await self.jobs(job_ids=[j for _, j in decided])}
         return [Planned(action, records[job_id]) for action, job_id in decided]
 
     @staticmethod
-    async def _insert_job(
+    async def _insert_jobs(
         db: aiosqlite.Connection,
-        item: PlanItem,
-        experiment_id: int,
+        jobs: Sequence[tuple[PlanItem, int]],
         platform: Platform,
         user: str,
         stamp: str,
     ) -> None:
-        await db.execute(
+        if not jobs:
+            return
+        await db.executemany(
             "INSERT INTO jobs (id, experiment_id, platform, state, image, spec, details,"
             " log_path, user, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                item.job_id,
-                experiment_id,
-                platform.value,
-                JobState.PLANNED.value,
-                item.image,
-                _dumps(item.spec),
-                _dumps(item.details),
-                item.log_path,
-                user,
-                stamp,
-                stamp,
-            ),
+            [
+                (
+                    item.job_id,
+                    experiment_id,
+                    platform.value,
+                    JobState.PLANNED.value,
+                    item.image,
+                    _dumps(item.spec),
+                    _dumps(item.details),
+                    item.log_path,
+                    user,
+                    stamp,
+                    stamp,
+                )
+                for item, experiment_id in jobs
+            ],
         )
-        await db.execute(
+        await db.executemany(
             "INSERT INTO job_events (job_id, at, state, detail) VALUES (?, ?, ?, ?)",
-            (item.job_id, stamp, JobState.PLANNED.value, None),
+            [(item.job_id, stamp, JobState.PLANNED.value, None) for item, _ in jobs],
         )
 
     async def add_jobs(
@@ -425,11 +428,14 @@ class Store:
     ) -> list[JobRecord]:
         """Record new PLANNED jobs for existing experiments (used by resubmit)."""
         stamp = now()
+        by_platform: dict[Platform, list[tuple[PlanItem, int]]] = {}
         ids: list[str] = []
+        for old, item in jobs:
+            by_platform.setdefault(old.platform, []).append((item, old.experiment_id))
+            ids.append(item.job_id)
         async with self._tx() as db:
-            for old, item in jobs:
-                await self._insert_job(db, item, old.experiment_id, old.platform, user, stamp)
-                ids.append(item.job_id)
+            for platform, group in by_platform.items():
+                await self._insert_jobs(db, group, platform, user, stamp)
         by_id = {r.job_id: r for r in await self.jobs(job_ids=ids)}
         return [by_id[i] for i in ids]
 
