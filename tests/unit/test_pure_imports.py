@@ -19,6 +19,15 @@ PURE = [
     "caliban.k8sspec",
     "caliban.gkespec",
     "caliban.vertexspec",
+    "caliban.events",
+    "caliban.options",
+    "caliban.dockerfile",
+    "caliban.dockerignore",
+    "caliban.dockerargs",
+    "caliban.docker_values",
+    "caliban.baseimage",
+    "caliban.project",
+    "caliban.cli_args",
 ]
 FORBIDDEN = ["aiohttp", "aiodocker", "kubernetes_asyncio", "aiosqlite", "rich", "anyio"]
 
