@@ -64,6 +64,16 @@ def _get(url: str, token: str | None = None) -> tuple[int, bytes]:
         return err.code, b""
 
 
+def _end(child: PopenSpawn) -> None:
+    """Kill the caliban process if it still runs, and close our ends of its pipes."""
+    if child.proc.poll() is None:
+        child.proc.kill()
+    child.proc.wait()
+    for pipe in (child.proc.stdin, child.proc.stdout, child.proc.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
 def _poll(url: str, timeout: float = 30) -> int:
     deadline = time.monotonic() + timeout
     while True:
@@ -106,8 +116,7 @@ def test_notebook_serves_the_folder_with_its_token_and_ctrl_c_removes_it(
         child.kill(signal.SIGINT)  # what Ctrl-C sends
         assert child.wait() == 130
     finally:
-        if child.proc.poll() is None:
-            child.proc.kill()
+        _end(child)
     assert _containers(home) == []
     assert port_free(port)
 
@@ -132,8 +141,7 @@ def test_default_port_is_the_first_free_one_from_8888(
         child.kill(signal.SIGTERM)
         assert child.wait() == 130
     finally:
-        if child.proc.poll() is None:
-            child.proc.kill()
+        _end(child)
     assert _containers(home) == []
 
 
