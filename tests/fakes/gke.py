@@ -30,8 +30,7 @@ import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
 
@@ -39,14 +38,13 @@ from .gke_model import (
     DEFAULT_ACCELERATORS,
     DEFAULT_QUOTAS,
     REGION_RE,
-    RPC_CODES,
-    STATUS_FOR_HTTP,
     ZONE_RE,
     GoogleError,
     normalise_cluster,
     now_google,
     snake_to_camel,
 )
+from .google_http import RPC_CODES, STATUS_FOR_HTTP, FakeServer
 from .k8s import FakeKubernetes, RequestRecord
 from .k8s_store import JsonObj
 
@@ -70,7 +68,7 @@ class _Fault:
     method: str | None
 
 
-class FakeGke:
+class FakeGke(FakeServer):
     """Fake container.googleapis.com + the Compute quota/accelerator reads, one aiohttp app.
 
     Args:
@@ -94,6 +92,7 @@ class FakeGke:
         reject_unknown_fields: bool = True,
         master_version: str = "1.31.4-gke.1256000",
     ) -> None:
+        super().__init__()
         self.token = token
         self.token_validator = token_validator
         self.kubernetes = kubernetes
@@ -112,49 +111,8 @@ class FakeGke:
         self.create_bodies: list[JsonObj] = []  # every accepted create request, as sent
         self._faults: list[_Fault] = []
         self._op_failures: list[tuple[str, str]] = []
-        self._runner: web.AppRunner | None = None
-        self.port = 0
 
     # lifecycle ---------------------------------------------------------------------------
-
-    async def start(self) -> Self:
-        if self._runner is not None:
-            return self
-        runner = web.AppRunner(
-            self._build_app(), handle_signals=False, access_log=None, shutdown_timeout=1.0
-        )
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, "127.0.0.1", 0).start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self.port = int(runner.addresses[0][1])
-        self._runner = runner
-        return self
-
-    async def close(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def __aenter__(self) -> Self:
-        return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    @property
-    def url(self) -> str:
-        """Base URL standing in for https://container.googleapis.com."""
-        if self._runner is None:
-            raise RuntimeError("FakeGke is not running: call start() first")
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def compute_url(self) -> str:
@@ -223,7 +181,7 @@ class FakeGke:
 
     # HTTP plumbing -----------------------------------------------------------------------
 
-    def _build_app(self) -> web.Application:
+    def build_app(self) -> web.Application:
         @web.middleware
         async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
             record = RequestRecord(request.method, request.path, dict(request.query))

@@ -14,36 +14,9 @@ from typing import Any
 
 from aiohttp import web
 
+from .google_http import RPC_CODES
 from .k8s_store import JsonObj
 
-# google.rpc.Code name -> (HTTP status, numeric code)
-RPC_CODES: dict[str, tuple[int, int]] = {
-    "INVALID_ARGUMENT": (400, 3),
-    "FAILED_PRECONDITION": (400, 9),
-    "UNAUTHENTICATED": (401, 16),
-    "PERMISSION_DENIED": (403, 7),
-    "NOT_FOUND": (404, 5),
-    "ALREADY_EXISTS": (409, 6),
-    "ABORTED": (409, 10),
-    "RESOURCE_EXHAUSTED": (429, 8),
-    "INTERNAL": (500, 13),
-    "UNKNOWN": (500, 2),
-    "UNIMPLEMENTED": (501, 12),
-    "UNAVAILABLE": (503, 14),
-    "DEADLINE_EXCEEDED": (504, 4),
-}
-STATUS_FOR_HTTP = {
-    400: "INVALID_ARGUMENT",
-    401: "UNAUTHENTICATED",
-    403: "PERMISSION_DENIED",
-    404: "NOT_FOUND",
-    409: "ABORTED",
-    429: "RESOURCE_EXHAUSTED",
-    500: "INTERNAL",
-    502: "UNAVAILABLE",
-    503: "UNAVAILABLE",
-    504: "DEADLINE_EXCEEDED",
-}
 _COMPUTE_REASONS = {
     400: "invalid",
     401: "required",
