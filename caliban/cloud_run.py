@@ -415,12 +415,9 @@ async def resubmit(
         [
             (
                 old,
-                PlanItem(
-                    index=old.index,
-                    args=old.args,
-                    kwargs=old.kwargs,
+                PlanItem.again(
+                    old,
                     job_id=(new_id := names.new_job_id()),
-                    image=old.image,
                     spec=rebind(old.spec, new_id),
                     details={k: v for k, v in old.details.items() if k != "console_url"},
                 ),

@@ -462,20 +462,7 @@ async def resubmit(
         manifest = k8sspec.rebind(old.spec, prefix=k8sspec.name_prefix(old.spec), job_id=new_id)
         details = {k: v for k, v in old.details.items() if k not in _INDEXED_KEYS}
         details["k8s_job"] = manifest["metadata"]["name"]
-        items.append(
-            (
-                old,
-                PlanItem(
-                    index=old.index,
-                    args=old.args,
-                    kwargs=old.kwargs,
-                    job_id=new_id,
-                    image=old.image,
-                    spec=manifest,
-                    details=details,
-                ),
-            )
-        )
+        items.append((old, PlanItem.again(old, job_id=new_id, spec=manifest, details=details)))
     again = await store.add_jobs(items, user=session.user.name)
     planned = [Planned("new", j) for j in again]
     planned += [Planned("reconcile", j) for j in jobs if not j.state.terminal]

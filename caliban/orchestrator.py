@@ -671,21 +671,14 @@ class Session:
         for old in jobs:
             job_id = names.new_job_id()
             log_path = str(self.home / "logs" / _safe_path_part(xgroup) / f"{job_id}.log")
-            new_items.append(
-                (
-                    old,
-                    PlanItem(
-                        index=old.index,
-                        args=old.args,
-                        kwargs=old.kwargs,
-                        job_id=job_id,
-                        image=old.image,
-                        spec=rebind(old.spec, job_id),
-                        details=dict(old.details),
-                        log_path=log_path,
-                    ),
-                )
+            item = PlanItem.again(
+                old,
+                job_id=job_id,
+                spec=rebind(old.spec, job_id),
+                details=dict(old.details),
+                log_path=log_path,
             )
+            new_items.append((old, item))
         records = await store.add_jobs(new_items, user=self.user.name)
         gpu_jobs = [r for r in records if r.details.get("mode") == JobMode.GPU.value]
         inventory: GpuInventory | None = None

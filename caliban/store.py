@@ -116,6 +116,29 @@ class PlanItem:
     details: dict[str, object]
     log_path: str | None = None
 
+    @classmethod
+    def again(
+        cls,
+        old: JobRecord,
+        *,
+        job_id: str,
+        spec: dict[str, object],
+        details: dict[str, object],
+        log_path: str | None = None,
+    ) -> PlanItem:
+        """A new job for the experiment ``old`` ran (resubmit), with its spec
+        re-addressed to ``job_id``."""
+        return cls(
+            index=old.index,
+            args=old.args,
+            kwargs=old.kwargs,
+            job_id=job_id,
+            image=old.image,
+            spec=spec,
+            details=details,
+            log_path=log_path,
+        )
+
 
 Action = Literal["new", "reconcile", "active", "done"]
 

@@ -166,3 +166,31 @@ async def test_gpu_mode_without_gpus_is_refused_before_anything_runs(
             )
         )
     assert not session.db_path.exists()
+
+
+async def test_resubmit_runs_failed_jobs_again_with_their_recorded_spec(
+    session: Session, make_project: MakeProject
+) -> None:
+    first = await session.run(
+        RunRequest(
+            project=ProjectOptions(folder=make_project(), entry="job.py"),
+            experiments={"exit": [0, 5], "tag": ["r"]},
+            xgroup="again",
+        )
+    )
+    failed = next(j for j in first.jobs if j.state is JobState.FAILED)
+    dry = await session.resubmit(xgroup="again", dry_run=True)
+    assert [j.job_id for j in dry.jobs] == [failed.job_id] and dry.dry_run
+
+    again = await session.resubmit(xgroup="again")
+    (rerun,) = again.jobs
+    assert rerun.job_id != failed.job_id and rerun.experiment_id == failed.experiment_id
+    assert rerun.args == failed.args and rerun.image == failed.image
+    assert (rerun.state, rerun.exit_code) == (JobState.FAILED, 5)  # it fails again, as it should
+    (report,) = job_reports(Path(rerun.log_path or "").read_text())
+    assert report["job"] == rerun.job_id  # the recorded spec, re-addressed to the new job
+
+    everything = await session.resubmit(xgroup="again", all_jobs=True)
+    assert len(everything.jobs) == 2
+    store = await session.store()
+    assert len(await store.jobs(xgroup="again")) == 5
