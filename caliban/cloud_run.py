@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from caliban.orchestrator import RunResult, Session
 
 DEFAULT_REGION = "us-central1"
-REGISTRY_ENV = "CALIBAN_IMAGE_REGISTRY"
 _LOOKUP_POLICY = RetryPolicy(attempts=4, initial=0.5, max_delay=8, deadline=60)
 # How creates are retried, and how long one request may take before its outcome
 # counts as unknown (and the job is looked up before anything is sent again).
@@ -237,7 +236,7 @@ async def submit(session: Session, req: CloudRequest) -> RunResult:
         image, digest = req.image_tag, req.image_tag
     else:
         built = await session.build_prepared(prepared, no_cache=req.project.no_cache)
-        prefix = req.image_registry or session.environ.get(REGISTRY_ENV)
+        prefix = req.image_registry or session.environ.get(registry.REGISTRY_ENV)
         if prefix:
             target = registry.custom_registry(prefix, prepared.repo, built.tag.split(":")[-1])
         else:

@@ -44,7 +44,6 @@ from caliban.store import PlanItem, Planned
 if TYPE_CHECKING:
     from caliban.orchestrator import Prepared, RunResult, Session
 
-REGISTRY_ENV = "CALIBAN_IMAGE_REGISTRY"
 _INDEXED_KEYS = ("indexed_job", "completion_index", "entry", "parallelism", "console_url")
 
 
@@ -104,7 +103,7 @@ async def check(session: Session, req: ClusterJobRequest, prepared: Prepared) ->
     shape.check()
     user_labels = dict(labels.parse_label_flag(f"{k}={v}") for k, v in req.labels)
     prefix = names.dns1123_name(req.name or f"caliban-{session.user.name}")
-    registry_prefix = req.image_registry or session.environ.get(REGISTRY_ENV)
+    registry_prefix = req.image_registry or session.environ.get(registry.REGISTRY_ENV)
     if (
         target.kind == "kubeconfig"
         and not registry_prefix
@@ -358,7 +357,7 @@ async def _build_and_push(
 ) -> str:
     built = await session.build_prepared(prepared, no_cache=req.project.no_cache)
     tag = built.tag.split(":")[-1]
-    prefix = req.image_registry or session.environ.get(REGISTRY_ENV)
+    prefix = req.image_registry or session.environ.get(registry.REGISTRY_ENV)
     target = plan.target
     if prefix:
         where = registry.custom_registry(prefix, prepared.repo, tag)

@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 import aiodocker
 import anyio
 
-from caliban import baseimage, dockerargs, engine, experiment, names, project
+from caliban import baseimage, engine, experiment, names, project
 from caliban import config as calibanconfig
 from caliban.backends import Backend, Update
-from caliban.backends.local import LocalBackend, container_config, rebind
+from caliban.backends.local import LocalBackend, container_config, rebind, run_options
 from caliban.build import BuiltImage, notice_conda
 from caliban.build import build as build_image
 from caliban.dockerfile import BuildSpec, ImageUser
@@ -331,7 +331,7 @@ class Session:
         inventory, per_job = await self._gpu_plan(prepared.mode, req)
         if req.max_parallel is not None and req.max_parallel < 1:
             raise ValidationError("--max_parallel must be at least 1")
-        options = dockerargs.parse_docker_run_args(list(req.docker_run_args), environ=self.environ)
+        options = await run_options(req.docker_run_args, self.environ)
         config = experiment.validate(req.experiments if req.experiments is not None else {})
         total = experiment.count(config)
         xgroup = req.xgroup or names.default_xgroup_name(self.user.name, datetime.now())

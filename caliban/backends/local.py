@@ -20,7 +20,7 @@ import aiodocker
 import anyio
 from aiodocker.exceptions import DockerError
 
-from caliban import gpus
+from caliban import dockerargs, gpus
 from caliban.backends import Update
 from caliban.engine import MANAGED_LABEL, error_text, label_filter
 from caliban.errors import BackendError
@@ -398,3 +398,11 @@ def rebind(spec: dict[str, Any], job_id: str) -> dict[str, Any]:
     ]
     config.setdefault("Labels", {})[JOB_LABEL] = job_id
     return config
+
+
+async def run_options(args: Sequence[str], environ: Mapping[str, str]) -> dockerargs.RunOptions:
+    """``--docker_run_args`` parsed off the event loop: ``--env-file`` and seccomp
+    profiles are files to read."""
+    return await anyio.to_thread.run_sync(
+        lambda: dockerargs.parse_docker_run_args(list(args), environ=environ)
+    )

@@ -26,6 +26,9 @@ from caliban.engine import error_text
 from caliban.errors import BackendError, PushError, ValidationError
 from caliban.events import Notice, PushProgress, Sink
 
+# Where images go when not to Artifact Registry (same as --image_registry).
+REGISTRY_ENV = "CALIBAN_IMAGE_REGISTRY"
+
 _MANIFEST_TYPES = ", ".join(
     [
         "application/vnd.docker.distribution.manifest.v2+json",
