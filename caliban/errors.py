@@ -15,8 +15,8 @@ adapter edge, so callers of the library API only ever catch these::
     │   ├── AuthError                   credentials missing, rejected or unusable
     │   ├── QuotaError                  429 / RESOURCE_EXHAUSTED
     │   ├── PushError                   the image registry refused the image
+    │   ├── OutcomeUnknown              a create was sent and its answer lost
     │   └── NotFound                    the platform does not know the object
-    ├── JobFailed                     one or more jobs did not succeed
     └── StoreError                    the SQLite history could not be read or written
 
 Cancellation (Ctrl-C) is never a CalibanError: it stays a BaseException so
@@ -137,10 +137,6 @@ class OutcomeUnknown(BackendError):
         # ``settle``: how long to wait before the lookup, when the server may
         # still be working on the request (it timed out rather than failed).
         super().__init__(message, retryable=True, retry_after=settle)
-
-
-class JobFailed(CalibanError):
-    """Some jobs of a run or submission did not succeed."""
 
 
 class StoreError(CalibanError):

@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -727,7 +727,3 @@ def _docker_run_line(body: Mapping[str, Any]) -> str:
     parts.append(body["Image"])
     parts += [shlex.quote(a) for a in body.get("Cmd", [])]
     return " ".join(parts)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)

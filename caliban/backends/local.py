@@ -377,18 +377,6 @@ class LocalBackend:
         raise BackendError(f"no output recorded for job {job.short_id}")
 
 
-async def remove_labelled(docker: aiodocker.Docker, **labels: str) -> int:
-    """Remove every container carrying these labels (test and benchmark cleanup)."""
-    found = await docker.containers.list(all=True, filters=label_filter(**labels))
-    for c in found:
-        try:
-            await c.delete(force=True, v=True)
-        except DockerError as exc:
-            if not _is_missing(exc):
-                raise
-    return len(found)
-
-
 def rebind(spec: dict[str, Any], job_id: str) -> dict[str, Any]:
     """A recorded container config, re-addressed to a new job (for resubmit)."""
     config = copy.deepcopy(spec)

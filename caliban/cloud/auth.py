@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -91,7 +90,10 @@ class Credentials:
                 path, source = str(adc), f"application default credentials ({adc})"
         if path:
             data = await anyio.to_thread.run_sync(_read_key, path)
-            token = Token(service_file=expand(path), session=session, scopes=SCOPES)
+            # The parsed key, not the path: Token would read the file on the event loop.
+            token = Token(
+                service_file=io.StringIO(json.dumps(data)), session=session, scopes=SCOPES
+            )
             return cls(token, source=source, data=data)
         host = (
             environ.get("GCE_METADATA_HOST")
@@ -185,7 +187,3 @@ def default_key_file(
 ) -> str | None:
     """``--cloud_key``, else ``$GOOGLE_APPLICATION_CREDENTIALS``, else ``gcloud.cloud_key``."""
     return flag or environ.get("GOOGLE_APPLICATION_CREDENTIALS") or configured or None
-
-
-def expand(path: str | None) -> str | None:
-    return os.path.expanduser(path) if path else None
