@@ -142,19 +142,26 @@ async def submit_all(
         job = p.job
         label = job_label(job, total)
         uncertain = p.action == "reconcile"
+        # Set after a create timed out: the server may still be working on it.
+        settle: float | None = None
 
         async def attempt() -> Accepted:
-            nonlocal uncertain
+            nonlocal uncertain, settle
             if uncertain:
                 found = await submitter.find(job)
+                if found is None and settle:
+                    # Not there yet is weak evidence after a timeout (the retry
+                    # already waited once): give the server as long again.
+                    await anyio.sleep(settle)
+                    found = await submitter.find(job)
                 if found is not None:
                     return found
-                uncertain = False
+                uncertain, settle = False, None
             await bucket(job).acquire()
             try:
                 return await submitter.create(job)
-            except OutcomeUnknown:
-                uncertain = True
+            except OutcomeUnknown as exc:
+                uncertain, settle = True, exc.retry_after
                 raise
 
         def on_retry(number: int, delay: float, exc: BaseException) -> None:

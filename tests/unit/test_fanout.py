@@ -146,3 +146,39 @@ async def test_a_refused_login_stops_everything_with_one_error(tmp_path: Path) -
             )
         left = await store.jobs(xgroup="g")
     assert {j.state for j in left} == {JobState.PLANNED}
+
+
+async def test_a_timed_out_create_is_looked_up_twice_before_it_is_sent_again(
+    tmp_path: Path,
+) -> None:
+    """The job shows up only after the first lookup: the second one finds it."""
+
+    class Slow:
+        def __init__(self) -> None:
+            self.creates = 0
+            self.finds = 0
+
+        def quota_key(self, job: JobRecord) -> str:
+            return "q"
+
+        async def create(self, job: JobRecord) -> Accepted:
+            self.creates += 1
+            raise OutcomeUnknown("timed out", settle=0.05)
+
+        async def find(self, job: JobRecord) -> Accepted | None:
+            self.finds += 1
+            return Accepted("remote/1") if self.finds >= 2 else None
+
+    submitter = Slow()
+    async with Store(tmp_path / "c.db") as store:
+        planned = await _planned(store, 1)
+        jobs = await submit_all(
+            planned,
+            submitter,
+            store=store,
+            sink=lambda e: None,
+            pacing=Pacing(rate_per_minute=6000),
+            total=1,
+        )
+    assert submitter.creates == 1 and submitter.finds == 2
+    assert jobs[0].state is JobState.SUBMITTED and jobs[0].platform_id == "remote/1"
