@@ -18,6 +18,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from caliban.cli_args import non_negative_int, positive_int
 from caliban.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CalibanError
 
+if sys.version_info < (3, 11):  # the builtin arrived in 3.11; anyio brings the backport
+    from exceptiongroup import BaseExceptionGroup
+
 if TYPE_CHECKING:
     from caliban.orchestrator import RunResult, Session
     from caliban.spec import JobRecord

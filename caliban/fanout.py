@@ -20,6 +20,7 @@ responses, crashes and Ctrl-C.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -31,6 +32,9 @@ from caliban.errors import AuthError, BackendError, CalibanError, OutcomeUnknown
 from caliban.events import JobStateChanged, RetryScheduled, Sink
 from caliban.spec import JobRecord, JobState
 from caliban.store import Planned, Store
+
+if sys.version_info < (3, 11):  # the builtin arrived in 3.11; anyio brings the backport
+    from exceptiongroup import BaseExceptionGroup
 
 
 @dataclass(frozen=True)

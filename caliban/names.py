@@ -14,7 +14,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 
 JOB_ID_LENGTH = 26
 DNS1123_MAX = 63
@@ -89,7 +89,7 @@ def job_id_time(job_id: str) -> datetime:
     ms = 0
     for char in job_id[:10]:
         ms = ms * 32 + _CROCKFORD.index(char)
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
 
 def dns1123_name(s: str) -> str:

@@ -7,10 +7,24 @@ pure modules (experiment, dockerfile, labels, ...) can pass it around freely.
 from __future__ import annotations
 
 import enum
+import sys
 from dataclasses import dataclass
 
+if sys.version_info >= (3, 11):
+    from enum import StrEnum
+else:  # Python 3.10 (Ubuntu 22.04): the same behaviour, spelled out
 
-class JobMode(enum.StrEnum):
+    class StrEnum(str, enum.Enum):
+        """An enum whose members are their string values in every context."""
+
+        def __str__(self) -> str:
+            return str(self.value)
+
+        def __format__(self, spec: str) -> str:
+            return str(self.value).__format__(spec)
+
+
+class JobMode(StrEnum):
     """Whether a job's image and container are set up for GPUs."""
 
     CPU = "cpu"
@@ -25,13 +39,13 @@ class JobMode(enum.StrEnum):
             raise ValueError(f"unknown job mode {text!r}: use 'cpu' or 'gpu'") from None
 
 
-class Platform(enum.StrEnum):
+class Platform(StrEnum):
     LOCAL = "local"
     VERTEX = "vertex"
     GKE = "gke"
 
 
-class JobState(enum.StrEnum):
+class JobState(StrEnum):
     """One state machine for every platform.
 
     PLANNED is written before any side effect: a PLANNED job may or may not exist
@@ -61,7 +75,7 @@ class JobState(enum.StrEnum):
 _TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED})
 
 
-class EntryKind(enum.StrEnum):
+class EntryKind(StrEnum):
     MODULE = "module"  # python3 -m pkg.mod
     SCRIPT = "script"  # python3 path/to/file.py
     FILE = "file"  # /bin/bash path/to/file

@@ -9,7 +9,7 @@ takes no request id, so a job is found again by its ``caliban_job`` label.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from functools import partial
 from typing import Any
 
@@ -97,7 +97,7 @@ def list_filter(jobs: Sequence[JobRecord], store_id: str) -> str:
     if len(xgroups) == 1 and "" not in xgroups:
         parts.append(f'labels.{vertexspec.XGROUP_LABEL}="{xgroups.pop()}"')
     oldest = min(datetime.fromisoformat(j.created) for j in jobs) - CLOCK_SKEW
-    parts.append(f'create_time>="{oldest.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}"')
+    parts.append(f'create_time>="{oldest.astimezone(timezone.utc):%Y-%m-%dT%H:%M:%SZ}"')
     return " AND ".join(parts)
 
 

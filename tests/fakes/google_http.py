@@ -9,9 +9,12 @@ from __future__ import annotations
 import socket
 import struct
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import web
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 # google.rpc.Code names -> (HTTP status, numeric code), after AIP-193 / google/rpc/code.proto.
 RPC_CODES: dict[str, tuple[int, int]] = {

@@ -32,10 +32,13 @@ import random
 from collections import Counter
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING
 
 import yaml
 from aiohttp import web
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 from .k8s_admission import PODS
 from .k8s_http import Fault, KubeApi, RequestRecord, TokenValidator

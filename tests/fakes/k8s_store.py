@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Any, Literal
 
 JsonObj = dict[str, Any]
@@ -76,7 +76,7 @@ def new_uid() -> str:
 
 def now_rfc3339() -> str:
     """Kubernetes timestamps: RFC 3339 in UTC with second precision and a ``Z``."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # --- Status objects and the error that carries one --------------------------------------------

@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Any, Literal
 
 from aiohttp import web
@@ -533,7 +533,7 @@ class FakeVertex(FakeServer):
             spec=spec,
             seq=len(self._jobs),
             created_at=now,
-            create_time=datetime.now(UTC),
+            create_time=datetime.now(timezone.utc),
         )
         job.set_state(self.initial_state, now)
         self._jobs.append(job)
@@ -697,7 +697,7 @@ class FakeVertex(FakeServer):
                 "deleted. Cancel it first.",
             )
         job.deleted = True
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         op_id = str(self._id_rng.randrange(10**18, 9 * 10**18))
         return web.json_response(
             {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
 import pytest
@@ -79,7 +79,7 @@ def test_retry_after_as_seconds_or_date() -> None:
     assert parse_retry_after("12") == 12.0
     assert parse_retry_after("0.5") == 0.5
     assert parse_retry_after(None) is None and parse_retry_after("soon") is None
-    later = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    later = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
     assert 25 < (parse_retry_after(later) or 0) <= 30
-    past = format_datetime(datetime.now(UTC) - timedelta(seconds=30), usegmt=True)
+    past = format_datetime(datetime.now(timezone.utc) - timedelta(seconds=30), usegmt=True)
     assert parse_retry_after(past) == 0.0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given
@@ -66,13 +66,13 @@ def test_job_ids_increase_within_a_millisecond_and_when_the_clock_steps_back() -
     make = JobIdFactory(clock_ms=lambda: next(clock), random_bits=lambda n: 5)
     ids = [make() for _ in range(5)]
     assert ids == sorted(ids) and len(set(ids)) == 5
-    assert job_id_time(ids[0]) == datetime.fromtimestamp(1, tz=UTC)
-    assert job_id_time(ids[4]) == datetime.fromtimestamp(2, tz=UTC)
+    assert job_id_time(ids[0]) == datetime.fromtimestamp(1, tz=timezone.utc)
+    assert job_id_time(ids[4]) == datetime.fromtimestamp(2, tz=timezone.utc)
 
 
 def test_job_id_time_is_now() -> None:
     made = job_id_time(new_job_id())
-    assert abs(made - datetime.now(tz=UTC)) < timedelta(seconds=5)
+    assert abs(made - datetime.now(tz=timezone.utc)) < timedelta(seconds=5)
     with pytest.raises(ValueError, match="not a caliban job id"):
         job_id_time("not-an-id")
 
