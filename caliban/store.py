@@ -30,6 +30,7 @@ from typing import Any, Literal
 import aiosqlite
 import anyio
 
+from caliban import filemodes
 from caliban.errors import StoreError
 from caliban.spec import JobRecord, JobState, Platform
 
@@ -201,7 +202,7 @@ class Store:
 
     async def __aenter__(self) -> Store:
         try:
-            await anyio.Path(self.path.parent).mkdir(parents=True, exist_ok=True)
+            await anyio.to_thread.run_sync(filemodes.secure_store, self.path)
             self._db = await aiosqlite.connect(self.path, isolation_level=None, timeout=30)
             for pragma in (
                 "journal_mode=WAL",

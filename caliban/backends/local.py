@@ -20,7 +20,7 @@ import aiodocker
 import anyio
 from aiodocker.exceptions import DockerError
 
-from caliban import dockerargs, gpus
+from caliban import dockerargs, filemodes, gpus
 from caliban.backends import Update
 from caliban.engine import MANAGED_LABEL, error_text, label_filter
 from caliban.errors import BackendError
@@ -253,8 +253,7 @@ class LocalBackend:
         lines = _Lines()
         log_file = None
         if log_path is not None:
-            await anyio.Path(log_path.parent).mkdir(parents=True, exist_ok=True)
-            log_file = await anyio.open_file(log_path, "a", encoding="utf-8")
+            log_file = await filemodes.open_log(log_path)
         try:
             try:
                 async for chunk in container.log(stdout=True, stderr=True, follow=True):
@@ -335,8 +334,7 @@ class LocalBackend:
                 code = int(detail["State"].get("ExitCode", -1))
                 if job.log_path:
                     text = "".join(await container.log(stdout=True, stderr=True))
-                    await anyio.Path(job.log_path).parent.mkdir(parents=True, exist_ok=True)
-                    await anyio.Path(job.log_path).write_text(text, encoding="utf-8")
+                    await filemodes.write_log(Path(job.log_path), text)
                 state = JobState.SUCCEEDED if code == 0 else JobState.FAILED
                 updates.append(Update(job.job_id, state, exit_code=code, platform_id=info["Id"]))
                 await self._remove(container)
