@@ -235,6 +235,7 @@ async def submit(session: Session, req: CloudRequest) -> RunResult:
     if req.image_tag:
         image, digest = req.image_tag, req.image_tag
     else:
+        await session.check_push(prepared, key_file=plan.key_file)
         built = await session.build_prepared(prepared, no_cache=req.project.no_cache)
         prefix = req.image_registry or session.environ.get(registry.REGISTRY_ENV)
         if prefix:

@@ -355,6 +355,7 @@ def _options_of(target: ClusterTarget) -> Any:
 async def _build_and_push(
     session: Session, req: ClusterJobRequest, prepared: Prepared, plan: ClusterPlan
 ) -> str:
+    await session.check_push(prepared, key_file=plan.target.cloud_key or req.cluster.cloud_key)
     built = await session.build_prepared(prepared, no_cache=req.project.no_cache)
     tag = built.tag.split(":")[-1]
     prefix = req.image_registry or session.environ.get(registry.REGISTRY_ENV)

@@ -34,6 +34,14 @@ class BuildStarted(Event):
 
 
 @dataclass(frozen=True)
+class ContextLeftOut(Event):
+    """Credential files the build context did not send (``text`` is the line to show)."""
+
+    paths: tuple[str, ...]
+    text: str
+
+
+@dataclass(frozen=True)
 class BuildLog(Event):
     line: str
 

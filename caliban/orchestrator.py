@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Any
 import aiodocker
 import anyio
 
-from caliban import baseimage, engine, experiment, names, project
+from caliban import baseimage, engine, experiment, names, project, secretenv
 from caliban import config as calibanconfig
 from caliban.backends import Backend, Update
 from caliban.backends.local import LocalBackend, container_config, rebind, run_options
-from caliban.build import BuiltImage, notice_conda
+from caliban.build import BuiltImage, find_secrets, notice_conda, refuse_secrets
 from caliban.build import build as build_image
 from caliban.dockerfile import BuildSpec, ImageUser
 from caliban.errors import CalibanError, ValidationError
@@ -173,6 +173,8 @@ class Session:
         # Credentials for status/stop/resubmit of cloud jobs (--cloud_key).
         self.cloud_key: str | None = None
         self._kube: KubeConnections | None = None
+        # --cloud_key of a push (check_push): kept out of the image it builds.
+        self._push_keys: list[str] = []
 
     async def __aenter__(self) -> Session:
         return self
@@ -276,6 +278,25 @@ class Session:
         repo = "caliban-" + names.docker_repo_name(folder.name)
         return Prepared(folder, mode, cfg, spec, repo)
 
+    def _key_files(self, prepared: Prepared, key_file: str | None = None) -> list[str]:
+        """Key files that stay out of the image wherever they are in the folder."""
+        named = [key_file, self.cloud_key, *self._push_keys]
+        named.append(calibanconfig.resolve_cloud_key(None, self.environ, prepared.config))
+        return [k for k in dict.fromkeys(named) if k]
+
+    async def check_push(self, prepared: Prepared, *, key_file: str | None = None) -> None:
+        """Refuse (exit 2, before anything is built) to push an image holding a key."""
+        if key_file:
+            self._push_keys.append(key_file)
+        found = await anyio.to_thread.run_sync(
+            find_secrets,
+            prepared.folder,
+            prepared.spec,
+            prepared.config.include_in_image,
+            self._key_files(prepared),
+        )
+        refuse_secrets(found)
+
     async def build_prepared(self, prepared: Prepared, *, no_cache: bool = False) -> BuiltImage:
         docker = await self.docker()
         await notice_conda(prepared.folder, self.sink)
@@ -287,6 +308,8 @@ class Session:
             no_cache=no_cache,
             sink=self.sink,
             labels=self.labels,
+            include=prepared.config.include_in_image,
+            key_files=self._key_files(prepared),
         )
 
     async def build(self, project_opts: ProjectOptions) -> BuiltImage:
@@ -341,6 +364,9 @@ class Session:
             max_parallel = req.max_parallel or (os.cpu_count() or 1)
 
         base = options.apply({"Labels": dict(self.labels)} if self.labels else {})
+        # Secret -e values are recorded by name only and put back at launch.
+        base, secret_values = secretenv.redact(base)
+        secret_details = {secretenv.DETAILS_KEY: sorted(secret_values)} if secret_values else {}
 
         if req.dry_run:
             image = req.project.image_id or f"{prepared.repo}:<content hash>"
@@ -397,7 +423,11 @@ class Session:
                     job_id=job_id,
                     image=image,
                     spec=body,
-                    details={"mode": prepared.mode.value, "gpus_per_job": per_job},
+                    details={
+                        "mode": prepared.mode.value,
+                        "gpus_per_job": per_job,
+                        **secret_details,
+                    },
                     log_path=str(logs / f"{job_id}.log"),
                 )
 
@@ -415,7 +445,22 @@ class Session:
             max_parallel=max_parallel,
             inventory=inventory,
             per_job=per_job,
+            secrets=secret_values,
         )
+
+    def _with_secrets(self, planned: Planned, values: Mapping[str, str]) -> Planned:
+        """The job's spec with its secret -e values put back (never recorded)."""
+        names = secretenv.names_of(planned.job.details)
+        if not names or planned.action not in ("new", "reconcile"):
+            return planned
+        try:
+            spec = secretenv.restore(planned.job.spec, names, values, self.environ)
+        except secretenv.MissingSecret as exc:
+            raise ValidationError(
+                f"job {planned.job.short_id} needs ${exc.name}, which caliban records by "
+                f"name only: export {exc.name} and run the command again"
+            ) from None
+        return dataclasses.replace(planned, job=dataclasses.replace(planned.job, spec=spec))
 
     async def _execute_local(
         self,
@@ -426,7 +471,9 @@ class Session:
         max_parallel: int,
         inventory: GpuInventory | None,
         per_job: int,
+        secrets: Mapping[str, str] | None = None,
     ) -> RunResult:
+        planned = [self._with_secrets(p, secrets or {}) for p in planned]
         to_run = sum(1 for p in planned if p.action in ("new", "reconcile"))
         skipped = len(planned) - to_run
         self.sink(JobsPlanned(xgroup, total, to_run, skipped))
@@ -667,6 +714,9 @@ class Session:
                     f"image {image} is no longer on the Docker engine; run the original "
                     "`caliban run` command again to rebuild it"
                 )
+        for old in jobs:
+            # Before anything is recorded: the values come from this environment.
+            self._with_secrets(Planned("new", old), {})
         new_items = []
         for old in jobs:
             job_id = names.new_job_id()

@@ -157,6 +157,9 @@ class ConsoleSink:
             )
         )
 
+    def _on_ContextLeftOut(self, e: ev.ContextLeftOut) -> None:
+        self.err.print(Text(e.text, style="yellow"))
+
     def _on_BuildLog(self, e: ev.BuildLog) -> None:
         if self.show_build_log and e.line.strip():
             self.console.print(Text("  " + e.line, style="dim"))

@@ -28,6 +28,8 @@ PURE = [
     "caliban.baseimage",
     "caliban.project",
     "caliban.cli_args",
+    "caliban.secretfiles",
+    "caliban.secretenv",
 ]
 FORBIDDEN = ["aiohttp", "aiodocker", "kubernetes_asyncio", "aiosqlite", "rich", "anyio"]
 
