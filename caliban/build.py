@@ -117,9 +117,12 @@ class _Selection:
         return True
 
 
-def _read_head(path: Path, size: int) -> bytes:
-    with path.open("rb") as f:
-        return f.read(size)
+def _read_head(path: str, size: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, size)
+    finally:
+        os.close(fd)
 
 
 def find_secrets(
@@ -137,7 +140,8 @@ def find_secrets(
     try:
         for rel, st in selection.entries():
             if stat.S_ISREG(st.st_mode):
-                selection.keep(rel, st, _read_head(folder / rel, secretfiles.HEAD_BYTES))
+                head = _read_head(os.path.join(folder, rel), secretfiles.HEAD_BYTES)
+                selection.keep(rel, st, head)
     except FileNotFoundError as exc:
         raise ConfigError(f"build context changed while reading it: {exc}") from exc
     return selection.secrets

@@ -203,6 +203,7 @@ class DockerIgnore:
         # Per directory, which patterns match it or one of its parents: a walk
         # asks about every entry of a directory, so the parents' answers repeat.
         self._dir_hits: dict[str, tuple[bool, ...]] = {}
+        self._union: re.Pattern[str] | None = None
 
     @property
     def patterns(self) -> tuple[str, ...]:
@@ -312,8 +313,11 @@ class DockerIgnore:
         The credential rules use this: re-including a folder must not bring
         back the key file inside it, only naming the file (or a pattern for it) does.
         """
-        path = _normalize_relpath(relpath)
-        return any(not p.exception and p.regex.fullmatch(path) for p in self._patterns)
+        if self._union is None:
+            plain = [p.regex.pattern for p in self._patterns if not p.exception]
+            # One alternation instead of a loop: the walk asks this of every entry.
+            self._union = re.compile("|".join(f"(?:{r})" for r in plain) if plain else "(?!)")
+        return self._union.fullmatch(_normalize_relpath(relpath)) is not None
 
     def could_match_below(self, reldir: str) -> bool:
         """Whether a (non ``!``) pattern could match something strictly inside ``reldir``."""
