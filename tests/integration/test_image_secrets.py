@@ -10,9 +10,10 @@ import pytest
 
 from caliban import events as ev
 from caliban.errors import ConfigError
-from caliban.options import ProjectOptions
+from caliban.options import ClusterJobRequest, ClusterOptions, ProjectOptions
 from caliban.orchestrator import Session
 from tests.conftest import MakeProject, docker_cli
+from tests.fakes.k8s import FakeKubernetes
 from tests.fakes.vertex import FakeVertex
 from tests.integration.cloud_helpers import (  # noqa: F401  (fixtures)
     caliban,
@@ -22,6 +23,7 @@ from tests.integration.cloud_helpers import (  # noqa: F401  (fixtures)
     service_account_file,
     vertex_server,
 )
+from tests.integration.cluster_support import kube, kubeconfig  # noqa: F401  (fixtures)
 
 PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\n-----END RSA PRIVATE KEY-----\n"
 OPENSSH = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n"
@@ -194,3 +196,26 @@ async def test_a_local_build_with_a_key_warns_and_goes_on(
         w.startswith("fixture.py holds a private key and goes into the image") for w in warnings
     )
     assert "fixture.py" in _listing(built.tag)
+
+
+@pytest.mark.docker
+async def test_cluster_refuses_to_push_an_image_with_a_key(
+    make_project: MakeProject,
+    kube: FakeKubernetes,
+    kubeconfig: Path,
+    env: dict[str, str],
+    home: Path,
+) -> None:
+    folder = make_project({"conf/sa.txt": "x = " + SA_KEY}, name="leakyk8s")
+    req = ClusterJobRequest(
+        project=ProjectOptions(folder=folder, entry="job.py", use_gpu=False),
+        cluster=ClusterOptions(kubeconfig=str(kubeconfig)),
+        image_registry="127.0.0.1:9/team",
+        xgroup="leak",
+    )
+    async with Session(home=home, environ=env) as s:
+        with pytest.raises(ConfigError) as err:
+            await s.cluster_submit(req)
+    assert str(err.value).startswith("refusing to push: conf/sa.txt holds a service-account key")
+    assert kube.jobs() == []
+    assert not docker_cli("images", "-q", "caliban-leakyk8s").strip()

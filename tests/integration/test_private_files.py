@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from caliban import events as ev
 from caliban import filemodes
+from caliban.options import ProjectOptions, RunRequest
+from caliban.orchestrator import Session
 from caliban.store import Store
 from tests.conftest import MakeProject
 from tests.integration.cloud_helpers import caliban
@@ -135,3 +138,22 @@ async def test_a_secret_env_value_is_used_but_never_recorded(
     assert len(logs) == 2
     assert all(_mode(p) == 0o600 and _mode(p.parent) == 0o700 for p in logs)
     assert _mode(home / "logs") == 0o700 and _mode(home / "caliban.db") == 0o600
+
+
+async def test_a_dry_run_shows_secret_names_without_their_values(
+    tmp_path: Path, make_project: MakeProject
+) -> None:
+    folder = make_project()
+    seen: list[ev.Event] = []
+    async with Session(home=tmp_path / "h", environ={}, sink=seen.append) as session:
+        await session.run(
+            RunRequest(
+                project=ProjectOptions(folder=folder, entry="job.py", use_gpu=False),
+                docker_run_args=("-e", "API_TOKEN=tok-123", "-e", "MODE=plain"),
+                dry_run=True,
+            )
+        )
+    text = "\n".join(e.text for e in seen if isinstance(e, ev.Notice))
+    assert "-e API_TOKEN " in text and "-e MODE=plain" in text
+    assert "tok-123" not in text
+    assert not (tmp_path / "h" / "caliban.db").exists()
