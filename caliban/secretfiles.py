@@ -138,30 +138,33 @@ class CredentialRules:
         self._names = DockerIgnore.parse("\n".join(_any_depth(p) for p in CREDENTIAL_PATTERNS))
         self.left_out: list[str] = []
         self._seen: set[str] = set()
-        # Directories already found to be credentials, so their insides are
-        # answered without matching every pattern again.
-        self._hit_dirs: dict[str, str | None] = {}
+        # Per directory: the depth of the deepest ancestor (or itself) that
+        # include_in_image names, and the depths of those the name rules match.
+        self._dirs: dict[str, tuple[int, tuple[int, ...]]] = {}
 
-    def _hit(self, rel: str) -> str | None:
-        """The top-most path of ``rel``'s ancestry (``rel`` included) a name rule matches."""
+    def _state(self, rel: str) -> tuple[int, tuple[int, ...]]:
         parent = rel.rpartition("/")[0]
         if parent:
-            if parent not in self._hit_dirs:
-                self._hit_dirs[parent] = self._hit(parent)
-            above = self._hit_dirs[parent]
-            if above is not None:
-                return above
-        return rel if self._names.matches(rel) else None
+            if parent not in self._dirs:
+                self._dirs[parent] = self._state(parent)
+            included, hits = self._dirs[parent]
+        else:
+            included, hits = -1, ()
+        depth = rel.count("/")
+        if self._names.matches(rel):
+            hits = (*hits, depth)
+        if self.include and self.include.matches(rel):
+            included = depth
+        return included, hits
 
-    def _included(self, rel: str, hit: str) -> bool:
-        """Whether ``include_in_image`` names ``rel`` or a folder between ``hit`` and it."""
-        path = rel
-        while True:
-            if self.include.matches(path):
-                return True
-            if path == hit or "/" not in path:
-                return False
-            path = path.rpartition("/")[0]
+    def _blocked(self, rel: str) -> str | None:
+        """The top-most credential in ``rel``'s ancestry (``rel`` included) that no
+        ``include_in_image`` entry at or below it brings back, or None."""
+        included, hits = self._state(rel)
+        for depth in hits:
+            if depth > included:
+                return "/".join(rel.split("/")[: depth + 1])
+        return None
 
     def included_on_purpose(self, rel: str) -> bool:
         """Whether ``include_in_image`` names this very file (content rules ask this)."""
@@ -177,8 +180,8 @@ class CredentialRules:
         if self.ignore.excluded(relpath, is_dir):
             # The user's own choice: nothing to report.
             return True
-        hit = self._hit(relpath)
-        if hit is None or self._included(relpath, hit):
+        hit = self._blocked(relpath)
+        if hit is None:
             return False
         self.leave_out(hit, is_dir=hit != relpath or is_dir)
         return True
@@ -186,8 +189,7 @@ class CredentialRules:
     def can_prune(self, reldir: str) -> bool:
         if self.ignore.excluded(reldir, True) and self.ignore.can_prune(reldir):
             return True
-        hit = self._hit(reldir)
-        if hit is None:
+        if self._blocked(reldir) is None:
             return self.ignore.can_prune(reldir)
         return not self.include.could_match_below(reldir)
 

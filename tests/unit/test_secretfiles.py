@@ -92,6 +92,10 @@ def test_include_in_image_names_what_comes_back() -> None:
     # Including a folder does not include the credentials inside it.
     folder = CredentialRules(DockerIgnore(), include=["data"])
     assert folder.excluded("data/.env")
+    assert rules.excluded(".git/hooks/id_rsa")
+    assert rules.left_out[-1] == ".git/hooks/id_rsa"
+    deep = CredentialRules(DockerIgnore(), include=["**/.env.example"])
+    assert not deep.excluded("a/b/.env.example") and deep.excluded("a/b/.env")
 
 
 def test_walk_prunes_credential_folders_unless_something_inside_is_included(
