@@ -78,6 +78,8 @@ def _check_fields(data: Mapping[str, Any], path: str) -> None:
             raise ConfigError(
                 f"{where}: source_credentials must be a service_account or authorized_user"
             )
+        if not isinstance(data.get("delegates") or [], list):
+            raise ConfigError(f"{where}: delegates is not a list")
         if source["type"] == "impersonated_service_account":
             raise ConfigError(f"{where}: source_credentials cannot be impersonated again")
         lacking = [k for k in _REQUIRED[str(source["type"])] if not source.get(k)]

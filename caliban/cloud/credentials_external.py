@@ -73,6 +73,14 @@ def check_external_account(data: Mapping[str, Any], where: str) -> None:
         credentials_executable.check_shape(source["executable"], where)
     elif not source[kind]:
         raise ConfigError(f"{where}: credential_source.{kind} is empty")
+    if kind == "url" and not isinstance(source.get("headers") or {}, dict):
+        raise ConfigError(f"{where}: credential_source.headers is not an object")
+    options = data.get("service_account_impersonation") or {}
+    lifetime = options.get("token_lifetime_seconds", 3600) if isinstance(options, dict) else None
+    if not isinstance(lifetime, int) or not 600 <= lifetime <= 43200:
+        raise ConfigError(
+            f"{where}: service_account_impersonation.token_lifetime_seconds must be 600 to 43200"
+        )
     fmt = source.get("format") or {}
     if not isinstance(fmt, dict) or fmt.get("type", "text") not in ("text", "json"):
         raise ConfigError(f'{where}: credential_source.format.type must be "text" or "json"')

@@ -194,6 +194,28 @@ async def test_an_allowed_executable_runs_once_and_its_output_file_is_reused(
     assert len(federation.exchanges) == 2
 
 
+async def test_the_executable_runs_while_the_event_loop_keeps_serving(
+    tmp_path: Path, federation: FakeFederation, oauth_server: FakeOAuth
+) -> None:
+    """The command asks a server living on this very event loop for its token: run with a
+    blocking subprocess call, the loop could not answer it and the command would time out."""
+    federation.subject_url_body = federation.trust_subject()
+    script = tmp_path / "ask-the-loop"
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import json, time, urllib.request\n"
+        f"request = urllib.request.Request({federation.url + '/subject'!r}, "
+        "headers={'Metadata': 'True'})\n"
+        "token = urllib.request.urlopen(request, timeout=4).read().decode()\n"
+        "print(json.dumps({'version': 1, 'success': True, 'id_token': token,\n"
+        f"    'token_type': {JWT!r}, 'expiration_time': int(time.time()) + 600}}))\n"
+    )
+    script.chmod(stat.S_IRWXU)
+    source = {"executable": {"command": str(script), "timeout_millis": 5000}}
+    _, token = await token_of(write(tmp_path, external(federation, source)), ALLOW)
+    assert oauth_server.valid_token(token) and federation.url_requests == 1
+
+
 async def test_an_executable_that_reports_failure_or_is_not_allowed(
     tmp_path: Path, federation: FakeFederation
 ) -> None:
@@ -291,6 +313,12 @@ async def test_external_account_authorized_user_refreshes_with_basic_auth(
             "timeout_millis must be 5000 to 120000",
         ),
         ({"workforce_pool_user_project": "p"}, "only for workforce pool audiences"),
+        ({"credential_source": {"url": "http://x", "headers": ["a"]}}, "headers is not an object"),
+        ({"credential_source": {"file": ""}}, "credential_source.file is empty"),
+        (
+            {"service_account_impersonation": {"token_lifetime_seconds": "1h"}},
+            "token_lifetime_seconds must be 600 to 43200",
+        ),
     ],
 )
 async def test_unusable_external_account_files(
