@@ -155,12 +155,26 @@ class _GcloudToken:
 class _Fetched:
     """Tokens caliban fetches itself (impersonation, federation), kept fresh."""
 
-    def __init__(self, fetch: Callable[[], Awaitable[Issued]], inner: _Supplier | None = None):
+    def __init__(
+        self,
+        fetch: Callable[[], Awaitable[Issued]],
+        source: str,
+        inner: _Supplier | None = None,
+    ) -> None:
         self._tokens = Refreshing(fetch)
+        self._source = source
         self._inner = inner
 
     async def get(self) -> str:
-        return await self._tokens.get()
+        try:
+            return await self._tokens.get()
+        except AuthError as exc:
+            raise AuthError(
+                f"{exc.message} (credentials: {self._source})",
+                status=exc.status,
+                retryable=exc.retryable,
+                hint=exc.hint,
+            ) from exc
 
     async def close(self) -> None:
         if self._inner is not None:
@@ -178,6 +192,8 @@ def _supplier(
     data: Mapping[str, Any],
     source: str,
     environ: Mapping[str, str],
+    *,
+    path: str,
 ) -> _Supplier:
     kind = data["type"]
     if kind == "impersonated_service_account":
@@ -190,17 +206,17 @@ def _supplier(
                 session, url, await inner.get(), scopes=SCOPES, delegates=delegates
             )
 
-        return _Fetched(impersonated, inner)
+        return _Fetched(impersonated, source, inner)
     if kind == "external_account":
-        where = f"{_KIND[kind]} {source}"
+        where = f"{_KIND[kind]} {path}"
         if credentials_external.source_kind(data["credential_source"]) == "executable":
             credentials_executable.check_allowed(where, environ)
         federation = credentials_external.ExternalAccount(
             session, data, scopes=SCOPES, environ=environ
         )
-        return _Fetched(federation.fetch)
+        return _Fetched(federation.fetch, source)
     if kind == "external_account_authorized_user":
-        return _Fetched(credentials_external.ExternalAuthorizedUser(session, data).fetch)
+        return _Fetched(credentials_external.ExternalAuthorizedUser(session, data).fetch, source)
     return _gcloud(session, data, source)
 
 
@@ -244,7 +260,7 @@ class Credentials:
         override = (quota_project or environ.get(QUOTA_PROJECT_ENV) or "").strip() or None
         if path:
             data = await anyio.to_thread.run_sync(_read_key, path)
-            supplier = _supplier(session, data, str(path), environ)
+            supplier = _supplier(session, data, source, environ, path=str(path))
             quota = override or str(data.get("quota_project_id") or "").strip() or None
             return cls(supplier, source=source, data=data, quota_project=quota)
         host = (

@@ -105,6 +105,7 @@ async def test_an_untrusted_subject_token_is_refused_with_the_sts_reason(
     with pytest.raises(AuthError, match=r"security token service refused.*invalid_grant") as err:
         await token_of(write(tmp_path, external(federation, {"file": str(token_file)})))
     assert "eyJnot-trusted" not in str(err.value)
+    assert f"(credentials: key file {tmp_path / 'creds.json'})" in str(err.value)
     assert not err.value.retryable
 
 
