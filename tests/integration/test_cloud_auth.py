@@ -4,6 +4,7 @@ unusable files surface. Federation has its own module (test_cloud_auth_federatio
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import aiohttp
@@ -222,6 +223,7 @@ async def test_the_quota_project_flag_reaches_vertex(
     user = write_credentials(tmp_path / "adc.json", oauth_server.add_authorized_user())
     folder = make_project()
     env = cli_env(tmp_path, user, vertex_server)
+    env.pop("GOOGLE_CLOUD_QUOTA_PROJECT", None)
     args = ["cloud", "--project_id", "test-proj", "--image_tag", IMAGE, "job.py"]
     refused = await caliban(args, cwd=folder, env=env)
     assert refused.returncode == 1 and "requires a quota project" in refused.stderr
@@ -237,6 +239,19 @@ async def test_the_quota_project_flag_reaches_vertex(
         ('{"type": "external_account_authorized_user", "client_id": "c"}', "lacks refresh_token"),
         ('{"type": "frobnicated"}', "is not a Google credentials file"),
         ("{oops", "is not JSON"),
+        (
+            json.dumps(
+                {
+                    "type": "external_account",
+                    "audience": "//iam.googleapis.com/projects/1/locations/global/"
+                    "workloadIdentityPools/p/providers/q",
+                    "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+                    "token_url": "http://127.0.0.1:9/v1/token",
+                    "credential_source": {"executable": {"command": "/bin/get-token"}},
+                }
+            ),
+            "set GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES=1",
+        ),
     ],
 )
 async def test_an_unusable_credentials_file_is_one_line_and_exit_2(
@@ -250,6 +265,7 @@ async def test_an_unusable_credentials_file_is_one_line_and_exit_2(
     key.write_text(content)
     folder = make_project()
     env = cli_env(tmp_path, key, vertex_server)
+    env.pop("GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES", None)
     result = await caliban(
         ["cloud", "--project_id", "test-proj", "--image_tag", IMAGE, "job.py"], cwd=folder, env=env
     )
