@@ -208,7 +208,9 @@ def _sink(ns: argparse.Namespace, **kwargs: Any) -> ConsoleSink:
 def _session(ns: argparse.Namespace, sink: ConsoleSink) -> Session:
     from caliban.orchestrator import Session
 
-    return Session(sink=sink)
+    session = Session(sink=sink)
+    session.quota_project = getattr(ns, "quota_project", None)
+    return session
 
 
 def _drive(

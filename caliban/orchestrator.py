@@ -172,6 +172,8 @@ class Session:
         self._credentials: dict[str | None, Credentials] = {}
         # Credentials for status/stop/resubmit of cloud jobs (--cloud_key).
         self.cloud_key: str | None = None
+        # --quota_project: billed for Google API calls instead of the credentials' own.
+        self.quota_project: str | None = None
         self._kube: KubeConnections | None = None
         # --cloud_key of a push (check_push): kept out of the image it builds.
         self._push_keys: list[str] = []
@@ -215,7 +217,10 @@ class Session:
 
         if key_file not in self._credentials:
             creds = await Credentials.load(
-                await self.http(), key_file=key_file, environ=self.environ
+                await self.http(),
+                key_file=key_file,
+                environ=self.environ,
+                quota_project=self.quota_project,
             )
             self._stack.push_async_callback(creds.aclose)
             self._credentials[key_file] = creds

@@ -67,6 +67,15 @@ _JOBS = "/v1/projects/{project}/locations/{location}/customJobs"
 _JOB = _JOBS + "/{job_id:[^/:]+}"
 # Query parameters every Google API accepts besides the method's own (system parameters).
 _SYSTEM_PARAMS = {"alt", "$alt", "key", "prettyPrint", "fields", "quotaUser", "callback"}
+# gcloud's own OAuth client lives in this Google project; user tokens minted through it
+# are billed there unless the caller names a quota project.
+GCLOUD_CLIENT_PROJECT = "764086051850"
+_QUOTA_PROJECT_HELP = (
+    "Your application is authenticating by using local Application Default Credentials. "
+    "The aiplatform.googleapis.com API requires a quota project, which is not set by default. "
+    "To learn how to set your quota project, see "
+    "https://cloud.google.com/docs/authentication/adc-troubleshooting/user-creds ."
+)
 _UNAUTH_HELP = (
     "Expected OAuth 2 access token, login cookie or other valid authentication credential. "
     "See https://developers.google.com/identity/sign-in/web/devconsole-project."
@@ -127,7 +136,8 @@ class FakeVertex(FakeServer):
     ``list_latency``, ``cancel_latency``, ``quota_per_minute``, ``crud_quota_per_minute``,
     ``quota_window``, ``retry_after_header``, ``retry_info_detail``, ``error_rate_5xx``,
     ``drop_rate``, ``drop_style``, ``lost_response_rate``, ``lost_style``, ``cancel_delay``,
-    ``lifecycle``. Scripted faults: :meth:`fail_next`, :meth:`fail_next_creates`,
+    ``lifecycle``, ``user_tokens`` (user credentials need a quota project).
+    Scripted faults: :meth:`fail_next`, :meth:`fail_next_creates`,
     :meth:`drop_next_creates`, :meth:`lose_next_creates`; permissions: :meth:`deny`.
     """
 
@@ -173,7 +183,11 @@ class FakeVertex(FakeServer):
         self.lost_response_rate = 0.0
         self.lost_style: LostStyle = "close"
         self.cancel_delay = 0.0
+        # Tells a person's token from a service's (FakeOAuth.is_user_token); when set, user
+        # tokens without an x-goog-user-project header get Google's 403.
+        self.user_tokens: Callable[[str], bool] | None = None
         # --- counters
+        self.quota_projects: list[str | None] = []  # x-goog-user-project of each request
         self.creates_received = 0
         self.creates_accepted = 0
         self.rejected_429 = 0
@@ -333,6 +347,23 @@ class FakeVertex(FakeServer):
                     "WWW-Authenticate": 'Bearer realm="https://accounts.google.com/", '
                     'error="invalid_token"'
                 },
+            )
+        quota_project = request.headers.get("x-goog-user-project")
+        self.quota_projects.append(quota_project)
+        if self.user_tokens is not None and not quota_project and self.user_tokens(token.strip()):
+            self.permission_denied += 1
+            return rpc_error(
+                "PERMISSION_DENIED",
+                _QUOTA_PROJECT_HELP,
+                details=[
+                    error_info(
+                        "SERVICE_DISABLED",
+                        {
+                            "service": "aiplatform.googleapis.com",
+                            "consumer": f"projects/{GCLOUD_CLIENT_PROJECT}",
+                        },
+                    )
+                ],
             )
         project = request.match_info["project"]
         permission = PERMISSIONS[op]
