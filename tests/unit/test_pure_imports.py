@@ -28,6 +28,7 @@ PURE = [
     "caliban.baseimage",
     "caliban.project",
     "caliban.cli_args",
+    "caliban.output",
 ]
 FORBIDDEN = ["aiohttp", "aiodocker", "kubernetes_asyncio", "aiosqlite", "rich", "anyio"]
 
