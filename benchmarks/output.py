@@ -8,7 +8,8 @@ For each, against baselines measured in the same run on the same image:
 - what the output costs caliban itself: (caliban run of the job - of a silent
   job) - (docker run of the job - of a silent job). The engine's own share
   (its log driver stores every line) is paid by `docker run` too;
-- peak RSS of the caliban process;
+- CPU seconds of the caliban process beyond the silent job's (steadier than
+  wall time on a busy machine), and its peak RSS;
 - that the log file holds every byte (its size).
 Times are the best of REPEAT runs (the machine is shared). Targets: the 50 MB
 job adds under 2 s; peak RSS under 150 MB for both shapes.
@@ -46,8 +47,10 @@ SILENT = ["--mode", "none", "--mb", "0"]
 REPEAT = 2
 
 
-def _caliban_run(project: Path, env: dict[str, str], args: list[str]) -> tuple[float, int, str]:
-    """Wall time, peak RSS (bytes) and stdout of one `caliban run`."""
+def _caliban_run(
+    project: Path, env: dict[str, str], args: list[str]
+) -> tuple[float, int, str, float]:
+    """Wall time, peak RSS (bytes), stdout and CPU seconds of one `caliban run`."""
     start = time.perf_counter()
     proc = subprocess.Popen(
         [CALIBAN, "run", "job.py", "--", *args],
@@ -63,7 +66,8 @@ def _caliban_run(project: Path, env: dict[str, str], args: list[str]) -> tuple[f
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"caliban run failed:\n{out.decode(errors='replace')}")
-    return seconds, usage.ru_maxrss * 1024, out.decode(errors="replace")
+    cpu = usage.ru_utime + usage.ru_stime
+    return seconds, usage.ru_maxrss * 1024, out.decode(errors="replace"), cpu
 
 
 def _docker_logs(tag: str, args: list[str]) -> float:
@@ -106,14 +110,17 @@ def main() -> None:
             [CALIBAN, "build", "job.py"], cwd=project, env=env, capture_output=True, text=True
         ).stdout.split()[-1]
         home = Path(env["CALIBAN_HOME"])
-        silent, silent_rss, _ = min(_caliban_run(project, env, SILENT) for _ in range(3))
+        silent, silent_rss, _, silent_cpu = min(
+            _caliban_run(project, env, SILENT) for _ in range(3)
+        )
         docker_silent = _docker_run(tag, SILENT)
         figures["silent_job_s"] = round(silent, 3)
         figures["silent_job_docker_run_s"] = round(docker_silent, 3)
         figures["silent_job_peak_rss_mb"] = round(silent_rss / MB, 1)
+        figures["silent_job_caliban_cpu_s"] = round(silent_cpu, 3)
         for name, (mode, size) in SHAPES.items():
             args = ["--mode", mode, "--mb", str(size)]
-            seconds, rss, out = min(_caliban_run(project, env, args) for _ in range(REPEAT))
+            seconds, rss, out, cpu = min(_caliban_run(project, env, args) for _ in range(REPEAT))
             logged = _log_size(home)
             logs_s = _docker_logs(tag, args)
             run_s = _docker_run(tag, args)
@@ -125,6 +132,8 @@ def main() -> None:
                 "docker_logs_s": round(logs_s, 3),
                 "caliban_vs_docker_logs": round(seconds / logs_s, 2),
                 "added_by_output_s": round(added, 3),
+                "caliban_cpu_s": round(cpu, 3),
+                "cpu_added_by_output_s": round(cpu - silent_cpu, 3),
                 "peak_rss_mb": round(rss / MB, 1),
                 "log_bytes": logged,
                 "log_complete": logged == size * MB,

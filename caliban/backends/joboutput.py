@@ -24,6 +24,7 @@ import anyio
 from aiodocker.exceptions import DockerError
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from caliban.errors import BackendError
 from caliban.events import JobOutput, JobOutputSkipped, Sink
 from caliban.output import OutputView
 
@@ -73,7 +74,7 @@ async def pump(
             else:
                 sink(JobOutputSkipped(job_id, label, item, shown_log))
 
-    log = await anyio.to_thread.run_sync(open_log, log_path) if log_path is not None else None
+    log = await _open(log_path) if log_path is not None else None
     send, receive = anyio.create_memory_object_stream[bytes](QUEUE_CHUNKS)
 
     def batch(first: bytes) -> bytes:
@@ -140,6 +141,16 @@ def _write_and_close(log: BinaryIO, data: bytes) -> None:
             log.write(data)
 
 
+async def _open(path: Path) -> BinaryIO:
+    try:
+        return await anyio.to_thread.run_sync(open_log, path)
+    except OSError as exc:
+        raise BackendError(
+            f"cannot write the job's log {path}: {exc.strerror or exc}",
+            hint="check that CALIBAN_HOME is writable",
+        ) from exc
+
+
 async def _attached(
     container: aiodocker.docker.DockerContainer, start: Start, on_data: OnData
 ) -> None:
@@ -154,7 +165,7 @@ async def _from_engine_log(container: aiodocker.docker.DockerContainer, on_data:
     # stores is valid UTF-8 already, so encoding it again gives back its bytes.
     try:
         async for text in container.log(stdout=True, stderr=True, follow=True):
-            await on_data(1, text.encode("utf-8", "surrogateescape"))
+            await on_data(1, text.encode("utf-8"))
     except DockerError as exc:
         if exc.status != 404:  # removed by `caliban stop` from elsewhere
             raise
