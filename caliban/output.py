@@ -10,9 +10,10 @@ of it a person watching a sweep sees, and makes them safe to print:
   never holds more than ``limit`` bytes of a line per stream, whatever the
   job writes.
 - Each job gets a token bucket: a burst of lines, then ``rate`` lines per
-  second. Lines over budget are only counted (no decoding, no copying), except
-  the last few, which are shown when output slows down or the job ends, so a
-  final traceback is never hidden behind a flood.
+  second, tail lines included. Lines over budget are only counted (no
+  decoding, no copying), except the last few, which are shown once output
+  slows down enough to afford them, or when the job ends, so a final
+  traceback is never hidden behind a flood.
 - Escape sequences (CSI, OSC, DCS ...), C0/C1 controls, DEL and bidi overrides
   are removed: a job cannot retitle the window, clear the screen or ring the bell.
 
@@ -185,7 +186,15 @@ class OutputView:
                 self._skipped += 1
             self._tail.append((line, cut))
             return
-        self._flush(out)
+        if force or self._tokens >= len(self._tail) + 1:
+            # Output slowed down enough to afford the lines kept from the flood.
+            self._tokens -= len(self._tail)
+            self._flush(out)
+        else:
+            # Still flooding: a line now and then, and the kept ones are only counted.
+            self._skipped += len(self._tail)
+            self._tail.clear()
+            self._flush(out)
         self._tokens = max(0.0, self._tokens - 1)
         out.append(_render(line, cut))
 

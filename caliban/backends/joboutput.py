@@ -154,10 +154,14 @@ async def _open(path: Path) -> BinaryIO:
 async def _attached(
     container: aiodocker.docker.DockerContainer, start: Start, on_data: OnData
 ) -> None:
-    async with container.attach(stdout=True, stderr=True) as stream:
-        await start()
-        while (message := await stream.read_out()) is not None:
-            await on_data(message.stream, message.data)
+    try:
+        async with container.attach(stdout=True, stderr=True) as stream:
+            await start()
+            while (message := await stream.read_out()) is not None:
+                await on_data(message.stream, message.data)
+    except DockerError as exc:
+        if exc.status != 404:  # removed by `caliban stop` from elsewhere
+            raise
 
 
 async def _from_engine_log(container: aiodocker.docker.DockerContainer, on_data: OnData) -> None:

@@ -170,8 +170,22 @@ def test_budget_refills_over_time_and_the_gap_is_reported() -> None:
     view = OutputView(rate=2, burst=2, tail=1)
     assert view.feed(b"a\nb\nc\nd\n", 0.0) == ["a", "b"]
     assert view.feed(b"e\n", 1.0) == [1, "d", "e"]  # c left out, d kept as the tail
-    assert view.feed(b"f\n", 1.0) == ["f"]
-    assert view.feed(b"g\n", 1.0) == []
+    assert view.feed(b"f\n", 1.0) == []  # the tail line cost a token too
+    assert view.feed(b"g\n", 1.5) == [1, "g"]  # still flooding: f is only counted
+    assert view.close() == []
+
+
+def test_a_steady_flood_is_held_to_the_rate() -> None:
+    view = OutputView(rate=20, burst=10, tail=5)
+    items: list[str | int] = []
+    for tick in range(1000):  # 10 s of 100 lines every 10 ms
+        chunk = b"".join(b"t%d line %d\n" % (tick, i) for i in range(100))
+        items += view.feed(chunk, tick / 100)
+    assert len(lines(items)) <= 10 + 20 * 10 + 1
+    end = view.close()
+    assert lines(end) == [f"t999 line {i}" for i in range(95, 100)]
+    counted = sum(i for i in items + end if isinstance(i, int))
+    assert len(lines(items + end)) + counted == 100_000
 
 
 @given(
@@ -184,7 +198,8 @@ def test_every_line_is_either_shown_or_counted(chunks: list[bytes], burst: int, 
     items: list[str | int] = []
     for n, chunk in enumerate(chunks):
         items += view.feed(chunk, n * 0.1)
-    items += view.close()
+    view_end = view.close()
+    items += view_end
     data = b"".join(chunks)
     total = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
     shown = len(lines(items))
@@ -193,6 +208,9 @@ def test_every_line_is_either_shown_or_counted(chunks: list[bytes], burst: int, 
     if data and not data.endswith(b"\n") and not visible(data.rsplit(b"\n", 1)[-1]):
         total -= 1
     assert shown + counted == total
+    # Before the end, never more than the burst plus the rate over the time spent.
+    before_close = len(lines(items[: len(items) - len(view_end)]))
+    assert before_close <= burst + 3 * 0.1 * max(0, len(chunks) - 1) + 1
     assert all(len(s.encode()) <= 10 * 3 + 40 for s in lines(items))
 
 
