@@ -12,7 +12,7 @@ import contextlib
 import os
 import stat
 from pathlib import Path
-from typing import IO
+from typing import IO, BinaryIO
 
 import anyio
 
@@ -108,19 +108,32 @@ def tighten_side_files(db: Path) -> None:
         _tighten(db.with_name(db.name + suffix), FILE_MODE)
 
 
-def _open_log(path: Path, mode: str) -> IO[str]:
+def _private_fd(path: Path, flags: int) -> int:
     # In caliban's layout (<home>/logs/<xgroup>/<job>.log) the xgroup folder and
     # logs/ are its own and are tightened; any other folder is only created.
     layout = path.parent.parent.name == "logs"
     private_dirs(path.parent, keep=path.parent.parent.parent if layout else None)
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode == "a" else os.O_TRUNC)
-    fd = os.open(path, flags, FILE_MODE)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | flags, FILE_MODE)
     try:
         os.fchmod(fd, FILE_MODE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_log(path: Path, mode: str) -> IO[str]:
+    fd = _private_fd(path, os.O_APPEND if mode == "a" else os.O_TRUNC)
+    try:
         return open(fd, mode, encoding="utf-8")
     except BaseException:
         os.close(fd)
         raise
+
+
+def open_log_bytes(path: Path) -> BinaryIO:
+    """A job's log for appending raw bytes, unbuffered, 0600 in 0700 folders (blocking)."""
+    return os.fdopen(_private_fd(path, os.O_APPEND), "ab", buffering=0)
 
 
 async def open_log(path: Path, mode: str = "a") -> anyio.AsyncFile[str]:

@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from caliban import events as ev
+from caliban.output import sanitize_text
 from caliban.spec import JobRecord, JobState
 
 _STATE_STYLE = {
@@ -226,7 +227,19 @@ class ConsoleSink:
         style = _LABEL_STYLES[hash(e.job_id) % len(_LABEL_STYLES)]
         line = Text()
         line.append(f"[{e.label}] ", style=style)
-        line.append(e.line)
+        # Lines from caliban's own backends are clean already; a library user's
+        # events may not be, and the terminal must not take orders from a job.
+        line.append(sanitize_text(e.line))
+        self.console.print(line)
+
+    def _on_JobOutputSkipped(self, e: ev.JobOutputSkipped) -> None:
+        if not self.show_output:
+            return
+        where = f", see {e.log_path}" if e.log_path else ""
+        style = _LABEL_STYLES[hash(e.job_id) % len(_LABEL_STYLES)]
+        line = Text()
+        line.append(f"[{e.label}] ", style=style)
+        line.append(f"… {e.count:,} lines not shown{where}", style="dim")
         self.console.print(line)
 
     def _on_RetryScheduled(self, e: ev.RetryScheduled) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +22,10 @@ import anyio
 from aiodocker.exceptions import DockerError
 
 from caliban import dockerargs, filemodes, gpus
-from caliban.backends import Update
+from caliban.backends import Update, joboutput
 from caliban.engine import MANAGED_LABEL, error_text, label_filter
 from caliban.errors import BackendError
-from caliban.events import JobOutput, Sink
+from caliban.events import Sink
 from caliban.spec import JobRecord, JobState
 
 JOB_LABEL = "caliban.job"
@@ -106,22 +107,6 @@ def with_gpus(config: dict[str, Any], ids: Sequence[str], *, simulated: bool) ->
     return config
 
 
-class _Lines:
-    """Re-assembles lines from log frames, which may split a line anywhere."""
-
-    def __init__(self) -> None:
-        self._partial = ""
-
-    def feed(self, chunk: str) -> list[str]:
-        lines = (self._partial + chunk).split("\n")
-        self._partial = lines.pop()
-        return [line.rstrip("\r") for line in lines]
-
-    def flush(self) -> list[str]:
-        rest, self._partial = self._partial, ""
-        return [rest] if rest else []
-
-
 @dataclass(frozen=True)
 class Outcome:
     state: JobState
@@ -199,12 +184,9 @@ class LocalBackend:
                         status=exc.status,
                     ) from exc
             await on_started(container.id)
-            if not started:
-                try:
-                    await container.start()
-                except DockerError as exc:
-                    raise _start_error(exc) from exc
-            await self._follow(container, job, label, log_path)
+            # Started by the output pump once attached, so no byte is missed.
+            start = None if started else functools.partial(self._start, container)
+            await self._follow(container, job, label, log_path, start)
             outcome = await self._result(container)
         except BaseException:
             if container is not None:
@@ -249,27 +231,23 @@ class LocalBackend:
         job: JobRecord,
         label: str,
         log_path: Path | None,
+        start: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        lines = _Lines()
-        log_file = None
-        if log_path is not None:
-            log_file = await filemodes.open_log(log_path)
+        await joboutput.pump(
+            container,
+            start=start,
+            sink=self.sink,
+            job_id=job.job_id,
+            label=label,
+            log_path=log_path,
+        )
+
+    @staticmethod
+    async def _start(container: aiodocker.docker.DockerContainer) -> None:
         try:
-            try:
-                async for chunk in container.log(stdout=True, stderr=True, follow=True):
-                    if log_file is not None:
-                        await log_file.write(chunk)
-                    for line in lines.feed(chunk):
-                        self.sink(JobOutput(job.job_id, label, line))
-            except DockerError as exc:
-                if not _is_missing(exc):
-                    raise
-            for line in lines.flush():
-                self.sink(JobOutput(job.job_id, label, line))
-        finally:
-            if log_file is not None:
-                with anyio.CancelScope(shield=True):
-                    await log_file.aclose()
+            await container.start()
+        except DockerError as exc:
+            raise _start_error(exc) from exc
 
     async def _remove(self, container: aiodocker.docker.DockerContainer) -> None:
         """Stop (politely unless forced) and remove; tolerate it being gone already."""
@@ -368,9 +346,8 @@ class LocalBackend:
                     yield chunk
             return
         if job.log_path and await anyio.Path(job.log_path).exists():
-            async with await anyio.open_file(job.log_path, encoding="utf-8") as f:
-                async for line in f:
-                    yield line
+            async for text in joboutput.read_log(Path(job.log_path)):
+                yield text
             return
         raise BackendError(f"no output recorded for job {job.short_id}")
 

@@ -30,6 +30,7 @@ PURE = [
     "caliban.cli_args",
     "caliban.secretfiles",
     "caliban.secretenv",
+    "caliban.output",
 ]
 FORBIDDEN = ["aiohttp", "aiodocker", "kubernetes_asyncio", "aiosqlite", "rich", "anyio"]
 
