@@ -163,7 +163,8 @@ class ConsoleSink:
 
     def _on_BuildLog(self, e: ev.BuildLog) -> None:
         if self.show_build_log and e.line.strip():
-            self.console.print(Text("  " + e.line, style="dim"))
+            # A RUN step's output is the user's code talking: no escape sequences.
+            self.console.print(Text("  " + sanitize_text(e.line), style="dim"))
 
     def _on_BuildSkipped(self, e: ev.BuildSkipped) -> None:
         self.console.print(Text(f"image {e.tag} is up to date; build skipped", style="green"))

@@ -169,11 +169,9 @@ async def test_regions_share_the_jobs_each_with_its_own_bucket(
         assert f"/locations/{regions[job.index % 3]}/" in str(job.platform_id)
     log = vertex_server.create_log
     for region in regions:
-        times = sorted(a.at for a in log if a.location == region)
-        assert len(times) == n // 3
-        # The bucket of this region: 2 at once, then one per 0.1 s.
-        for i in range(2, len(times)):
-            assert times[i] - times[i - 2] >= 0.1 * 0.9, (region, i)
+        assert sum(1 for a in log if a.location == region) == n // 3
+    # Pacing itself is checked on a virtual clock in tests/unit/test_limits.py: arrival
+    # times at the server are bunched by load, so they cannot prove it here.
     # Side by side, not one region after the other.
     firsts = [min(a.at for a in log if a.location == r) for r in regions]
     lasts = [max(a.at for a in log if a.location == r) for r in regions]
