@@ -34,6 +34,7 @@ STORE_LABEL = "caliban.store"
 # How long a container gets between SIGTERM and SIGKILL when a run is stopped.
 STOP_GRACE = 10
 FORCED_GRACE = 0
+DEFAULT_SHM_SIZE = 8 * 1024**3
 
 
 def container_name(job_id: str) -> str:
@@ -70,8 +71,12 @@ def managed_config(
     # An init process forwards SIGTERM to the training script (python as
     # PID 1 would ignore it) and reaps zombies.
     host.setdefault("Init", True)
-    # Data loaders share tensors through /dev/shm; the original used the host IPC too.
-    host.setdefault("IpcMode", "host")
+    # Data loaders (PyTorch's workers) pass batches through /dev/shm, and the
+    # engine's 64 MB default breaks them. The original shared the host's IPC
+    # namespace for that; a private one with a generous cap is enough, and the
+    # cap costs nothing until written. `--ipc=host` or `--shm-size` override it.
+    if host.get("IpcMode", "private") in ("private", "shareable", ""):
+        host.setdefault("ShmSize", DEFAULT_SHM_SIZE)
     return config
 
 
