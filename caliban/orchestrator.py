@@ -640,6 +640,7 @@ class Session:
         )
         jobs = [j for j in candidates if j.user == self.user.name]
         if dry_run or not jobs:
+            await self._remove_leftovers(xgroup, dry_run=dry_run)
             return jobs
         if confirm is not None and not await confirm(jobs):
             return []
@@ -663,7 +664,38 @@ class Session:
             await store.transitions(
                 [(u.job_id, u.state, u.exit_code, u.message, u.platform_id, None) for u in updates]
             )
+        await self._remove_leftovers(xgroup, dry_run=False)
         return await store.jobs(job_ids=[j.job_id for j in jobs])
+
+    async def _remove_leftovers(self, xgroup: str | None, *, dry_run: bool) -> None:
+        """Containers of this store's finished jobs that are still on the engine
+        (an interrupted run that could not clean up) are removed, the user's own only."""
+        try:
+            backend = await self._local()
+            containers = await backend.job_containers()
+        except CalibanError:
+            return  # no engine here: nothing local to clean
+        if not containers:
+            return
+        records = await (await self.store()).jobs(job_ids=list(containers))
+        left = [
+            j
+            for j in records
+            if j.state.terminal
+            and j.user == self.user.name
+            and (xgroup is None or j.xgroup == xgroup)
+        ]
+        if not left:
+            return
+        if dry_run:
+            self.sink(
+                Notice(f"{len(left)} leftover container(s) of finished jobs would be removed")
+            )
+            return
+        async with anyio.create_task_group() as tg:
+            for j in left:
+                tg.start_soon(backend.remove, containers[j.job_id])
+        self.sink(Notice(f"removed {len(left)} leftover container(s) of finished jobs"))
 
     async def resubmit(
         self,

@@ -8,13 +8,14 @@ import re
 import subprocess
 from pathlib import Path
 
+import anyio
 import pytest
 
 from caliban import events as ev
 from caliban.backends.local import LocalBackend, container_config
 from caliban.local_run import execute
 from caliban.names import new_job_id
-from caliban.options import ProjectOptions
+from caliban.options import ProjectOptions, RunRequest
 from caliban.orchestrator import Session
 from caliban.spec import JobState, Platform
 from caliban.store import PlanItem
@@ -23,6 +24,7 @@ from tests.conftest import (
     RUN_ID,
     TEST_LABEL,
     MakeProject,
+    docker_cli,
     labelled_containers,
     run_cli,
 )
@@ -100,6 +102,44 @@ def test_two_runs_of_one_group_share_the_work_and_keep_every_success(
     assert labelled_containers(**{TEST_LABEL: RUN_ID, "caliban.xgroup": "shared"}) == []
 
 
+# From "the create is about to be sent" to well after the container started:
+# every step of create -> record RUNNING -> start -> follow gets interrupted.
+DELAYS = [0, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.008, 0.012, 0.02, 0.03, 0.045, 0.07, 0.1,
+          0.15, 0.22, 0.33, 0.5, 0.75, 1.1, 1.6]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", DELAYS)
+async def test_an_interrupt_anywhere_in_create_and_start_leaves_no_container(
+    session: Session, make_project: MakeProject, delay: float
+) -> None:
+    launching = anyio.Event()
+
+    def sink(event: ev.Event) -> None:
+        if isinstance(event, ev.JobStateChanged) and event.state is JobState.PLANNED:
+            launching.set()
+
+    session.sink = sink
+    request = RunRequest(
+        project=ProjectOptions(folder=make_project(), entry="job.py"),
+        experiments={"tag": ["x"]},
+        script_args=("--sleep", "30"),
+        xgroup="interrupted",
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session.run, request)
+        await launching.wait()
+        await anyio.sleep(delay)
+        tg.cancel_scope.cancel()
+    store = await session.store()
+    assert labelled_containers(**{"caliban.store": store.store_id}) == []
+    (job,) = await store.jobs(xgroup="interrupted")
+    assert job.state is JobState.STOPPED
+    # ... and resubmittable.
+    again = await session.resubmit(xgroup="interrupted", dry_run=True)
+    assert [j.job_id for j in again.jobs] == [job.job_id]
+
+
 async def test_a_failed_create_fails_that_job_only(
     session: Session, make_project: MakeProject
 ) -> None:
@@ -124,3 +164,38 @@ async def test_a_failed_create_fails_that_job_only(
     assert [j.state for j in jobs] == [JobState.SUCCEEDED, JobState.FAILED, JobState.SUCCEEDED]
     assert jobs[1].message is not None and "no such image" in jobs[1].message.lower()
     assert labelled_containers(**{"caliban.store": store.store_id}) == []
+
+
+async def test_stop_removes_leftover_containers_of_finished_jobs(
+    session: Session, make_project: MakeProject, env: dict[str, str]
+) -> None:
+    folder = make_project()
+    result = await session.run(
+        RunRequest(
+            project=ProjectOptions(folder=folder, entry="job.py"),
+            experiments={"tag": ["a"]},
+            xgroup="leftovers",
+        )
+    )
+    (job,) = result.jobs
+    assert job.state is JobState.SUCCEEDED
+    store = await session.store()
+    image = job.image
+
+    def leftover(job_id: str) -> str:
+        labels = {TEST_LABEL: RUN_ID, "caliban.store": store.store_id, "caliban.job": job_id}
+        flags = [f"--label={k}={v}" for k, v in labels.items()]
+        return docker_cli("create", *flags, image, "true").strip()
+
+    # One left by an interrupted run, one whose job this store never recorded.
+    stale, unknown = leftover(job.job_id), leftover("not-a-job-of-this-store")
+    dry = run_cli(["stop", "--dry_run"], cwd=folder, env=env)
+    assert "1 leftover container(s) of finished jobs would be removed" in dry.stdout + dry.stderr
+    assert len(labelled_containers(**{"caliban.store": store.store_id})) == 2
+    stopped = run_cli(["stop", "--yes"], cwd=folder, env=env)
+    assert stopped.returncode == 0, stopped.stderr
+    assert "removed 1 leftover container(s)" in stopped.stdout + stopped.stderr
+    remaining = labelled_containers(**{"caliban.store": store.store_id})
+    assert [c for c in remaining if stale.startswith(c)] == []
+    assert [c for c in remaining if unknown.startswith(c)] != []
+    docker_cli("rm", "-f", unknown)
