@@ -670,14 +670,17 @@ class Session:
     async def _remove_leftovers(self, xgroup: str | None, *, dry_run: bool) -> None:
         """Containers of this store's finished jobs that are still on the engine
         (an interrupted run that could not clean up) are removed, the user's own only."""
+        store = await self.store()
+        if not await store.jobs(xgroup=xgroup, platform=Platform.LOCAL, limit=1):
+            return  # cloud jobs only: no engine to ask
         try:
             backend = await self._local()
             containers = await backend.job_containers()
-        except CalibanError:
+        except (CalibanError, aiodocker.DockerError):
             return  # no engine here: nothing local to clean
         if not containers:
             return
-        records = await (await self.store()).jobs(job_ids=list(containers))
+        records = await store.jobs(job_ids=list(containers))
         left = [
             j
             for j in records
