@@ -327,10 +327,12 @@ def _experiments(ns: argparse.Namespace) -> object | None:
 
 
 def _summary(sink: ConsoleSink, result: RunResult) -> int:
-    counts = result.counts
-    parts = [f"{n} {state.value.lower()}" for state, n in sorted(counts.items())]
-    if result.skipped:
-        parts.append(f"{result.skipped} skipped")
+    if result.launched is not None:
+        parts = [f"{n} {what}" for n, what in result.tally()]
+    else:
+        parts = [f"{n} {state.value.lower()}" for state, n in sorted(result.counts.items())]
+        if result.skipped:
+            parts.append(f"{result.skipped} skipped")
     style = "green" if result.ok else "bold red"
     sink.console.print(f"[{style}]{len(result.jobs)} job(s): {', '.join(parts) or 'none'}[/]")
     sink.console.print(f"[dim]caliban status --xgroup {result.xgroup}[/]")

@@ -18,6 +18,7 @@ import dataclasses
 import getpass
 import os
 import re
+import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
@@ -41,10 +42,10 @@ from caliban.events import JobsPlanned, Notice, Sink, discard
 from caliban.gpus import GpuInventory
 from caliban.gpus import detect as detect_gpus
 from caliban.jobmode import resolve_mode
-from caliban.local_run import execute
+from caliban.local_run import LEASE, execute
 from caliban.options import NotebookRequest, ProjectOptions, RunRequest, ShellRequest
 from caliban.spec import JobMode, JobRecord, JobState, Platform
-from caliban.store import PlanItem, Planned, Store, default_home
+from caliban.store import PlanItem, Planned, RunOwner, Store, default_home
 
 if TYPE_CHECKING:
     import aiohttp
@@ -109,17 +110,45 @@ class RunResult:
     skipped: int = 0
     dry_run: bool = False
     platform: Platform = Platform.LOCAL
+    # The jobs this call launched, when it left others alone (a local re-run:
+    # ones that succeeded before, or that another run is running). None: all.
+    launched: frozenset[str] | None = None
 
     @property
     def counts(self) -> Counter[JobState]:
         return Counter(j.state for j in self.jobs)
 
+    def _ours(self, job: JobRecord) -> bool:
+        return self.launched is None or job.job_id in self.launched
+
     @property
     def ok(self) -> bool:
+        """Every job this call launched succeeded (local) or was accepted (remote).
+        Jobs left to another run are that run's to report."""
         accepted = (JobState.SUBMITTED, JobState.RUNNING, JobState.SUCCEEDED)
         return all(
             j.state is JobState.SUCCEEDED if j.platform is Platform.LOCAL else j.state in accepted
             for j in self.jobs
+            if self._ours(j)
+        )
+
+    def tally(self) -> list[tuple[int, str]]:
+        """Every job counted exactly once: by its state if this call launched
+        it, else by why it was left alone."""
+        counts: Counter[str] = Counter()
+        for j in self.jobs:
+            if self._ours(j):
+                counts[j.state.value.lower()] += 1
+            elif j.state is JobState.SUCCEEDED:
+                counts["already succeeded"] += 1
+            elif not j.state.terminal:
+                counts["already running"] += 1
+            else:  # left to another run, which recorded this meanwhile
+                counts[f"{j.state.value.lower()} elsewhere"] += 1
+        order = [s.value.lower() for s in JobState]
+        return sorted(
+            ((n, what) for what, n in counts.items()),
+            key=lambda item: (order.index(item[1]) if item[1] in order else len(order), item[1]),
         )
 
 
@@ -479,27 +508,43 @@ class Session:
         secrets: Mapping[str, str] | None = None,
     ) -> RunResult:
         planned = [self._with_secrets(p, secrets or {}) for p in planned]
-        to_run = sum(1 for p in planned if p.action in ("new", "reconcile"))
-        skipped = len(planned) - to_run
-        self.sink(JobsPlanned(xgroup, total, to_run, skipped))
-        if skipped:
-            self.sink(
-                Notice(
-                    f"{skipped} job(s) of {xgroup} already succeeded or are running; "
-                    "not running them again"
-                )
+        store = await self.store()
+        wanted = [p.job.job_id for p in planned if p.action in ("new", "reconcile")]
+        run_id = await store.open_run(lease=LEASE)
+        try:
+            # Another `caliban run` of this group may hold some of them: we run
+            # only what we claim, and leave the rest to it.
+            claim = await store.claim(run_id, wanted)
+            active = [p.job.job_id for p in planned if p.action == "active"]
+            held = {**claim.held, **await store.owners(active)}
+            mine = len(claim.claimed)
+            skipped = len(planned) - mine
+            self.sink(JobsPlanned(xgroup, total, mine, skipped))
+            for line in skip_notices(
+                xgroup,
+                planned=len(planned),
+                mine=mine,
+                held=held,
+                done=sum(1 for p in planned if p.action == "done"),
+                orphans=sum(1 for j in active if j not in held),
+            ):
+                self.sink(Notice(line))
+            jobs = await execute(
+                planned,
+                backend=await self._local(),
+                store=store,
+                sink=self.sink,
+                total=total,
+                max_parallel=max_parallel,
+                inventory=inventory,
+                gpus_per_job=per_job,
+                run_id=run_id,
+                claimed=claim.claimed,
             )
-        jobs = await execute(
-            planned,
-            backend=await self._local(),
-            store=await self.store(),
-            sink=self.sink,
-            total=total,
-            max_parallel=max_parallel,
-            inventory=inventory,
-            gpus_per_job=per_job,
-        )
-        return RunResult(xgroup, jobs, skipped)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await store.close_run(run_id)
+        return RunResult(xgroup, jobs, skipped, launched=claim.claimed)
 
     # -- interactive -------------------------------------------------------------------
 
@@ -578,8 +623,17 @@ class Session:
         by_platform: dict[Platform, list[JobRecord]] = {}
         for job in open_jobs:
             by_platform.setdefault(job.platform, []).append(job)
+        if by_platform.get(Platform.LOCAL):
+            # A live run records its own jobs; an exited container it has not
+            # removed yet is its output still being saved, not an orphan.
+            held = await store.owners([j.job_id for j in by_platform[Platform.LOCAL]])
+            by_platform[Platform.LOCAL] = [
+                j for j in by_platform[Platform.LOCAL] if j.job_id not in held
+            ]
         updates: list[Update] = []
         for platform, group in by_platform.items():
+            if not group:
+                continue
             try:
                 backend = await self._backend(platform, group)
                 updates += await backend.refresh(group)
@@ -638,6 +692,7 @@ class Session:
         )
         jobs = [j for j in candidates if j.user == self.user.name]
         if dry_run or not jobs:
+            await self._remove_leftovers(xgroup, dry_run=dry_run)
             return jobs
         if confirm is not None and not await confirm(jobs):
             return []
@@ -661,7 +716,41 @@ class Session:
             await store.transitions(
                 [(u.job_id, u.state, u.exit_code, u.message, u.platform_id, None) for u in updates]
             )
+        await self._remove_leftovers(xgroup, dry_run=False)
         return await store.jobs(job_ids=[j.job_id for j in jobs])
+
+    async def _remove_leftovers(self, xgroup: str | None, *, dry_run: bool) -> None:
+        """Containers of this store's finished jobs that are still on the engine
+        (an interrupted run that could not clean up) are removed, the user's own only."""
+        store = await self.store()
+        if not await store.jobs(xgroup=xgroup, platform=Platform.LOCAL, limit=1):
+            return  # cloud jobs only: no engine to ask
+        try:
+            backend = await self._local()
+            containers = await backend.job_containers()
+        except (CalibanError, aiodocker.DockerError):
+            return  # no engine here: nothing local to clean
+        if not containers:
+            return
+        records = await store.jobs(job_ids=list(containers))
+        left = [
+            j
+            for j in records
+            if j.state.terminal
+            and j.user == self.user.name
+            and (xgroup is None or j.xgroup == xgroup)
+        ]
+        if not left:
+            return
+        if dry_run:
+            self.sink(
+                Notice(f"{len(left)} leftover container(s) of finished jobs would be removed")
+            )
+            return
+        async with anyio.create_task_group() as tg:
+            for j in left:
+                tg.start_soon(backend.remove, containers[j.job_id])
+        self.sink(Notice(f"removed {len(left)} leftover container(s) of finished jobs"))
 
     async def resubmit(
         self,
@@ -770,6 +859,46 @@ class Session:
         backend = await self._backend(job.platform, [job])
         async for chunk in backend.logs(job, follow=follow):
             yield chunk
+
+
+def skip_notices(
+    xgroup: str,
+    *,
+    planned: int,
+    mine: int,
+    held: Mapping[str, RunOwner],
+    done: int,
+    orphans: int,
+    here: str | None = None,
+) -> list[str]:
+    """One line per reason a planned job is not run by this call."""
+    here = socket.gethostname() if here is None else here
+    lines: list[str] = []
+    if held:
+        owners = sorted(set(held.values()), key=lambda o: o.started)
+        who = " and ".join(
+            f"pid {o.pid}"
+            + (f" on {o.host}" if o.host != here else "")
+            + f" since {datetime.fromisoformat(o.started).astimezone():%H:%M}"
+            for o in owners
+        )
+        if not mine:
+            rest = "nothing is left to run here"
+        elif mine + len(held) == planned:
+            rest = f"running the {mine} others"
+        else:
+            rest = f"running {mine} others"
+        lines.append(
+            f"{len(held)} of {planned} jobs of xgroup {xgroup} are being run by {who}; {rest}"
+        )
+    if done:
+        lines.append(f"{done} job(s) of {xgroup} already succeeded; not running them again")
+    if orphans:
+        lines.append(
+            f"{orphans} job(s) of {xgroup} are still running from an earlier run; "
+            "`caliban status` records how they end"
+        )
+    return lines
 
 
 def _docker_run_line(body: Mapping[str, Any]) -> str:
