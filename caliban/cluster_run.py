@@ -14,7 +14,7 @@ Indexed Job for the sweep. Re-running the same command with the same
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -129,6 +129,7 @@ def _manifests(
     xgroup: str,
     store_id: str | None,
     config: experiment.Config,
+    new_id: Callable[[], str] | None = None,
 ) -> list[Row]:
     """(index, experiment, job id, argv, manifest) for every experiment."""
     shape = JobShape(
@@ -140,7 +141,7 @@ def _manifests(
     )
     out: list[Row] = []
     for index, exp in enumerate(experiment.expand(config)):
-        job_id = names.new_job_id()
+        job_id = (new_id or names.new_job_id)()
         argv = tuple(experiment.to_argv(exp, req.script_args))
         job_labels = k8sspec.labels_for(
             user=plan.user_labels, xgroup=xgroup, store_id=store_id, job_id=job_id
@@ -294,7 +295,13 @@ async def submit(session: Session, req: ClusterJobRequest) -> RunResult:
 async def _check_version(session: Session, plan: ClusterPlan, req: ClusterJobRequest) -> None:
     """Refuse, before anything is built, Jobs using a field the server would drop."""
     probe = _manifests(
-        plan, req, image="-", xgroup="-", store_id=None, config=experiment.validate({})
+        plan,
+        req,
+        image="-",
+        xgroup="-",
+        store_id=None,
+        config=experiment.validate({}),
+        new_id=lambda: "0" * 26,  # no real id spent on a probe
     )
     objects = list(_indexed_pair(plan, req, probe)) if req.indexed else [probe[0][4]]
     kube = await (await session.kube()).client(plan.target)

@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 import pytest
 
+from caliban import k8sversions
 from caliban.backends.gke import KubeSubmitter
 from caliban.errors import BackendError
 from caliban.options import ClusterOptions, ProjectOptions
@@ -18,6 +19,7 @@ from caliban.spec import JobState
 from caliban.store import Planned
 from tests.conftest import MakeProject
 from tests.fakes.k8s import FakeKubernetes
+from tests.fakes.k8s_schema import validate
 
 from .cluster_support import (  # noqa: F401  (fixtures)
     IMAGE,
@@ -460,6 +462,11 @@ async def test_export_writes_manifests_that_parse_back_to_the_same_objects(
         assert all(loaded)
     assert parsed["yaml"] == parsed["json"]
     assert kube.requests == []  # exporting never connects
+    # What is exported is valid, by the strict schemas, wherever caliban would send it.
+    oldest = k8sversions.OLDEST_INDEXED if indexed else k8sversions.OLDEST
+    for obj in parsed["yaml"]:
+        for minor in (oldest, k8sversions.NEWEST):
+            validate(obj, minor)
     kinds = [(o["kind"], o["metadata"]["name"]) for o in parsed["yaml"]]
     if indexed:
         assert [k for k, _ in kinds] == ["ConfigMap", "Job"] and kinds[0][1] == kinds[1][1]
