@@ -508,18 +508,12 @@ class KubeBackend:
             # the mark), running ones are deleted now.
             current = await client.read_configmap(ns, name)
             if current is not None:
-                body = dict(current)
-                entries = json.loads(body["data"][k8sspec.ARGS_KEY])
+                entries = json.loads(current["data"][k8sspec.ARGS_KEY])
                 for i in stopping:
                     entries[i]["skip"] = True
-                body["data"] = {k8sspec.ARGS_KEY: json.dumps(entries, separators=(",", ":"))}
-                body["metadata"] = {
-                    k: v
-                    for k, v in current["metadata"].items()
-                    if k in ("name", "labels", "ownerReferences")
-                }
-                await client.delete_configmap(ns, name)
-                await client.create_configmap(ns, body)
+                # One update in place: a pod starting meanwhile never finds it missing.
+                text = json.dumps(entries, separators=(",", ":"))
+                await client.patch_configmap(ns, name, {"data": {k8sspec.ARGS_KEY: text}})
             for pod in await client.list_pods(ns, f"{k8sspec.JOB_NAME_LABEL}={name}"):
                 index = (pod["metadata"].get("labels") or {}).get(k8sspec.INDEX_LABEL)
                 if index is not None and int(index) in stopping & (running | open_indexes):

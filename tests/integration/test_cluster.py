@@ -322,6 +322,7 @@ async def test_stopping_part_of_an_indexed_sweep_marks_its_indexes(
         )
         name = str(result.jobs[0].details["k8s_job"])
         kube.set_job_running("default", name)
+        (before,) = kube.configmaps("default")
         backend = await s._backend(result.jobs[0].platform, result.jobs)
         some = [j for j in result.jobs if j.details["completion_index"] in (1, 3)]
         updates = await backend.cancel(some)
@@ -329,6 +330,9 @@ async def test_stopping_part_of_an_indexed_sweep_marks_its_indexes(
     (cm,) = kube.configmaps("default")
     entries = json.loads(cm["data"]["args.json"])
     assert [bool(e.get("skip")) for e in entries] == [False, True, False, True]
+    # Updated in place, never deleted (a pod starting meanwhile would find nothing).
+    assert cm["metadata"]["uid"] == before["metadata"]["uid"]
+    assert cm["metadata"]["ownerReferences"] == before["metadata"]["ownerReferences"]
     (job,) = kube.jobs("default")
     assert run_pod_command(job, cm, 0, project, tmp_path)["tag"] == "a"
     running = {
