@@ -276,3 +276,49 @@ async def test_a_file_with_an_indexed_job_is_refused_by_a_too_old_server(
         with pytest.raises(ValidationError, match=r"an Indexed Job needs 1\.29"):
             await s.cluster_submit_file(ClusterOptions(kubeconfig=str(kubeconfig)), str(out))
     assert kube.object_order == []
+
+
+async def test_a_job_left_without_its_configmap_is_adopted_and_given_one(
+    tmp_path: Path,
+    make_project: MakeProject,
+    kube: FakeKubernetes,
+    kubeconfig: Path,
+    cenv: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What an older caliban (Job first) left when it was killed before the ConfigMap.
+    first = fixed_ids(monkeypatch)
+    name = indexed_name(first, 2)
+    kube.store.insert(
+        "jobs",
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {
+                "name": name,
+                "namespace": "default",
+                "uid": "older-job",
+                "labels": {JOB_LABEL: first},
+            },
+            "spec": {"completions": 2, "completionMode": "Indexed"},
+            "status": {},
+        },
+    )
+    req = request(
+        make_project(),
+        kubeconfig,
+        xgroup="oj",
+        name="sweep",
+        indexed=True,
+        experiments={"i": [1, 2]},
+    )
+    async with Session(home=tmp_path / "home", environ=cenv) as s:
+        result = await s.cluster_submit(req)
+    assert {j.state for j in result.jobs} == {JobState.SUBMITTED}
+    assert kube.creates_accepted == 0  # the Job was adopted after its create met a 409
+    (cm,) = kube.configmaps("default")
+    assert [(o["name"], o["uid"]) for o in cm["metadata"]["ownerReferences"]] == [
+        (name, "older-job")
+    ]
+    entries = json.loads(cm["data"][k8sspec.ARGS_KEY])
+    assert [e["job"] for e in entries] == [j.job_id for j in result.jobs]
