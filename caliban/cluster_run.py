@@ -14,7 +14,7 @@ Indexed Job for the sweep. Re-running the same command with the same
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import yaml
 
-from caliban import accelerators, experiment, gkespec, k8sspec, labels, names
+from caliban import accelerators, experiment, gkespec, k8sspec, k8sversions, labels, names
 from caliban.backends.gke import (
     KubeSubmitter,
     indexed_groups,
@@ -129,6 +129,7 @@ def _manifests(
     xgroup: str,
     store_id: str | None,
     config: experiment.Config,
+    new_id: Callable[[], str] | None = None,
 ) -> list[Row]:
     """(index, experiment, job id, argv, manifest) for every experiment."""
     shape = JobShape(
@@ -140,7 +141,7 @@ def _manifests(
     )
     out: list[Row] = []
     for index, exp in enumerate(experiment.expand(config)):
-        job_id = names.new_job_id()
+        job_id = (new_id or names.new_job_id)()
         argv = tuple(experiment.to_argv(exp, req.script_args))
         job_labels = k8sspec.labels_for(
             user=plan.user_labels, xgroup=xgroup, store_id=store_id, job_id=job_id
@@ -232,6 +233,7 @@ async def submit(session: Session, req: ClusterJobRequest) -> RunResult:
 
     kube = await (await session.kube()).client(plan.target)
     await kube.check(plan.target.namespace)
+    await _check_version(session, plan, req)
     if plan.target.kind == "gke" and plan.placement.gpu is not None and not req.force:
         await _check_gpu_limits(session, plan)
     image = req.image_tag or await _build_and_push(session, req, prepared, plan)
@@ -288,6 +290,26 @@ async def submit(session: Session, req: ClusterJobRequest) -> RunResult:
     session.sink(JobsPlanned(xgroup, total, to_send, len(planned) - to_send))
     jobs = await submit_planned(session, planned, pacing=_pacing(req), total=total)
     return RunResult(xgroup, jobs, len(planned) - to_send, platform=Platform.GKE)
+
+
+async def _check_version(session: Session, plan: ClusterPlan, req: ClusterJobRequest) -> None:
+    """Refuse, before anything is built, Jobs using a field the server would drop."""
+    probe = _manifests(
+        plan,
+        req,
+        image="-",
+        xgroup="-",
+        store_id=None,
+        config=experiment.validate({}),
+        new_id=lambda: "0" * 26,  # no real id spent on a probe
+    )
+    objects = list(_indexed_pair(plan, req, probe)) if req.indexed else [probe[0][4]]
+    kube = await (await session.kube()).client(plan.target)
+    warning = k8sversions.check_server(
+        await kube.server_version(), objects, where=plan.target.display
+    )
+    if warning:
+        session.sink(Notice(warning, level="warning"))
 
 
 def _spec_key(plan: ClusterPlan, req: ClusterJobRequest, image: str) -> str:

@@ -17,6 +17,7 @@ PURE = [
     "caliban.accelerators",
     "caliban.config",
     "caliban.k8sspec",
+    "caliban.k8sversions",
     "caliban.gkespec",
     "caliban.vertexspec",
     "caliban.events",
