@@ -39,7 +39,8 @@ _STATES: dict[str, JobState] = {
     "JOB_STATE_PAUSED": JobState.SUBMITTED,
     "JOB_STATE_UPDATING": JobState.RUNNING,
     "JOB_STATE_RUNNING": JobState.RUNNING,
-    "JOB_STATE_CANCELLING": JobState.RUNNING,
+    # Vertex cancels asynchronously: the job may still succeed or fail.
+    "JOB_STATE_CANCELLING": JobState.CANCELLING,
     "JOB_STATE_SUCCEEDED": JobState.SUCCEEDED,
     "JOB_STATE_PARTIALLY_SUCCEEDED": JobState.FAILED,
     "JOB_STATE_FAILED": JobState.FAILED,

@@ -41,7 +41,7 @@ from .google_http import (
     rpc_error,
 )
 from .vertex_filter import FilterError, compile_filter, page_token, read_page_token
-from .vertex_jobs import CANCELLING, QUEUED, FakeJob, Lifecycle
+from .vertex_jobs import CANCELLED, CANCELLING, QUEUED, FakeJob, Lifecycle
 from .vertex_schema import (
     CUSTOM_JOB,
     JOB_STATES,
@@ -136,8 +136,8 @@ class FakeVertex(FakeServer):
     ``list_latency``, ``cancel_latency``, ``quota_per_minute``, ``crud_quota_per_minute``,
     ``quota_window``, ``retry_after_header``, ``retry_info_detail``, ``error_rate_5xx``,
     ``drop_rate``, ``drop_style``, ``lost_response_rate``, ``lost_style``, ``cancel_delay``,
-    ``lifecycle``, ``user_tokens`` (user credentials need a quota project).
-    Scripted faults: :meth:`fail_next`, :meth:`fail_next_creates`,
+    ``cancel_outcome``, ``lifecycle``, ``user_tokens`` (user credentials need a quota
+    project). Scripted faults: :meth:`fail_next`, :meth:`fail_next_creates`,
     :meth:`drop_next_creates`, :meth:`lose_next_creates`; permissions: :meth:`deny`.
     """
 
@@ -182,7 +182,11 @@ class FakeVertex(FakeServer):
         self.drop_style: DisconnectStyle = "close"
         self.lost_response_rate = 0.0
         self.lost_style: LostStyle = "close"
+        # Vertex cancels asynchronously: a cancelled job is CANCELLING for cancel_delay
+        # (clock seconds), then ends cancel_outcome; SUCCEEDED or FAILED model a job that
+        # finished before the cancel took effect.
         self.cancel_delay = 0.0
+        self.cancel_outcome = CANCELLED
         # Tells a person's token from a service's (FakeOAuth.is_user_token); when set, user
         # tokens without an x-goog-user-project header get Google's 403.
         self.user_tokens: Callable[[str], bool] | None = None
@@ -280,7 +284,7 @@ class FakeVertex(FakeServer):
         """Every job ever created (deleted ones too), in creation order, states up to date."""
         now = self.clock()
         for job in self._jobs:
-            job.tick(now, self.lifecycle, self.cancel_delay)
+            job.tick(now, self.lifecycle, self.cancel_delay, self.cancel_outcome)
         return list(self._jobs)
 
     def job(self, name: str) -> FakeJob:
@@ -288,7 +292,7 @@ class FakeVertex(FakeServer):
         job = self._by_id.get(name.rsplit("/", 1)[-1])
         if job is None:
             raise KeyError(name)
-        job.tick(self.clock(), self.lifecycle, self.cancel_delay)
+        job.tick(self.clock(), self.lifecycle, self.cancel_delay, self.cancel_outcome)
         return job
 
     def jobs_with_label(self, key: str, value: str) -> list[FakeJob]:
@@ -457,7 +461,7 @@ class FakeVertex(FakeServer):
             return None
         if project not in (job.project, job.project_number):
             return None
-        job.tick(self.clock(), self.lifecycle, self.cancel_delay)
+        job.tick(self.clock(), self.lifecycle, self.cancel_delay, self.cancel_outcome)
         return job
 
     @staticmethod
@@ -662,7 +666,7 @@ class FakeVertex(FakeServer):
                 continue
             if before is not None and job.seq >= before:
                 continue
-            job.tick(now, self.lifecycle, self.cancel_delay)
+            job.tick(now, self.lifecycle, self.cancel_delay, self.cancel_outcome)
             if predicate(job.to_json()):
                 matched.append(job)
                 if len(matched) > size:
