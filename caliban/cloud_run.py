@@ -58,6 +58,7 @@ class CloudPlan:
     user_labels: dict[str, str]
     key_file: str | None
     endpoint: str | None
+    tpu_topology: str | None = None
 
 
 def _regions(req: CloudRequest, environ: Mapping[str, str]) -> tuple[str, ...]:
@@ -134,6 +135,7 @@ def check(
         if rate <= 0:
             raise ValidationError(f"{flag} must be positive")
     endpoint = req.endpoint or environ.get("CALIBAN_VERTEX_ENDPOINT") or None
+    tpu_topology = accelerators.vertex_tpu_topology(machine, tpu)
     return CloudPlan(
         project_id=str(project),
         regions=regions,
@@ -146,6 +148,7 @@ def check(
         user_labels=user_labels,
         key_file=key_file,
         endpoint=endpoint,
+        tpu_topology=tpu_topology,
     )
 
 
@@ -181,6 +184,7 @@ def _body(
         service_account=req.service_account,
         spot=req.spot,
         timeout_s=req.timeout_s,
+        tpu_topology=plan.tpu_topology,
     )
 
 
