@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
+from . import discovery
 from .google_http import (
     DisconnectStyle,
     FakeServer,
@@ -63,6 +64,7 @@ PERMISSIONS: dict[str, str] = {
     "delete": "aiplatform.customJobs.delete",
 }
 _PKG = "type.googleapis.com/google.cloud.aiplatform.v1."
+_CUSTOM_JOB_SCHEMA = discovery.aiplatform().request_schema("projects.locations.customJobs.create")
 _JOBS = "/v1/projects/{project}/locations/{location}/customJobs"
 _JOB = _JOBS + "/{job_id:[^/:]+}"
 # Query parameters every Google API accepts besides the method's own (system parameters).
@@ -530,6 +532,11 @@ class FakeVertex(FakeServer):
             raise _Invalid(
                 rpc_error("INVALID_ARGUMENT", f"Invalid JSON payload received. {exc}.")
             ) from exc
+        # Google's front end first: the request against aiplatform's discovery document.
+        found = discovery.aiplatform().check(_CUSTOM_JOB_SCHEMA, body, "custom_job")
+        if found:
+            message, detail = discovery.bad_request(found)
+            raise _Invalid(rpc_error("INVALID_ARGUMENT", message, details=[detail]))
         try:
             spec: dict[str, Any] = parse(CUSTOM_JOB, body, "custom_job") or {}
         except SchemaError as exc:
