@@ -122,6 +122,7 @@ POOL = "jobSpec.workerPoolSpecs.0"
         (_set(f"{POOL}.machineSpec.machineType", ...), "machine_spec.machine_type; Message"),
         (_set(f"{POOL}.replicaCount", 2), "exactly 1 replica"),
         (_set(f"{POOL}.machineSpec.machineType", "a2-highgpu-1g"), "is not supported for"),
+        (_set(f"{POOL}.machineSpec", {"machineType": "ct6e-standard-4t"}), "tpu_topology"),
         (_set("labels", {"Caps": "x"}), 'Label key "Caps" is invalid'),
         (_set("labels", {"ok": "Has Space"}), 'Label value "Has Space" is invalid'),
         (_set("labels", {"k": "v" * 64}), "is invalid"),
