@@ -58,6 +58,7 @@ class CloudPlan:
     user_labels: dict[str, str]
     key_file: str | None
     endpoint: str | None
+    tpu_topology: str | None = None
 
 
 def _regions(req: CloudRequest, environ: Mapping[str, str]) -> tuple[str, ...]:
@@ -134,6 +135,7 @@ def check(
         if rate <= 0:
             raise ValidationError(f"{flag} must be positive")
     endpoint = req.endpoint or environ.get("CALIBAN_VERTEX_ENDPOINT") or None
+    tpu_topology = accelerators.vertex_tpu_topology(machine, tpu)
     return CloudPlan(
         project_id=str(project),
         regions=regions,
@@ -146,6 +148,7 @@ def check(
         user_labels=user_labels,
         key_file=key_file,
         endpoint=endpoint,
+        tpu_topology=tpu_topology,
     )
 
 
@@ -181,6 +184,7 @@ def _body(
         service_account=req.service_account,
         spot=req.spot,
         timeout_s=req.timeout_s,
+        tpu_topology=plan.tpu_topology,
     )
 
 
@@ -232,38 +236,43 @@ async def submit(session: Session, req: CloudRequest) -> RunResult:
 
     creds = await session.credentials(plan.key_file)
     await creds.token()  # bad credentials: one clear error before anything is built or recorded
+    # The image each region's jobs pull: every region can reach its own registry.
+    images: dict[str, str]
     if req.image_tag:
         image, digest = req.image_tag, req.image_tag
+        images = dict.fromkeys(plan.regions, image)
     else:
         await session.check_push(prepared, key_file=plan.key_file)
         built = await session.build_prepared(prepared, no_cache=req.project.no_cache)
-        prefix = req.image_registry or session.environ.get(registry.REGISTRY_ENV)
-        if prefix:
-            target = registry.custom_registry(prefix, prepared.repo, built.tag.split(":")[-1])
-        else:
-            target = registry.artifact_registry(
-                plan.regions[0],
-                plan.project_id,
-                req.artifact_repo,
-                prepared.repo,
-                built.tag.split(":")[-1],
-            )
-        image = await registry.push(
-            await session.docker(),
-            await session.http(),
-            image=built.tag,
-            target=target,
-            credentials=creds,
-            sink=session.sink,
+        targets = registry.region_targets(
+            plan.regions,
+            prefix=req.image_registry or session.environ.get(registry.REGISTRY_ENV),
+            project=plan.project_id,
+            repository=req.artifact_repo,
+            image=prepared.repo,
+            tag=built.tag.split(":")[-1],
         )
-        digest = built.digest
+        pushed: dict[registry.Target, str] = {}
+        for target in targets.values():
+            if target not in pushed:
+                pushed[target] = await registry.push(
+                    await session.docker(),
+                    await session.http(),
+                    image=built.tag,
+                    target=target,
+                    credentials=creds,
+                    sink=session.sink,
+                )
+        images = {region: pushed[target] for region, target in targets.items()}
+        image, digest = images[plan.regions[0]], built.digest
 
     store = await session.store()
     user = session.user.name
     xgroup_id = await store.xgroup(xgroup, user)
-    spec_id = await store.container_spec(
-        f"vertex:{image}", image, {**prepared.record(image, digest), "platform": "vertex"}, user
-    )
+    record = {**prepared.record(image, digest), "platform": "vertex"}
+    if len(set(images.values())) > 1:
+        record["images"] = images
+    spec_id = await store.container_spec(f"vertex:{image}", image, record, user)
 
     def items() -> Any:
         for index, exp in enumerate(experiment.expand(config)):
@@ -277,7 +286,7 @@ async def submit(session: Session, req: CloudRequest) -> RunResult:
                 job_id=job_id,
                 store_id=store.store_id,
                 xgroup=xgroup,
-                image=image,
+                image=images[region],
                 argv=argv,
             )
             details: dict[str, object] = {
@@ -297,7 +306,7 @@ async def submit(session: Session, req: CloudRequest) -> RunResult:
                 args=tuple(argv),
                 kwargs=dict(exp),
                 job_id=job_id,
-                image=image,
+                image=images[region],
                 spec=body,
                 details=details,
             )

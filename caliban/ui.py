@@ -33,6 +33,7 @@ _STATE_STYLE = {
     JobState.FAILED: "bold red",
     JobState.STOPPED: "yellow",
     JobState.UNKNOWN: "magenta",
+    JobState.CANCELLING: "yellow",
 }
 _LABEL_STYLES = ("cyan", "magenta", "green", "yellow", "blue", "bright_cyan", "bright_magenta")
 
