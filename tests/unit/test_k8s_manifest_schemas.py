@@ -27,7 +27,7 @@ def accelerators() -> Iterator[tuple[str, AcceleratorSpec | None, AcceleratorSpe
     for name, tpu in catalog().tpus.items():
         if tpu.gke_accelerator is None:
             continue  # legacy Cloud TPU nodes: refused before any manifest exists
-        for count in tpu.gke_topologies:
+        for count in tpu.topologies:
             yield f"tpu-{count}x{name}", None, AcceleratorSpec(count, name)
 
 
