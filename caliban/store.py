@@ -31,7 +31,7 @@ import aiosqlite
 import anyio
 
 from caliban import filemodes
-from caliban.errors import StoreError
+from caliban.errors import StoreError, StoreUnwritable
 from caliban.spec import JobRecord, JobState, Platform
 
 MIGRATIONS: list[list[str]] = [
@@ -333,26 +333,73 @@ class Store:
         """
         out: list[Planned] = []
         pending: list[tuple[str, PlanItem]] = []
+        # Ids this call may have recorded: if it is interrupted, they become
+        # STOPPED (resubmit runs them) rather than PLANNED jobs nobody launches.
+        attempted: list[str] = []
         # A config may list the same experiment twice on purpose (repeats):
         # the n-th copy is its own experiment, and stays so on a re-run.
         occurrences: Counter[str] = Counter()
-        for item in items:
-            base = hashlib.sha256(
-                _dumps([list(item.args), list(item.kwargs.items())]).encode()
-            ).hexdigest()
-            occurrences[base] += 1
-            n = occurrences[base]
-            pending.append((base if n == 1 else f"{base}#{n}", item))
-            if len(pending) >= batch:
+        try:
+            for item in items:
+                base = hashlib.sha256(
+                    _dumps([list(item.args), list(item.kwargs.items())]).encode()
+                ).hexdigest()
+                occurrences[base] += 1
+                n = occurrences[base]
+                pending.append((base if n == 1 else f"{base}#{n}", item))
+                if len(pending) >= batch:
+                    attempted += [i.job_id for _, i in pending]
+                    out.extend(
+                        await self._plan_batch(
+                            xgroup_id, container_spec_id, platform, user, pending
+                        )
+                    )
+                    pending = []
+            if pending:
+                attempted += [i.job_id for _, i in pending]
                 out.extend(
                     await self._plan_batch(xgroup_id, container_spec_id, platform, user, pending)
                 )
-                pending = []
-        if pending:
-            out.extend(
-                await self._plan_batch(xgroup_id, container_spec_id, platform, user, pending)
-            )
+        except BaseException:
+            if attempted:
+                with anyio.CancelScope(shield=True):
+                    await self.transitions(
+                        [
+                            (
+                                job_id,
+                                JobState.STOPPED,
+                                None,
+                                "interrupted while planning",
+                                None,
+                                None,
+                            )
+                            for job_id in attempted
+                        ]
+                    )
+            raise
         return out
+
+    async def check_writable(self) -> None:
+        """Fail now, before a long build, if the history cannot be written later."""
+        async with self._lock:
+            db = self.db
+            with anyio.CancelScope(shield=True):
+                try:
+                    await db.execute("BEGIN IMMEDIATE")
+                except sqlite3.Error as exc:
+                    raise StoreUnwritable(
+                        f"cannot write to the history store {self.path}: {exc}"
+                    ) from None
+                try:
+                    # BEGIN alone succeeds on a read-only file; a real write does not.
+                    await db.execute("UPDATE meta SET value = value WHERE key = 'store_id'")
+                except sqlite3.Error as exc:
+                    raise StoreUnwritable(
+                        f"cannot write to the history store {self.path}: {exc}",
+                        hint="make it writable, or point $CALIBAN_HOME at a writable folder",
+                    ) from None
+                finally:
+                    await db.execute("ROLLBACK")
 
     async def _plan_batch(
         self,
