@@ -20,8 +20,8 @@ import os
 import sqlite3
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -329,54 +329,71 @@ class Store:
         Re-planning the same experiments in the same group is how a crashed or
         interrupted sweep resumes: succeeded and active jobs are left alone,
         failed and stopped ones get a new job, PLANNED ones are handed back for
-        reconciliation.
+        reconciliation. Batches are written one transaction each, and a
+        cancellation (Ctrl-C, SIGTERM) lands between them; whatever stops the
+        planning, the jobs it recorded become STOPPED, not PLANNED jobs that
+        nothing would launch, so resubmit (or the same command) runs them.
         """
+        seen: list[str] = []
+
+        def noted(source: Iterable[PlanItem]) -> Iterator[PlanItem]:
+            for item in source:
+                seen.append(item.job_id)
+                yield item
+
+        try:
+            return await self._plan_items(
+                xgroup_id=xgroup_id,
+                container_spec_id=container_spec_id,
+                platform=platform,
+                user=user,
+                items=noted(items),
+                batch=batch,
+            )
+        except BaseException:
+            if seen:
+                # Ids never written match no row: harmless.
+                stopped = [
+                    (job_id, JobState.STOPPED, None, "interrupted while planning", None, None)
+                    for job_id in seen
+                ]
+                # A store too broken to record this must not hide the first error.
+                with anyio.CancelScope(shield=True), suppress(StoreError, sqlite3.Error):
+                    await self.transitions(stopped)
+            raise
+
+    async def _plan_items(
+        self,
+        *,
+        xgroup_id: int,
+        container_spec_id: int,
+        platform: Platform,
+        user: str,
+        items: Iterable[PlanItem],
+        batch: int = 500,
+    ) -> list[Planned]:
+        """:meth:`plan` without the clean-up when interrupted."""
         out: list[Planned] = []
         pending: list[tuple[str, PlanItem]] = []
-        # Ids this call may have recorded: if it is interrupted, they become
-        # STOPPED (resubmit runs them) rather than PLANNED jobs nobody launches.
-        attempted: list[str] = []
         # A config may list the same experiment twice on purpose (repeats):
         # the n-th copy is its own experiment, and stays so on a re-run.
         occurrences: Counter[str] = Counter()
-        try:
-            for item in items:
-                base = hashlib.sha256(
-                    _dumps([list(item.args), list(item.kwargs.items())]).encode()
-                ).hexdigest()
-                occurrences[base] += 1
-                n = occurrences[base]
-                pending.append((base if n == 1 else f"{base}#{n}", item))
-                if len(pending) >= batch:
-                    attempted += [i.job_id for _, i in pending]
-                    out.extend(
-                        await self._plan_batch(
-                            xgroup_id, container_spec_id, platform, user, pending
-                        )
-                    )
-                    pending = []
-            if pending:
-                attempted += [i.job_id for _, i in pending]
+        for item in items:
+            base = hashlib.sha256(
+                _dumps([list(item.args), list(item.kwargs.items())]).encode()
+            ).hexdigest()
+            occurrences[base] += 1
+            n = occurrences[base]
+            pending.append((base if n == 1 else f"{base}#{n}", item))
+            if len(pending) >= batch:
                 out.extend(
                     await self._plan_batch(xgroup_id, container_spec_id, platform, user, pending)
                 )
-        except BaseException:
-            if attempted:
-                with anyio.CancelScope(shield=True):
-                    await self.transitions(
-                        [
-                            (
-                                job_id,
-                                JobState.STOPPED,
-                                None,
-                                "interrupted while planning",
-                                None,
-                                None,
-                            )
-                            for job_id in attempted
-                        ]
-                    )
-            raise
+                pending = []
+        if pending:
+            out.extend(
+                await self._plan_batch(xgroup_id, container_spec_id, platform, user, pending)
+            )
         return out
 
     async def check_writable(self) -> None:
