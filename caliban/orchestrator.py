@@ -282,6 +282,8 @@ class Session:
         tpu_spec: object | None = None,
     ) -> Prepared:
         """Check a project and decide what its image holds. No side effects."""
+        if project_opts.image_id is not None:  # run, shell and notebook take one
+            names.check_image_ref(project_opts.image_id, "--image_id")
         folder = project_opts.folder.resolve()
         facts = await anyio.to_thread.run_sync(
             project.inspect, folder, tuple(project_opts.extra_dirs)
@@ -389,8 +391,6 @@ class Session:
             req = dataclasses.replace(req, project=dataclasses.replace(req.project, use_gpu=True))
         if req.xgroup is not None:
             names.check_xgroup(req.xgroup)
-        if req.project.image_id is not None:
-            names.check_image_ref(req.project.image_id, "--image_id")
         prepared = await self.prepare(req.project)
         if prepared.spec.entry is None and req.project.image_id is None:
             raise ValidationError("caliban run needs a script or module to run")
