@@ -235,6 +235,7 @@ async def with_caliban(
         image_tag=IMAGE,
         xgroup=namespace,
         indexed=indexed,
+        max_sweep=max(n, 1),  # --jobs is the sweep asked for
     )
     environ = {"HOME": str(home), "CALIBAN_HOME": str(home / "caliban")}
     planned_at: list[float] = []

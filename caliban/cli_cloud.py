@@ -127,6 +127,7 @@ def cmd_cloud(ns: argparse.Namespace) -> int:
         endpoint=ns.api_endpoint,
         artifact_repo=ns.artifact_repo,
         image_registry=ns.image_registry,
+        max_sweep=ns.max_sweep,
     )
     sink = _sink(ns, show_output=False)
 

@@ -478,6 +478,7 @@ def cmd_submit(ns: argparse.Namespace) -> int:
         rate_limit=ns.rate_limit,
         image_registry=ns.image_registry,
         artifact_repo=ns.artifact_repo,
+        max_sweep=ns.max_sweep,
     )
     sink = _sink(ns, show_output=False)
 

@@ -11,12 +11,16 @@ submits them. Re-running the same command with the same ``--xgroup`` (or
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.lowlevel
 
 from caliban import accelerators, experiment, labels, names, vertexspec
 from caliban._limits import RetryPolicy, with_retries
@@ -62,9 +66,14 @@ class CloudPlan:
 
 
 def _regions(req: CloudRequest, environ: Mapping[str, str]) -> tuple[str, ...]:
+    for part in req.regions:
+        # `--region ""` (an unset shell variable) would silently mean us-central1.
+        if not part.strip() or any(not r.strip() for r in part.split(",")):
+            raise ValidationError(f"--region {part!r}: empty region name")
     raw = req.regions or tuple(r for r in [environ.get("REGION", "").strip()] if r)
     regions = tuple(dict.fromkeys(r.strip() for part in raw for r in part.split(",") if r.strip()))
-    return regions or (DEFAULT_REGION,)
+    # Regions become part of the API's host name, whatever --force skips.
+    return tuple(names.check_region(r) for r in regions) or (DEFAULT_REGION,)
 
 
 def _absolute_key(
@@ -92,6 +101,12 @@ def check(
     environ: Mapping[str, str],
 ) -> CloudPlan:
     """Validate a cloud request without touching the network."""
+    if req.xgroup is not None:
+        names.check_xgroup(req.xgroup)
+    if req.image_tag is not None:
+        names.check_image_ref(req.image_tag, "--image_tag")
+    if req.endpoint is not None:
+        names.check_url(req.endpoint, "--api_endpoint")
     gpu = (
         accelerators.parse_gpu_spec(req.gpu_spec, check_count=not req.force)
         if req.gpu_spec
@@ -127,11 +142,14 @@ def check(
             "no Google Cloud project: pass --project_id, set $PROJECT_ID, or set "
             "gcloud.project_id in .calibanconfig.json"
         )
+    names.check_project_id(str(project), "--project_id" if req.project_id else "project id")
     user_labels = dict(labels.parse_label_flag(f"{k}={v}") for k, v in req.labels)
     if tpu is not None and gpu is not None and req.gpu_spec:
         raise ValidationError("a Vertex job takes GPUs or TPUs, not both; drop one spec")
     accelerator = tpu if tpu is not None else gpu
     for rate, flag in ((req.rate_limit, "--rate_limit"), (req.max_inflight, "--max_inflight")):
+        if not math.isfinite(rate):
+            raise ValidationError(f"{flag} must be a finite number")
         if rate <= 0:
             raise ValidationError(f"{flag} must be positive")
     endpoint = req.endpoint or environ.get("CALIBAN_VERTEX_ENDPOINT") or None
@@ -202,7 +220,7 @@ async def submit(session: Session, req: CloudRequest) -> RunResult:
         environ=session.environ,
     )
     config = experiment.validate(req.experiments if req.experiments is not None else {})
-    total = experiment.count(config)
+    total = experiment.check_size(config, req.max_sweep)
     xgroup = req.xgroup or names.default_xgroup_name(session.user.name, datetime.now())
 
     if req.dry_run:
@@ -226,6 +244,7 @@ async def submit(session: Session, req: CloudRequest) -> RunResult:
                     f"locations/{region}/customJobs\n{json.dumps(body, indent=2)}"
                 )
             )
+            await anyio.lowlevel.checkpoint()  # Ctrl-C gets through a long listing
         session.sink(
             Notice(
                 f"dry run: {total} Vertex job(s) in {xgroup}; nothing was built, "
@@ -236,6 +255,7 @@ async def submit(session: Session, req: CloudRequest) -> RunResult:
 
     creds = await session.credentials(plan.key_file)
     await creds.token()  # bad credentials: one clear error before anything is built or recorded
+    await session.check_store()  # and an unwritable history too
     # The image each region's jobs pull: every region can reach its own registry.
     images: dict[str, str]
     if req.image_tag:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 import yaml
 
 from caliban import accelerators, experiment, gkespec, k8sspec, k8sversions, labels, names
@@ -32,12 +33,12 @@ from caliban.backends.gke import (
     target_of,
 )
 from caliban.cloud import registry
-from caliban.cluster_admin import resolve_target
+from caliban.cluster_admin import resolve_target, uses_kubeconfig
 from caliban.errors import BackendError, OutcomeUnknown, ValidationError
 from caliban.events import JobsPlanned, JobStateChanged, Notice
 from caliban.fanout import Pacing, submit_all
 from caliban.k8sspec import ClusterTarget, JobShape, Placement
-from caliban.options import ClusterJobRequest
+from caliban.options import ClusterJobRequest, ClusterOptions
 from caliban.spec import JobMode, JobRecord, JobState, Platform
 from caliban.store import PlanItem, Planned
 
@@ -94,8 +95,14 @@ async def check(session: Session, req: ClusterJobRequest, prepared: Prepared) ->
         raise ValidationError("caliban cluster job submit needs a script or module to run")
     if req.indexed and not entry:
         raise ValidationError("--indexed needs the script or module the image runs")
-    target = await resolve_target(session, req.cluster)
-    cluster_type = req.cluster_type or ("gke" if target.kind == "gke" else "generic")
+    if req.xgroup is not None:
+        names.check_xgroup(req.xgroup)
+    if req.image_tag is not None:
+        names.check_image_ref(req.image_tag, "--image_tag")
+    # Everything local is checked before the cluster is looked up, so a bad flag
+    # is not hidden behind a credentials error.
+    kubeconfig = uses_kubeconfig(req.cluster, session.environ)
+    cluster_type = req.cluster_type or ("generic" if kubeconfig else "gke")
     placement = placement_for(req, prepared.mode, cluster_type)
     shape = JobShape(
         image="-", placement=placement, backoff_limit=req.backoff_limit, ttl_seconds=req.ttl_seconds
@@ -103,6 +110,10 @@ async def check(session: Session, req: ClusterJobRequest, prepared: Prepared) ->
     shape.check()
     user_labels = dict(labels.parse_label_flag(f"{k}={v}") for k, v in req.labels)
     prefix = names.dns1123_name(req.name or f"caliban-{session.user.name}")
+    if (req.dry_run or req.export) and not kubeconfig:
+        target = _offline_target(req.cluster, session.environ)
+    else:
+        target = await resolve_target(session, req.cluster)
     registry_prefix = req.image_registry or session.environ.get(registry.REGISTRY_ENV)
     if (
         target.kind == "kubeconfig"
@@ -116,6 +127,20 @@ async def check(session: Session, req: ClusterJobRequest, prepared: Prepared) ->
             "--image_tag IMAGE",
         )
     return ClusterPlan(target, placement, prefix, user_labels, entry)
+
+
+def _offline_target(opts: ClusterOptions, environ: Mapping[str, str]) -> ClusterTarget:
+    """The GKE cluster as far as the flags name it: a dry run or an export writes
+    manifests, and needs neither credentials nor the GKE API to do so."""
+    if opts.cluster_name:
+        gkespec.check_cluster_name(opts.cluster_name)
+    return ClusterTarget(
+        kind="gke",
+        project=opts.project_id or environ.get("PROJECT_ID") or "<project>",
+        location=gkespec.parse_location(opts.zone).name if opts.zone else "<location>",
+        cluster=opts.cluster_name or "<cluster>",
+        namespace=opts.namespace or "default",
+    )
 
 
 Row = tuple[int, dict[str, object], str, tuple[str, ...], dict[str, Any]]
@@ -206,9 +231,9 @@ async def submit(session: Session, req: ClusterJobRequest) -> RunResult:
     from caliban.orchestrator import RunResult
 
     prepared = await session.prepare(req.project, gpu_spec=req.gpu_spec, tpu_spec=req.tpu_spec)
-    plan = await check(session, req, prepared)
     config = experiment.validate(req.experiments if req.experiments is not None else {})
-    total = experiment.count(config)
+    total = experiment.check_size(config, req.max_sweep)
+    plan = await check(session, req, prepared)
     xgroup = req.xgroup or names.default_xgroup_name(session.user.name, datetime.now())
 
     if req.dry_run or req.export:
@@ -222,6 +247,7 @@ async def submit(session: Session, req: ClusterJobRequest) -> RunResult:
             for objects in groups:
                 for obj in objects:
                     session.sink(Notice("---\n" + yaml.safe_dump(obj, sort_keys=False).rstrip()))
+                    await anyio.lowlevel.checkpoint()  # Ctrl-C gets through a long listing
             session.sink(
                 Notice(
                     f"dry run: {total} job(s) in {xgroup} for {plan.target.display}, "
@@ -236,6 +262,7 @@ async def submit(session: Session, req: ClusterJobRequest) -> RunResult:
     await _check_version(session, plan, req)
     if plan.target.kind == "gke" and plan.placement.gpu is not None and not req.force:
         await _check_gpu_limits(session, plan)
+    await session.check_store()  # before a long build, not after
     image = req.image_tag or await _build_and_push(session, req, prepared, plan)
 
     store = await session.store()

@@ -137,6 +137,8 @@ class _Reader:
             raise self.fail(f"key {key!r} must be a string, not {_kind(value)}")
         if not value.strip():
             raise self.fail(f"key {key!r} must not be empty")
+        if "\0" in value:
+            raise self.fail(f"key {key!r} contains a NUL byte")
         return value
 
     def optional_string(self, value: object, key: str) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shlex
 from collections.abc import AsyncIterator, Callable, Sequence, Set
 from pathlib import Path
 from typing import Any
@@ -184,7 +185,7 @@ async def _stop_leftovers(
     sink(
         Notice(
             f"{len(left)} job(s) recorded as STOPPED; `caliban resubmit --xgroup "
-            f"{left[0].xgroup}` runs them again",
+            f"{shlex.quote(left[0].xgroup)}` runs them again",
             level="warning",
         )
     )

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiodocker
 import anyio
+import anyio.lowlevel
 
 from caliban import baseimage, engine, experiment, names, project, secretenv
 from caliban import config as calibanconfig
@@ -36,8 +37,9 @@ from caliban.backends import Backend, Update
 from caliban.backends.local import LocalBackend, container_config, rebind, run_options
 from caliban.build import BuiltImage, find_secrets, notice_conda, refuse_secrets
 from caliban.build import build as build_image
+from caliban.dockerargs import RunOptions
 from caliban.dockerfile import BuildSpec, ImageUser
-from caliban.errors import CalibanError, ValidationError
+from caliban.errors import CalibanError, StoreError, StoreUnwritable, ValidationError
 from caliban.events import JobsPlanned, Notice, Sink, discard
 from caliban.gpus import GpuInventory
 from caliban.gpus import detect as detect_gpus
@@ -168,7 +170,25 @@ def _labels_from_env(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 def _safe_path_part(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:100] or "_"
+    part = re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:100]
+    # "." and ".." would put the logs beside or above logs/ (groups recorded
+    # before names were checked may still be called so).
+    return "_" if part.strip(".") == "" else part
+
+
+def _check_run_options(options: RunOptions) -> None:
+    """Flags of --docker_run_args that would undo what caliban run guarantees."""
+    if options.privileged:
+        raise ValidationError(
+            "--docker_run_args: --privileged gives every job all host devices, GPUs "
+            "included, so jobs would no longer hold their GPUs exclusively",
+            hint="grant what the job needs instead: --cap-add, --device, --security-opt",
+        )
+    if options.gpus:
+        raise ValidationError(
+            "--docker_run_args: --gpus is caliban's to set (each job gets its own GPUs); "
+            "use --gpu_ids and --gpus_per_job, or --nogpu for none"
+        )
 
 
 class Session:
@@ -230,6 +250,17 @@ class Session:
             self._store = await self._stack.enter_async_context(Store(self.db_path))
         return self._store
 
+    async def check_store(self) -> None:
+        """Open the history and make sure it takes writes: a store problem is
+        reported before a long build, as bad set-up (exit 2), not after it."""
+        try:
+            store = await self.store()
+        except StoreUnwritable:
+            raise
+        except StoreError as exc:
+            raise StoreUnwritable(exc.message, hint=exc.hint) from exc
+        await store.check_writable()
+
     async def http(self) -> aiohttp.ClientSession:
         """The one HTTP session of this Session (Google APIs, registries)."""
         if self._http is None:
@@ -280,6 +311,8 @@ class Session:
         tpu_spec: object | None = None,
     ) -> Prepared:
         """Check a project and decide what its image holds. No side effects."""
+        if project_opts.image_id is not None:  # run, shell and notebook take one
+            names.check_image_ref(project_opts.image_id, "--image_id")
         folder = project_opts.folder.resolve()
         facts = await anyio.to_thread.run_sync(
             project.inspect, folder, tuple(project_opts.extra_dirs)
@@ -291,6 +324,9 @@ class Session:
             entry = await anyio.to_thread.run_sync(
                 project.resolve_entrypoint, project_opts.entry, folder
             )
+        await anyio.to_thread.run_sync(
+            project.check_extras, folder, tuple(project_opts.extras), facts.setup_py
+        )
         extras: tuple[str, ...] = ()
         if facts.setup_py:
             extras = tuple(dict.fromkeys([mode.value, *project_opts.extras]))
@@ -382,6 +418,8 @@ class Session:
         if req.project.use_gpu is None and (req.gpu_ids or req.gpus_per_job):
             # Naming GPUs asks for GPU mode, whatever default_mode says.
             req = dataclasses.replace(req, project=dataclasses.replace(req.project, use_gpu=True))
+        if req.xgroup is not None:
+            names.check_xgroup(req.xgroup)
         prepared = await self.prepare(req.project)
         if prepared.spec.entry is None and req.project.image_id is None:
             raise ValidationError("caliban run needs a script or module to run")
@@ -389,8 +427,9 @@ class Session:
         if req.max_parallel is not None and req.max_parallel < 1:
             raise ValidationError("--max_parallel must be at least 1")
         options = await run_options(req.docker_run_args, self.environ)
+        _check_run_options(options)
         config = experiment.validate(req.experiments if req.experiments is not None else {})
-        total = experiment.count(config)
+        total = experiment.check_size(config, req.max_sweep)
         xgroup = req.xgroup or names.default_xgroup_name(self.user.name, datetime.now())
         if inventory is not None:
             max_parallel = req.max_parallel or max(1, len(inventory.ids) // per_job)
@@ -415,6 +454,8 @@ class Session:
                     base=base,
                 )
                 self.sink(Notice(f"job {index + 1}/{total}: {_docker_run_line(body)}"))
+                # Lets Ctrl-C and SIGTERM through however long the listing is.
+                await anyio.lowlevel.checkpoint()
             self.sink(
                 Notice(
                     f"dry run: {total} job(s) in {xgroup}; nothing was built, run or "
@@ -423,6 +464,9 @@ class Session:
             )
             return RunResult(xgroup, dry_run=True)
 
+        # Both preconditions before any work: an engine, then a writable history.
+        await self.docker()
+        await self.check_store()
         if req.project.image_id:
             image, digest = req.project.image_id, req.project.image_id
             if not await engine.image_exists(await self.docker(), image):

@@ -14,6 +14,7 @@ ever grows.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -21,8 +22,8 @@ import socket
 import sqlite3
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -32,7 +33,7 @@ import aiosqlite
 import anyio
 
 from caliban import filemodes
-from caliban.errors import StoreError
+from caliban.errors import StoreError, StoreUnwritable
 from caliban.spec import JobRecord, JobState, Platform
 
 MIGRATIONS: list[list[str]] = [
@@ -298,9 +299,13 @@ class Store:
                 raise StoreError(f"cannot write to {self.path}: {exc}") from exc
             try:
                 yield db
-            except BaseException:
-                with anyio.CancelScope(shield=True):
+            except BaseException as exc:
+                with anyio.CancelScope(shield=True), contextlib.suppress(sqlite3.Error):
                     await db.execute("ROLLBACK")
+                # A statement that fails mid-transaction (disk full, the file made
+                # read-only under a running sweep) is the store's error, not a traceback.
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"cannot write to {self.path}: {exc}") from exc
                 raise
             else:
                 with anyio.CancelScope(shield=True):
@@ -376,8 +381,50 @@ class Store:
         Re-planning the same experiments in the same group is how a crashed or
         interrupted sweep resumes: succeeded and active jobs are left alone,
         failed and stopped ones get a new job, PLANNED ones are handed back for
-        reconciliation.
+        reconciliation. Batches are written one transaction each, and a
+        cancellation (Ctrl-C, SIGTERM) lands between them; whatever stops the
+        planning, the jobs it recorded become STOPPED, not PLANNED jobs that
+        nothing would launch, so resubmit (or the same command) runs them.
         """
+        seen: list[str] = []
+
+        def noted(source: Iterable[PlanItem]) -> Iterator[PlanItem]:
+            for item in source:
+                seen.append(item.job_id)
+                yield item
+
+        try:
+            return await self._plan_items(
+                xgroup_id=xgroup_id,
+                container_spec_id=container_spec_id,
+                platform=platform,
+                user=user,
+                items=noted(items),
+                batch=batch,
+            )
+        except BaseException:
+            if seen:
+                # Ids never written match no row: harmless.
+                stopped = [
+                    (job_id, JobState.STOPPED, None, "interrupted while planning", None, None)
+                    for job_id in seen
+                ]
+                # A store too broken to record this must not hide the first error.
+                with anyio.CancelScope(shield=True), suppress(StoreError, sqlite3.Error):
+                    await self.transitions(stopped)
+            raise
+
+    async def _plan_items(
+        self,
+        *,
+        xgroup_id: int,
+        container_spec_id: int,
+        platform: Platform,
+        user: str,
+        items: Iterable[PlanItem],
+        batch: int = 500,
+    ) -> list[Planned]:
+        """:meth:`plan` without the clean-up when interrupted."""
         out: list[Planned] = []
         pending: list[tuple[str, PlanItem]] = []
         # A config may list the same experiment twice on purpose (repeats):
@@ -400,6 +447,28 @@ class Store:
                 await self._plan_batch(xgroup_id, container_spec_id, platform, user, pending)
             )
         return out
+
+    async def check_writable(self) -> None:
+        """Fail now, before a long build, if the history cannot be written later."""
+        async with self._lock:
+            db = self.db
+            with anyio.CancelScope(shield=True):
+                try:
+                    await db.execute("BEGIN IMMEDIATE")
+                except sqlite3.Error as exc:
+                    raise StoreUnwritable(
+                        f"cannot write to the history store {self.path}: {exc}"
+                    ) from None
+                try:
+                    # BEGIN alone succeeds on a read-only file; a real write does not.
+                    await db.execute("UPDATE meta SET value = value WHERE key = 'store_id'")
+                except sqlite3.Error as exc:
+                    raise StoreUnwritable(
+                        f"cannot write to the history store {self.path}: {exc}",
+                        hint="make it writable, or point $CALIBAN_HOME at a writable folder",
+                    ) from None
+                finally:
+                    await db.execute("ROLLBACK")
 
     async def _plan_batch(
         self,

@@ -62,7 +62,7 @@ def test_the_cases_cover_the_whole_catalogue() -> None:
 def _body(machine: str, gpu: str | None, tpu: str | None, spot: bool) -> dict[str, Any]:
     req = CloudRequest(
         project=ProjectOptions(folder=Path("/project")),
-        project_id="proj",
+        project_id="my-project",
         machine_type=machine,
         gpu_spec=gpu,
         tpu_spec=tpu,
@@ -106,7 +106,7 @@ def test_gke_cluster_bodies_pass_the_discovery_document() -> None:
     )
     for node_locations in (None, ["us-central1-a", "us-central1-b"]):
         body = gkespec.create_body(
-            project="proj",
+            project="my-project",
             name="blueshift",
             location=gkespec.Location("us-central1"),
             release_channel="REGULAR",

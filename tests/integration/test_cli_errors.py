@@ -52,7 +52,7 @@ CASES = [
     (["frobnicate"], {}, "invalid choice"),
     # --force skips the catalog, not the topology Vertex needs for a TPU VM.
     (
-        ["cloud", "--project_id", "p", "--force", "--tpu_spec", "16xV6E", "job.py"],
+        ["cloud", "--project_id", "my-project", "--force", "--tpu_spec", "16xV6E", "job.py"],
         {},
         "no known TPU topology for 16xV6E",
     ),

@@ -30,7 +30,7 @@ OPENSSH = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n"
 SA_KEY = json.dumps(
     {
         "type": "service_account",
-        "project_id": "p",
+        "project_id": "my-project",
         "private_key": PEM,
         "client_email": "trainer@p.iam.gserviceaccount.com",
     }

@@ -24,7 +24,7 @@ def _check(
     config: CalibanConfig = CONFIG,
     **kw: object,
 ) -> cloud_run.CloudPlan:
-    kw.setdefault("project_id", "proj")
+    kw.setdefault("project_id", "my-proj")
     req = CloudRequest(project=ProjectOptions(folder=Path("/project")), **kw)  # type: ignore[arg-type]
     return cloud_run.check(req, mode=mode, config=config, user="ada", environ=environ or {})
 

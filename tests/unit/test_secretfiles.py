@@ -17,7 +17,7 @@ OPENSSH = b"-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n"
 SA_KEY = json.dumps(
     {
         "type": "service_account",
-        "project_id": "p",
+        "project_id": "my-project",
         "private_key_id": "abc",
         "private_key": "-----BEGIN PRIVATE KEY-----\\nMIIE\\n-----END PRIVATE KEY-----\\n",
         "client_email": "x@p.iam.gserviceaccount.com",
