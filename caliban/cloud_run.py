@@ -255,6 +255,9 @@ async def submit(session: Session, req: CloudRequest) -> RunResult:
 
     creds = await session.credentials(plan.key_file)
     await creds.token()  # bad credentials: one clear error before anything is built or recorded
+    if not req.image_tag:
+        # A key in the build context: refused before the store is even created.
+        await session.check_push(prepared, key_file=plan.key_file)
     await session.check_store()  # and an unwritable history too
     # The image each region's jobs pull: every region can reach its own registry.
     images: dict[str, str]
@@ -262,7 +265,6 @@ async def submit(session: Session, req: CloudRequest) -> RunResult:
         image, digest = req.image_tag, req.image_tag
         images = dict.fromkeys(plan.regions, image)
     else:
-        await session.check_push(prepared, key_file=plan.key_file)
         built = await session.build_prepared(prepared, no_cache=req.project.no_cache)
         targets = registry.region_targets(
             plan.regions,

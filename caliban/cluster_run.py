@@ -262,6 +262,9 @@ async def submit(session: Session, req: ClusterJobRequest) -> RunResult:
     await _check_version(session, plan, req)
     if plan.target.kind == "gke" and plan.placement.gpu is not None and not req.force:
         await _check_gpu_limits(session, plan)
+    if not req.image_tag:
+        # A key in the build context: refused before the store is even created.
+        await session.check_push(prepared, key_file=plan.target.cloud_key or req.cluster.cloud_key)
     await session.check_store()  # before a long build, not after
     image = req.image_tag or await _build_and_push(session, req, prepared, plan)
 
@@ -404,7 +407,6 @@ def _options_of(target: ClusterTarget) -> Any:
 async def _build_and_push(
     session: Session, req: ClusterJobRequest, prepared: Prepared, plan: ClusterPlan
 ) -> str:
-    await session.check_push(prepared, key_file=plan.target.cloud_key or req.cluster.cloud_key)
     built = await session.build_prepared(prepared, no_cache=req.project.no_cache)
     tag = built.tag.split(":")[-1]
     prefix = req.image_registry or session.environ.get(registry.REGISTRY_ENV)

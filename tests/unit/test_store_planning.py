@@ -136,5 +136,5 @@ async def test_a_write_refused_mid_transaction_is_a_store_error(tmp_path: Path) 
     # fails, after BEGIN succeeded. The caller gets the store's one-line error.
     async with Store(tmp_path / "caliban.db") as store:
         await store.db.execute("PRAGMA query_only = ON")
-        with pytest.raises(StoreError, match="cannot write to .*readonly"):
+        with pytest.raises(StoreError, match=r"cannot write to .*readonly"):
             await store.xgroup("g", "alice")
