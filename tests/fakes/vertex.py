@@ -209,6 +209,10 @@ class FakeVertex(FakeServer):
         self.cancel_calls = 0
         self.delete_calls = 0
         self.create_log: list[CreateAttempt] = []
+        # Requests held in a latency sleep at once, now and at most, per kind and in all
+        # ("any"): concurrency is proven by overlap, not by a stopwatch.
+        self.inflight: dict[str, int] = {}
+        self.peak_inflight: dict[str, int] = {}
         # --- state
         self._rng = random.Random(seed)
         self._id_rng = random.Random(seed + 1)  # separate, so ids never shift fault draws
@@ -597,13 +601,23 @@ class FakeVertex(FakeServer):
         drop_connection(request, "close")
         return web.Response()
 
+    async def _held(self, kind: str, seconds: float) -> None:
+        for key in (kind, "any"):
+            self.inflight[key] = self.inflight.get(key, 0) + 1
+            self.peak_inflight[key] = max(self.peak_inflight.get(key, 0), self.inflight[key])
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            for key in (kind, "any"):
+                self.inflight[key] -= 1
+
     async def _get(self, request: web.Request) -> web.Response:
         self.get_calls += 1
         refused = self._gate(request, "get", request.path.removeprefix("/v1/"))
         if refused is not None:
             return refused
         if self.get_latency > 0:
-            await asyncio.sleep(self.get_latency)
+            await self._held("get", self.get_latency)
         step = self._next_scripted("get")
         if step is not None:
             return self._scripted_error(request, step)
@@ -619,7 +633,7 @@ class FakeVertex(FakeServer):
         if refused is not None:
             return refused
         if self.list_latency > 0:
-            await asyncio.sleep(self.list_latency)
+            await self._held("list", self.list_latency)
         step = self._next_scripted("list")
         if step is not None:
             return self._scripted_error(request, step)
@@ -693,7 +707,7 @@ class FakeVertex(FakeServer):
         if refused is not None:
             return refused
         if self.cancel_latency > 0:
-            await asyncio.sleep(self.cancel_latency)
+            await self._held("cancel", self.cancel_latency)
         step = self._next_scripted("cancel")
         if step is not None:
             return self._scripted_error(request, step)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -156,11 +155,10 @@ async def test_stop_cancels_concurrently_and_records_real_end_states(
         vertex_server.fail(names[1], 13, "exit status 1")
         vertex_server.advance(names[2], "JOB_STATE_RUNNING")
         vertex_server.cancel_latency = 0.25
-        start = time.monotonic()
         stopped = await s.stop(xgroup="life")
-        elapsed = time.monotonic() - start
     assert vertex_server.cancel_calls == n
-    assert elapsed < n * 0.25 / 3  # 12 cancels of 0.25 s each: side by side, not in a row
+    # Side by side, not in a row: several cancels were held by the server at once.
+    assert vertex_server.peak_inflight["cancel"] >= 3
     states = {j.job_id: j for j in stopped}
     assert states[jobs[0].job_id].state is JobState.SUCCEEDED
     assert states[jobs[1].job_id].state is JobState.FAILED
