@@ -18,10 +18,14 @@ from typing import Any
 
 import aiohttp
 import anyio
-from gcloud.aio.auth import Token
 from tenacity import retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from caliban.errors import AuthError, ConfigError
+from caliban.errors import AuthError, ConfigError, MissingExtra
+
+try:  # optional: the [cloud] and [cluster] extras bring it
+    from gcloud.aio.auth import Token
+except ModuleNotFoundError:
+    raise MissingExtra("cloud", feature="Google Cloud access", package="gcloud-aio-auth") from None
 
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 _KEY_TYPES = (
