@@ -2,8 +2,9 @@
 # Build the wheel once and try it in a fresh venv of every supported Python on this
 # machine (scripts/pythons.sh): first the core install alone, then with the
 # [cloud,cluster] extras, at the versions of constraints.txt. Needs no Docker engine,
-# no credentials and no cluster. One line per interpreter, then a summary; exits 1
-# if any interpreter failed (its log is printed).
+# no credentials and no cluster. One line per interpreter, and one more for the
+# oldest with the lower bounds of the ranges (constraints-lowest.txt); then a
+# summary. Exits 1 if any failed (the end of its log is printed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
@@ -54,7 +55,7 @@ EXTRAS=(
 )
 
 pip_install() {
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -c "$root/constraints.txt" "$@"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -c "$constraints" "$@"
 }
 
 checks() {
@@ -72,30 +73,44 @@ checks() {
     done
 }
 
-passed=0
-failed=0
-while read -r python; do
+# try_python PYTHON CONSTRAINTS LABEL: one line saying how the wheel fared there.
+try_python() {
+    local python="$1" label="$3" version start step gcloud
+    constraints="$2"
     version="$("$python" -c 'import platform; print(platform.python_version())')"
     venv="$work/venv-$version"
     log="$work/log-$version"
     start=$SECONDS
     step=venv
+    rm -rf "$venv" "$work/home"
     if "$python" -m venv "$venv" >"$log" 2>&1 &&
         step="core install" && pip_install "$wheel" >>"$log" 2>&1 &&
         step="core checks" && checks "${CORE[@]}" >>"$log" 2>&1 &&
         step="[cloud,cluster] install" && pip_install "$wheel[cloud,cluster]" >>"$log" 2>&1 &&
         step="[cloud,cluster] checks" && checks "${EXTRAS[@]}" >>"$log" 2>&1; then
         gcloud="$("$venv/bin/python" -m pip show gcloud-aio-auth 2>/dev/null | sed -n 's/^Version: //p')"
-        printf 'ok    Python %-8s %-40s %3ds  (gcloud-aio-auth %s)\n' \
-            "$version" "$python" $((SECONDS - start)) "$gcloud"
+        printf 'ok    Python %-8s %-40s %3ds  %s (gcloud-aio-auth %s)\n' \
+            "$version" "$python" $((SECONDS - start)) "$label" "$gcloud"
         passed=$((passed + 1))
     else
-        printf 'FAIL  Python %-8s %-40s at %s\n' "$version" "$python" "$step"
+        printf 'FAIL  Python %-8s %-40s %s: at %s\n' "$version" "$python" "$label" "$step"
         grep -v "^WARNING: Location" "$log" | tail -n 25 | sed 's/^/      /'
         failed=$((failed + 1))
     fi
     rm -rf "$venv" "$work/home"
-done < <(scripts/pythons.sh)
+}
+
+passed=0
+failed=0
+mapfile -t pythons < <(scripts/pythons.sh)
+for python in "${pythons[@]}"; do
+    try_python "$python" "$root/constraints.txt" "constraints.txt"
+done
+# The lower bounds of the ranges, on the oldest interpreter.
+oldest="$(for p in "${pythons[@]}"; do
+    echo "$("$p" -c 'import sys; print("%05d%05d%05d" % sys.version_info[:3])') $p"
+done | sort | head -n 1 | cut -d' ' -f2-)"
+[[ -n "$oldest" ]] && try_python "$oldest" "$root/constraints-lowest.txt" "lowest bounds"
 
 echo "install matrix: $passed passed, $failed failed ($(basename "$wheel"))"
 [[ $failed -eq 0 && $passed -gt 0 ]]
