@@ -100,6 +100,7 @@ async def run_caliban(
             endpoint=server.url,
             rate_limit=rate,
             xgroup="bench",
+            max_sweep=max(jobs, 1),  # --jobs is the sweep asked for
         )
         environ = {"HOME": str(home), "CALIBAN_HOME": str(home / "caliban")}
         start = time.perf_counter()

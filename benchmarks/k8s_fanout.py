@@ -79,6 +79,7 @@ async def serve(latency: float, faults: bool, kubeconfig: str, controller: bool)
 
     async with FakeKubernetes(seed=3, namespaces=("default", *NAMESPACES)) as kube:
         kube.create_latency = latency
+        kube.validate_schemas = False  # the server's own CPU, not the client's; tested elsewhere
         if faults:
             kube.error_rate, kube.error_status = 0.03, 503
             kube.lost_response_rate = 0.01
@@ -234,6 +235,7 @@ async def with_caliban(
         image_tag=IMAGE,
         xgroup=namespace,
         indexed=indexed,
+        max_sweep=max(n, 1),  # --jobs is the sweep asked for
     )
     environ = {"HOME": str(home), "CALIBAN_HOME": str(home / "caliban")}
     planned_at: list[float] = []

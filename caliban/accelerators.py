@@ -38,11 +38,15 @@ class GpuType:
 
 @dataclass(frozen=True)
 class TpuType:
+    """``vertex`` is None for a TPU the Vertex enum has no value for (requested by
+    machine type and topology alone). ``topologies`` maps the chips of one host to
+    the slice topology Vertex and GKE are told; empty for the legacy TPU nodes."""
+
     name: str
-    vertex: str
+    vertex: str | None
     aliases: tuple[str, ...] = ()
     gke_accelerator: str | None = None
-    gke_topologies: Mapping[int, str] = field(default_factory=dict)
+    topologies: Mapping[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -79,14 +83,13 @@ class Catalog:
         }
         tpus = {}
         for name, v in _section(data, "tpus").items():
-            gke = _get(v, "gke", dict, {})
-            topologies = _get(gke, "topologies", dict, {})
+            topologies = _get(v, "topologies", dict, {})
             tpus[name] = TpuType(
                 name=name,
                 vertex=_get(v, "vertex", str),
                 aliases=_strings(_get(v, "aliases", list, [])),
-                gke_accelerator=_get(gke, "accelerator", str, None),
-                gke_topologies={int(k): str(t) for k, t in topologies.items()},
+                gke_accelerator=_get(v, "gke", str, None),
+                topologies={int(k): str(t) for k, t in topologies.items()},
             )
         machines = {}
         for name, v in _section(data, "machine_types").items():
@@ -182,8 +185,9 @@ class AcceleratorSpec:
         return self.type in catalog().tpus
 
     @property
-    def vertex_type(self) -> str:
-        """The Vertex ``acceleratorType`` enum name, e.g. ``NVIDIA_TESLA_T4``."""
+    def vertex_type(self) -> str | None:
+        """The Vertex ``acceleratorType`` enum name, e.g. ``NVIDIA_TESLA_T4``; None for
+        a TPU the enum has no value for."""
         cat = catalog()
         info = cat.tpus[self.type] if self.is_tpu else cat.gpus[self.type]
         return info.vertex
@@ -199,7 +203,7 @@ DEFAULT_GPU = AcceleratorSpec(1, "T4")
 def _lookup(name: str, types: Iterable[GpuType | TpuType]) -> str | None:
     wanted = name.upper().replace("-", "_")
     for t in types:
-        spellings = (t.name, t.vertex, *t.aliases)
+        spellings = [s for s in (t.name, t.vertex, *t.aliases) if s]
         if wanted in (s.upper().replace("-", "_") for s in spellings):
             return t.name
         if isinstance(t, GpuType) and wanted == t.gke.upper().replace("-", "_"):
@@ -384,11 +388,43 @@ def gke_tpu_selectors(spec: AcceleratorSpec) -> dict[str, str]:
             f"{spec.type} TPUs only exist as legacy Cloud TPU nodes, which GKE no longer offers; "
             f"try one of {', '.join(usable)}"
         )
-    topology = info.gke_topologies.get(spec.count)
+    topology = info.topologies.get(spec.count)
     if topology is None:
-        counts = ", ".join(map(str, sorted(info.gke_topologies)))
+        counts = ", ".join(map(str, sorted(info.topologies)))
         raise ValidationError(f"{spec}: a single-host {spec.type} slice has {counts} chips")
     return {
         "cloud.google.com/gke-tpu-accelerator": info.gke_accelerator,
         "cloud.google.com/gke-tpu-topology": topology,
     }
+
+
+def vertex_tpu_topology(machine_type: str, tpu: AcceleratorSpec | None) -> str | None:
+    """The ``machineSpec.tpuTopology`` a Vertex job on ``machine_type`` needs, or None.
+
+    TPU VMs (v4, v5e, v5p, v6e) need it; legacy ``cloud-tpu`` nodes, GPU and CPU
+    machines do not. The chips are the machine type's when the catalog knows it
+    (one host per replica), else the ``--tpu_spec`` count. Not skipped by
+    ``--force``: Vertex refuses such a job without a topology, so an unknown shape
+    is a ValidationError here, before anything is built or recorded.
+    """
+    cat = catalog()
+    machine = cat.machines.get(normalize_machine_type(machine_type))
+    hosted = [a for a in (machine.accelerators if machine else {}) if a in cat.tpus]
+    if tpu is not None and not tpu.is_tpu:
+        tpu = None
+    name = tpu.type if tpu is not None else (hosted[0] if len(hosted) == 1 else None)
+    if name is None:
+        return None
+    info = cat.tpus[name]
+    if not info.topologies:
+        return None
+    counts = machine.accelerators.get(name, ()) if machine else ()
+    chips = counts[0] if len(counts) == 1 else (tpu.count if tpu is not None else 0)
+    topology = info.topologies.get(chips)
+    if topology is None:
+        known = ", ".join(map(str, sorted(info.topologies)))
+        raise ValidationError(
+            f"no known TPU topology for {chips}x{name} on {machine_type}: "
+            f"a {name} host has {known} chips"
+        )
+    return topology

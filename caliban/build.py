@@ -9,6 +9,8 @@ daemon's output is streamed as :class:`~caliban.events.BuildLog` events.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import io
 import os
@@ -17,20 +19,28 @@ import stat
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import aiodocker
 import anyio
 from aiodocker.exceptions import DockerError
 
-from caliban import dockerfile
+from caliban import dockerfile, secretfiles
 from caliban.dockerignore import DockerIgnore, walk_context
 from caliban.engine import MANAGED_LABEL, error_text, image_exists
 from caliban.errors import BuildError, ConfigError
-from caliban.events import BuildFinished, BuildLog, BuildSkipped, BuildStarted, Notice, Sink
+from caliban.events import (
+    BuildFinished,
+    BuildLog,
+    BuildSkipped,
+    BuildStarted,
+    ContextLeftOut,
+    Notice,
+    Sink,
+)
 
 # Inside the tar; the daemon drops both before COPY because the generated
 # .dockerignore lists them, so `COPY .` never ships them into the image.
@@ -39,6 +49,8 @@ _CONTEXT_IGNORE = f"{DOCKERFILE_NAME}\n.dockerignore\n".encode()
 
 # Contexts bigger than this spill from memory to a temporary file.
 _SPOOL_BYTES = 256 << 20
+
+_CHUNK = 1 << 20
 
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 
@@ -56,47 +68,146 @@ class Context:
     digest: str
     files: int
     size: int
+    # What the credential rules kept out, and key material found in files that are sent.
+    left_out: tuple[str, ...] = ()
+    secrets: tuple[tuple[str, str], ...] = ()
 
 
-def _entries(folder: Path, spec: dockerfile.BuildSpec) -> Iterator[tuple[str, os.stat_result]]:
-    ignore = DockerIgnore.load(folder)
-    yield from walk_context(folder, spec.context_paths(), ignore)
+class _Selection:
+    """One walk of the build context: ``.dockerignore``, then the credential rules.
+
+    ``keep`` decides on each regular file from its first bytes, so one read
+    serves the content rules, the scan and the hash.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        spec: dockerfile.BuildSpec,
+        include: Sequence[str] = (),
+        key_files: Sequence[str] = (),
+    ) -> None:
+        self.folder = folder
+        self.spec = spec
+        self.rules = secretfiles.CredentialRules(DockerIgnore.load(folder), include)
+        # The named key file is recognised by inode, so a copy under another
+        # name or a hard link in the folder is caught as well.
+        self.keys: set[tuple[int, int]] = set()
+        for key in key_files:
+            try:
+                st = os.stat(Path(key).expanduser())
+            except OSError:
+                continue
+            self.keys.add((st.st_dev, st.st_ino))
+        self.secrets: list[tuple[str, str]] = []
+
+    def entries(self) -> Iterator[tuple[str, os.stat_result]]:
+        return walk_context(self.folder, self.spec.context_paths(), self.rules)
+
+    def keep(self, rel: str, st: os.stat_result, head: bytes) -> bool:
+        """False for a file that is a credential; a kept file holding a key is noted."""
+        if not self.rules.included_on_purpose(rel) and (
+            (st.st_dev, st.st_ino) in self.keys or secretfiles.credential_file(head)
+        ):
+            self.rules.leave_out(rel)
+            return False
+        kind = secretfiles.secret_in(head)
+        if kind is not None:
+            self.secrets.append((rel, kind))
+        return True
 
 
-def _hash_file(path: Path, h: Any) -> None:
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+def _read_head(path: str, size: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, size)
+    finally:
+        os.close(fd)
+
+
+def find_secrets(
+    folder: Path,
+    spec: dockerfile.BuildSpec,
+    include: Sequence[str] = (),
+    key_files: Sequence[str] = (),
+) -> list[tuple[str, str]]:
+    """``(path, kind)`` of every file the context would send that holds a key.
+
+    Reads only the first :data:`~caliban.secretfiles.HEAD_BYTES` of each file.
+    Blocking: run it in a thread.
+    """
+    selection = _Selection(folder, spec, include, key_files)
+    try:
+        for rel, st in selection.entries():
+            if stat.S_ISREG(st.st_mode):
+                head = _read_head(os.path.join(folder, rel), secretfiles.HEAD_BYTES)
+                selection.keep(rel, st, head)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"build context changed while reading it: {exc}") from exc
+    return selection.secrets
+
+
+def refuse_secrets(found: Sequence[tuple[str, str]]) -> None:
+    """Stop a push whose image would hold a key: one line naming the file."""
+    if found:
+        rel, kind = found[0]
+        more = f" (and {len(found) - 1} more file(s))" if len(found) > 1 else ""
+        raise ConfigError(
+            f"refusing to push: {rel} holds a {kind}{more}; remove it from the folder "
+            f"or list it in .dockerignore (see {secretfiles.DOCS})"
+        )
 
 
 def scan_context(
-    folder: Path, spec: dockerfile.BuildSpec, text: str, out: IO[bytes] | None = None
+    folder: Path,
+    spec: dockerfile.BuildSpec,
+    text: str,
+    out: IO[bytes] | None = None,
+    *,
+    include: Sequence[str] = (),
+    key_files: Sequence[str] = (),
 ) -> Context:
-    """Hash (and, given ``out``, tar) the build context. Blocking: run it in a thread."""
+    """Hash (and, given ``out``, tar) the build context. Blocking: run it in a thread.
+
+    What the credential rules leave out is neither hashed nor sent.
+    """
     h = hashlib.sha256()
     h.update(text.encode())
     files = size = 0
+    selection = _Selection(folder, spec, include, key_files)
     tar = tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) if out else None  # noqa: SIM115
     try:
-        for rel, st in _entries(folder, spec):
+        for rel, st in selection.entries():
             path = folder / rel
-            # Only the executable bit of the mode matters to the image's behaviour.
-            h.update(f"\0{rel}\0{stat.S_IFMT(st.st_mode)}\0{bool(st.st_mode & 0o100)}\0".encode())
-            if stat.S_ISLNK(st.st_mode):
-                h.update(os.readlink(path).encode())
-            elif stat.S_ISREG(st.st_mode):
-                _hash_file(path, h)
-                files += 1
-                size += st.st_size
-            if tar is not None:
-                info = tar.gettarinfo(str(path), arcname=rel)
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                if info.isreg():
-                    with path.open("rb") as f:
+            with contextlib.ExitStack() as stack:
+                f: IO[bytes] | None = None
+                first = b""
+                if stat.S_ISREG(st.st_mode):
+                    f = stack.enter_context(path.open("rb"))
+                    first = f.read(_CHUNK)
+                    if not selection.keep(rel, st, first[: secretfiles.HEAD_BYTES]):
+                        continue
+                # Only the executable bit of the mode matters to the image's behaviour.
+                h.update(
+                    f"\0{rel}\0{stat.S_IFMT(st.st_mode)}\0{bool(st.st_mode & 0o100)}\0".encode()
+                )
+                if stat.S_ISLNK(st.st_mode):
+                    h.update(os.readlink(path).encode())
+                elif f is not None:
+                    h.update(first)
+                    while chunk := f.read(_CHUNK):
+                        h.update(chunk)
+                    files += 1
+                    size += st.st_size
+                if tar is not None:
+                    info = tar.gettarinfo(str(path), arcname=rel)
+                    info.uid = info.gid = 0
+                    info.uname = info.gname = ""
+                    if f is not None and info.isreg():
+                        f.seek(0)
                         tar.addfile(info, f)
-                else:
-                    tar.addfile(info)
+                    else:
+                        tar.addfile(info)
         if tar is not None:
             for name, data in (
                 (DOCKERFILE_NAME, text.encode()),
@@ -111,7 +222,9 @@ def scan_context(
     finally:
         if tar is not None:
             tar.close()
-    return Context(h.hexdigest(), files, size)
+    return Context(
+        h.hexdigest(), files, size, tuple(selection.rules.left_out), tuple(selection.secrets)
+    )
 
 
 class _StepTracker:
@@ -148,11 +261,31 @@ async def build(
     no_cache: bool = False,
     sink: Sink,
     labels: dict[str, str] | None = None,
+    include: Sequence[str] = (),
+    key_files: Sequence[str] = (),
 ) -> BuiltImage:
-    """Build ``spec`` from ``folder`` as ``repo:<content hash>`` unless it exists."""
+    """Build ``spec`` from ``folder`` as ``repo:<content hash>`` unless it exists.
+
+    ``include``: paths the credential rules would leave out that the project
+    wants in the image (``include_in_image``); ``key_files``: key files that
+    stay out wherever they are in the folder.
+    """
     text = dockerfile.render(spec)
-    ctx = await anyio.to_thread.run_sync(scan_context, folder, spec, text)
+    scan = functools.partial(scan_context, include=include, key_files=key_files)
+    ctx = await anyio.to_thread.run_sync(scan, folder, spec, text)
     tag = f"{repo}:{ctx.digest[:16]}"
+    if ctx.left_out:
+        sink(ContextLeftOut(ctx.left_out, secretfiles.left_out_text(ctx.left_out)))
+    for rel, kind in ctx.secrets:
+        # Local images stay on this machine, which already holds the file;
+        # cloud and cluster refuse before pushing (find_secrets).
+        sink(
+            Notice(
+                f"{rel} holds a {kind} and goes into the image; fine on this machine, "
+                "but `caliban cloud` and `caliban cluster` will refuse to push it",
+                level="warning",
+            )
+        )
     if not no_cache and await image_exists(docker, tag):
         info = await docker.images.inspect(tag)
         sink(BuildSkipped(tag))
@@ -160,7 +293,7 @@ async def build(
 
     started = time.monotonic()
     with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as buf:
-        ctx = await anyio.to_thread.run_sync(scan_context, folder, spec, text, buf)
+        ctx = await anyio.to_thread.run_sync(scan, folder, spec, text, buf)
         tag = f"{repo}:{ctx.digest[:16]}"
         buf.seek(0)
         sink(BuildStarted(tag, ctx.files, ctx.size))

@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from caliban.cli_args import non_negative_int, positive_int
-from caliban.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CalibanError
+from caliban.errors import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CalibanError,
+    ValidationError,
+)
+from caliban.experiment import DEFAULT_MAX_SWEEP
 
 if sys.version_info < (3, 11):  # the builtin arrived in 3.11; anyio brings the backport
     from exceptiongroup import BaseExceptionGroup
@@ -100,6 +108,13 @@ def _executing(p: argparse.ArgumentParser) -> None:
         "--dry_run",
         action="store_true",
         help="show the jobs that would run; build, run and record nothing",
+    )
+    p.add_argument(
+        "--max_sweep",
+        type=positive_int,
+        default=DEFAULT_MAX_SWEEP,
+        metavar="N",
+        help=f"refuse an experiment config of more than N jobs (default {DEFAULT_MAX_SWEEP})",
     )
 
 
@@ -208,7 +223,9 @@ def _sink(ns: argparse.Namespace, **kwargs: Any) -> ConsoleSink:
 def _session(ns: argparse.Namespace, sink: ConsoleSink) -> Session:
     from caliban.orchestrator import Session
 
-    return Session(sink=sink)
+    session = Session(sink=sink)
+    session.quota_project = getattr(ns, "quota_project", None)
+    return session
 
 
 def _drive(
@@ -325,17 +342,35 @@ def _experiments(ns: argparse.Namespace) -> object | None:
 
 
 def _summary(sink: ConsoleSink, result: RunResult) -> int:
-    counts = result.counts
-    parts = [f"{n} {state.value.lower()}" for state, n in sorted(counts.items())]
-    if result.skipped:
-        parts.append(f"{result.skipped} skipped")
+    if result.launched is not None:
+        parts = [f"{n} {what}" for n, what in result.tally()]
+    else:
+        parts = [f"{n} {state.value.lower()}" for state, n in sorted(result.counts.items())]
+        if result.skipped:
+            parts.append(f"{result.skipped} skipped")
     style = "green" if result.ok else "bold red"
     sink.console.print(f"[{style}]{len(result.jobs)} job(s): {', '.join(parts) or 'none'}[/]")
-    sink.console.print(f"[dim]caliban status --xgroup {result.xgroup}[/]")
+    import shlex
+
+    from rich.markup import escape
+
+    hint = escape(f"caliban status --xgroup {shlex.quote(result.xgroup)}")
+    sink.console.print(f"[dim]{hint}[/]")
     return EXIT_OK if result.ok else EXIT_FAILURE
 
 
+def _no_cloud_key(ns: argparse.Namespace) -> None:
+    # Accepted by the parser for the original's scripts, but local images and
+    # containers get no credentials: saying so beats ignoring the flag.
+    if getattr(ns, "cloud_key", None):
+        raise ValidationError(
+            f"--cloud_key is not used by `caliban {ns.command}`: local jobs get no "
+            "Google credentials; drop the flag (it is for `cloud` and `cluster`)"
+        )
+
+
 def cmd_build(ns: argparse.Namespace) -> int:
+    _no_cloud_key(ns)
     project = _project(ns, entry=ns.module)
 
     async def work(session: Session) -> Any:
@@ -352,6 +387,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
     from caliban.gpus import parse_ids
     from caliban.options import RunRequest
 
+    _no_cloud_key(ns)
     request = RunRequest(
         project=_project(ns, entry=ns.module),
         experiments=_experiments(ns),
@@ -362,6 +398,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
         gpu_ids=parse_ids(ns.gpu_ids) if ns.gpu_ids else None,
         docker_run_args=_docker_run_args(ns.docker_run_args),
         dry_run=ns.dry_run,
+        max_sweep=ns.max_sweep,
     )
     sink = _sink(ns)
 
@@ -501,6 +538,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns, extra = parser.parse_known_args(caliban_args)
     if extra:
         module = getattr(ns, "module", None)
+        # An unknown flag before the script is a caliban flag misspelt, not a
+        # script argument in the wrong place.
+        module_at = max(
+            (i for i, a in enumerate(caliban_args) if a == module), default=len(caliban_args)
+        )
+        unknown = [a for a in extra if a.startswith("-") and caliban_args.index(a) < module_at]
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         if module is not None:
             parser.error(
                 f"unexpected arguments {' '.join(extra)!r} after {module!r}: put caliban flags "

@@ -4,6 +4,7 @@ into a value or into argparse's one-line error (exit 2)."""
 from __future__ import annotations
 
 import argparse
+import math
 
 
 def _number(text: str, kind: type[int] | type[float]) -> float:
@@ -30,6 +31,9 @@ def non_negative_int(text: str) -> int:
 
 def positive_float(text: str) -> float:
     value = _number(text, float)
+    # nan compares false with everything, so it would pass `<= 0` unnoticed.
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be positive")
     return value

@@ -58,6 +58,12 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         metavar="KEY=VALUE",
         help="label for every job; repeatable",
     )
+    p.add_argument(
+        "--quota_project",
+        metavar="PROJECT",
+        help="project billed for Google API calls (default: $GOOGLE_CLOUD_QUOTA_PROJECT or "
+        "the credentials' quota_project_id)",
+    )
     p.add_argument("--xgroup", help="experiment group (default: a new one)")
     p.add_argument("--spot", action="store_true", help="run on Spot capacity")
     p.add_argument("--service_account", help="service account the jobs run as")
@@ -121,6 +127,7 @@ def cmd_cloud(ns: argparse.Namespace) -> int:
         endpoint=ns.api_endpoint,
         artifact_repo=ns.artifact_repo,
         image_registry=ns.image_registry,
+        max_sweep=ns.max_sweep,
     )
     sink = _sink(ns, show_output=False)
 

@@ -42,6 +42,12 @@ def _gke_flags(p: argparse.ArgumentParser, *, cloud_key: bool = True) -> None:
             help="service account key file (default: $GOOGLE_APPLICATION_CREDENTIALS)",
         )
     p.add_argument(
+        "--quota_project",
+        metavar="PROJECT",
+        help="project billed for Google API calls (default: $GOOGLE_CLOUD_QUOTA_PROJECT or "
+        "the credentials' quota_project_id)",
+    )
+    p.add_argument(
         "--zone",
         metavar="LOCATION",
         help="zone (us-central1-a) or region of the GKE cluster (default: search every location)",
@@ -476,6 +482,7 @@ def cmd_submit(ns: argparse.Namespace) -> int:
         rate_limit=ns.rate_limit,
         image_registry=ns.image_registry,
         artifact_repo=ns.artifact_repo,
+        max_sweep=ns.max_sweep,
     )
     sink = _sink(ns, show_output=False)
 

@@ -11,12 +11,16 @@ submits them. Re-running the same command with the same ``--xgroup`` (or
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.lowlevel
 
 from caliban import accelerators, experiment, labels, names, vertexspec
 from caliban._limits import RetryPolicy, with_retries
@@ -58,12 +62,18 @@ class CloudPlan:
     user_labels: dict[str, str]
     key_file: str | None
     endpoint: str | None
+    tpu_topology: str | None = None
 
 
 def _regions(req: CloudRequest, environ: Mapping[str, str]) -> tuple[str, ...]:
+    for part in req.regions:
+        # `--region ""` (an unset shell variable) would silently mean us-central1.
+        if not part.strip() or any(not r.strip() for r in part.split(",")):
+            raise ValidationError(f"--region {part!r}: empty region name")
     raw = req.regions or tuple(r for r in [environ.get("REGION", "").strip()] if r)
     regions = tuple(dict.fromkeys(r.strip() for part in raw for r in part.split(",") if r.strip()))
-    return regions or (DEFAULT_REGION,)
+    # Regions become part of the API's host name, whatever --force skips.
+    return tuple(names.check_region(r) for r in regions) or (DEFAULT_REGION,)
 
 
 def _absolute_key(
@@ -91,6 +101,12 @@ def check(
     environ: Mapping[str, str],
 ) -> CloudPlan:
     """Validate a cloud request without touching the network."""
+    if req.xgroup is not None:
+        names.check_xgroup(req.xgroup)
+    if req.image_tag is not None:
+        names.check_image_ref(req.image_tag, "--image_tag")
+    if req.endpoint is not None:
+        names.check_url(req.endpoint, "--api_endpoint")
     gpu = (
         accelerators.parse_gpu_spec(req.gpu_spec, check_count=not req.force)
         if req.gpu_spec
@@ -126,14 +142,18 @@ def check(
             "no Google Cloud project: pass --project_id, set $PROJECT_ID, or set "
             "gcloud.project_id in .calibanconfig.json"
         )
+    names.check_project_id(str(project), "--project_id" if req.project_id else "project id")
     user_labels = dict(labels.parse_label_flag(f"{k}={v}") for k, v in req.labels)
     if tpu is not None and gpu is not None and req.gpu_spec:
         raise ValidationError("a Vertex job takes GPUs or TPUs, not both; drop one spec")
     accelerator = tpu if tpu is not None else gpu
     for rate, flag in ((req.rate_limit, "--rate_limit"), (req.max_inflight, "--max_inflight")):
+        if not math.isfinite(rate):
+            raise ValidationError(f"{flag} must be a finite number")
         if rate <= 0:
             raise ValidationError(f"{flag} must be positive")
     endpoint = req.endpoint or environ.get("CALIBAN_VERTEX_ENDPOINT") or None
+    tpu_topology = accelerators.vertex_tpu_topology(machine, tpu)
     return CloudPlan(
         project_id=str(project),
         regions=regions,
@@ -146,6 +166,7 @@ def check(
         user_labels=user_labels,
         key_file=key_file,
         endpoint=endpoint,
+        tpu_topology=tpu_topology,
     )
 
 
@@ -181,6 +202,7 @@ def _body(
         service_account=req.service_account,
         spot=req.spot,
         timeout_s=req.timeout_s,
+        tpu_topology=plan.tpu_topology,
     )
 
 
@@ -198,7 +220,7 @@ async def submit(session: Session, req: CloudRequest) -> RunResult:
         environ=session.environ,
     )
     config = experiment.validate(req.experiments if req.experiments is not None else {})
-    total = experiment.count(config)
+    total = experiment.check_size(config, req.max_sweep)
     xgroup = req.xgroup or names.default_xgroup_name(session.user.name, datetime.now())
 
     if req.dry_run:
@@ -220,6 +242,7 @@ async def submit(session: Session, req: CloudRequest) -> RunResult:
             requests.append(
                 {"parent": f"projects/{plan.project_id}/locations/{region}", "customJob": body}
             )
+            await anyio.lowlevel.checkpoint()  # Ctrl-C gets through a long listing
         # One JSON array, one element per job, so the output can be piped to jq.
         session.sink(Document(json.dumps(requests, indent=2)))
         session.sink(
@@ -233,37 +256,44 @@ async def submit(session: Session, req: CloudRequest) -> RunResult:
 
     creds = await session.credentials(plan.key_file)
     await creds.token()  # bad credentials: one clear error before anything is built or recorded
+    await session.check_store()  # and an unwritable history too
+    # The image each region's jobs pull: every region can reach its own registry.
+    images: dict[str, str]
     if req.image_tag:
         image, digest = req.image_tag, req.image_tag
+        images = dict.fromkeys(plan.regions, image)
     else:
+        await session.check_push(prepared, key_file=plan.key_file)
         built = await session.build_prepared(prepared, no_cache=req.project.no_cache)
-        prefix = req.image_registry or session.environ.get(registry.REGISTRY_ENV)
-        if prefix:
-            target = registry.custom_registry(prefix, prepared.repo, built.tag.split(":")[-1])
-        else:
-            target = registry.artifact_registry(
-                plan.regions[0],
-                plan.project_id,
-                req.artifact_repo,
-                prepared.repo,
-                built.tag.split(":")[-1],
-            )
-        image = await registry.push(
-            await session.docker(),
-            await session.http(),
-            image=built.tag,
-            target=target,
-            credentials=creds,
-            sink=session.sink,
+        targets = registry.region_targets(
+            plan.regions,
+            prefix=req.image_registry or session.environ.get(registry.REGISTRY_ENV),
+            project=plan.project_id,
+            repository=req.artifact_repo,
+            image=prepared.repo,
+            tag=built.tag.split(":")[-1],
         )
-        digest = built.digest
+        pushed: dict[registry.Target, str] = {}
+        for target in targets.values():
+            if target not in pushed:
+                pushed[target] = await registry.push(
+                    await session.docker(),
+                    await session.http(),
+                    image=built.tag,
+                    target=target,
+                    credentials=creds,
+                    sink=session.sink,
+                )
+        images = {region: pushed[target] for region, target in targets.items()}
+        image, digest = images[plan.regions[0]], built.digest
 
     store = await session.store()
     user = session.user.name
     xgroup_id = await store.xgroup(xgroup, user)
-    spec_id = await store.container_spec(
-        f"vertex:{image}", image, {**prepared.record(image, digest), "platform": "vertex"}, user
-    )
+    record = {**prepared.record(image, digest), "platform": "vertex"}
+    if len(set(images.values())) > 1:
+        record["images"] = images
+    spec_id = await store.container_spec(f"vertex:{image}", image, record, user)
 
     def items() -> Any:
         for index, exp in enumerate(experiment.expand(config)):
@@ -277,7 +307,7 @@ async def submit(session: Session, req: CloudRequest) -> RunResult:
                 job_id=job_id,
                 store_id=store.store_id,
                 xgroup=xgroup,
-                image=image,
+                image=images[region],
                 argv=argv,
             )
             details: dict[str, object] = {
@@ -297,7 +327,7 @@ async def submit(session: Session, req: CloudRequest) -> RunResult:
                 args=tuple(argv),
                 kwargs=dict(exp),
                 job_id=job_id,
-                image=image,
+                image=images[region],
                 spec=body,
                 details=details,
             )

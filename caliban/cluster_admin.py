@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import yaml
 
-from caliban import gkespec
+from caliban import gkespec, k8sversions
 from caliban.backends.kubeclient import KubeClient, kubeconfig_paths, read_kubeconfig
 from caliban.cloud.gke_api import GkeApi
 from caliban.cloud.http import GoogleApi
@@ -243,6 +243,9 @@ async def submit_file(
         return objects
     kube = await client(session, opts)
     target = kube.target
+    version = await kube.server_version()
+    if warning := k8sversions.check_server(version, objects, where=target.display):
+        session.sink(Notice(warning, level="warning"))
     created: list[dict[str, Any]] = []
     for obj in objects:
         ns = str(obj.get("metadata", {}).get("namespace") or target.namespace)

@@ -14,16 +14,17 @@ Indexed Job for the sweep. Re-running the same command with the same
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 import yaml
 
-from caliban import accelerators, experiment, gkespec, k8sspec, labels, names
+from caliban import accelerators, experiment, gkespec, k8sspec, k8sversions, labels, names
 from caliban.backends.gke import (
     KubeSubmitter,
     indexed_groups,
@@ -32,12 +33,12 @@ from caliban.backends.gke import (
     target_of,
 )
 from caliban.cloud import registry
-from caliban.cluster_admin import resolve_target
+from caliban.cluster_admin import resolve_target, uses_kubeconfig
 from caliban.errors import BackendError, OutcomeUnknown, ValidationError
 from caliban.events import Document, JobsPlanned, JobStateChanged, Notice
 from caliban.fanout import Pacing, submit_all
 from caliban.k8sspec import ClusterTarget, JobShape, Placement
-from caliban.options import ClusterJobRequest
+from caliban.options import ClusterJobRequest, ClusterOptions
 from caliban.spec import JobMode, JobRecord, JobState, Platform
 from caliban.store import PlanItem, Planned
 
@@ -94,8 +95,14 @@ async def check(session: Session, req: ClusterJobRequest, prepared: Prepared) ->
         raise ValidationError("caliban cluster job submit needs a script or module to run")
     if req.indexed and not entry:
         raise ValidationError("--indexed needs the script or module the image runs")
-    target = await resolve_target(session, req.cluster)
-    cluster_type = req.cluster_type or ("gke" if target.kind == "gke" else "generic")
+    if req.xgroup is not None:
+        names.check_xgroup(req.xgroup)
+    if req.image_tag is not None:
+        names.check_image_ref(req.image_tag, "--image_tag")
+    # Everything local is checked before the cluster is looked up, so a bad flag
+    # is not hidden behind a credentials error.
+    kubeconfig = uses_kubeconfig(req.cluster, session.environ)
+    cluster_type = req.cluster_type or ("generic" if kubeconfig else "gke")
     placement = placement_for(req, prepared.mode, cluster_type)
     shape = JobShape(
         image="-", placement=placement, backoff_limit=req.backoff_limit, ttl_seconds=req.ttl_seconds
@@ -103,6 +110,10 @@ async def check(session: Session, req: ClusterJobRequest, prepared: Prepared) ->
     shape.check()
     user_labels = dict(labels.parse_label_flag(f"{k}={v}") for k, v in req.labels)
     prefix = names.dns1123_name(req.name or f"caliban-{session.user.name}")
+    if (req.dry_run or req.export) and not kubeconfig:
+        target = _offline_target(req.cluster, session.environ)
+    else:
+        target = await resolve_target(session, req.cluster)
     registry_prefix = req.image_registry or session.environ.get(registry.REGISTRY_ENV)
     if (
         target.kind == "kubeconfig"
@@ -118,6 +129,20 @@ async def check(session: Session, req: ClusterJobRequest, prepared: Prepared) ->
     return ClusterPlan(target, placement, prefix, user_labels, entry)
 
 
+def _offline_target(opts: ClusterOptions, environ: Mapping[str, str]) -> ClusterTarget:
+    """The GKE cluster as far as the flags name it: a dry run or an export writes
+    manifests, and needs neither credentials nor the GKE API to do so."""
+    if opts.cluster_name:
+        gkespec.check_cluster_name(opts.cluster_name)
+    return ClusterTarget(
+        kind="gke",
+        project=opts.project_id or environ.get("PROJECT_ID") or "<project>",
+        location=gkespec.parse_location(opts.zone).name if opts.zone else "<location>",
+        cluster=opts.cluster_name or "<cluster>",
+        namespace=opts.namespace or "default",
+    )
+
+
 Row = tuple[int, dict[str, object], str, tuple[str, ...], dict[str, Any]]
 
 
@@ -129,6 +154,7 @@ def _manifests(
     xgroup: str,
     store_id: str | None,
     config: experiment.Config,
+    new_id: Callable[[], str] | None = None,
 ) -> list[Row]:
     """(index, experiment, job id, argv, manifest) for every experiment."""
     shape = JobShape(
@@ -140,7 +166,7 @@ def _manifests(
     )
     out: list[Row] = []
     for index, exp in enumerate(experiment.expand(config)):
-        job_id = names.new_job_id()
+        job_id = (new_id or names.new_job_id)()
         argv = tuple(experiment.to_argv(exp, req.script_args))
         job_labels = k8sspec.labels_for(
             user=plan.user_labels, xgroup=xgroup, store_id=store_id, job_id=job_id
@@ -205,9 +231,9 @@ async def submit(session: Session, req: ClusterJobRequest) -> RunResult:
     from caliban.orchestrator import RunResult
 
     prepared = await session.prepare(req.project, gpu_spec=req.gpu_spec, tpu_spec=req.tpu_spec)
-    plan = await check(session, req, prepared)
     config = experiment.validate(req.experiments if req.experiments is not None else {})
-    total = experiment.count(config)
+    total = experiment.check_size(config, req.max_sweep)
+    plan = await check(session, req, prepared)
     xgroup = req.xgroup or names.default_xgroup_name(session.user.name, datetime.now())
 
     if req.dry_run or req.export:
@@ -219,10 +245,12 @@ async def submit(session: Session, req: ClusterJobRequest) -> RunResult:
                 session.sink(Notice(f"wrote {path}"))
         else:
             # One YAML stream, a document per object, as `kubectl apply -f -` reads it.
-            objects = [obj for group in groups for obj in group]
-            session.sink(
-                Document(yaml.safe_dump_all(objects, sort_keys=False, explicit_start=True))
-            )
+            documents = []
+            for objects in groups:
+                for obj in objects:
+                    documents.append(yaml.safe_dump(obj, sort_keys=False, explicit_start=True))
+                    await anyio.lowlevel.checkpoint()  # Ctrl-C gets through a long listing
+            session.sink(Document("".join(documents)))
             session.sink(
                 Notice(
                     f"dry run: {total} job(s) in {xgroup} for {plan.target.display}, "
@@ -235,8 +263,10 @@ async def submit(session: Session, req: ClusterJobRequest) -> RunResult:
 
     kube = await (await session.kube()).client(plan.target)
     await kube.check(plan.target.namespace)
+    await _check_version(session, plan, req)
     if plan.target.kind == "gke" and plan.placement.gpu is not None and not req.force:
         await _check_gpu_limits(session, plan)
+    await session.check_store()  # before a long build, not after
     image = req.image_tag or await _build_and_push(session, req, prepared, plan)
 
     store = await session.store()
@@ -291,6 +321,26 @@ async def submit(session: Session, req: ClusterJobRequest) -> RunResult:
     session.sink(JobsPlanned(xgroup, total, to_send, len(planned) - to_send))
     jobs = await submit_planned(session, planned, pacing=_pacing(req), total=total)
     return RunResult(xgroup, jobs, len(planned) - to_send, platform=Platform.GKE)
+
+
+async def _check_version(session: Session, plan: ClusterPlan, req: ClusterJobRequest) -> None:
+    """Refuse, before anything is built, Jobs using a field the server would drop."""
+    probe = _manifests(
+        plan,
+        req,
+        image="-",
+        xgroup="-",
+        store_id=None,
+        config=experiment.validate({}),
+        new_id=lambda: "0" * 26,  # no real id spent on a probe
+    )
+    objects = list(_indexed_pair(plan, req, probe)) if req.indexed else [probe[0][4]]
+    kube = await (await session.kube()).client(plan.target)
+    warning = k8sversions.check_server(
+        await kube.server_version(), objects, where=plan.target.display
+    )
+    if warning:
+        session.sink(Notice(warning, level="warning"))
 
 
 def _spec_key(plan: ClusterPlan, req: ClusterJobRequest, image: str) -> str:
@@ -358,6 +408,7 @@ def _options_of(target: ClusterTarget) -> Any:
 async def _build_and_push(
     session: Session, req: ClusterJobRequest, prepared: Prepared, plan: ClusterPlan
 ) -> str:
+    await session.check_push(prepared, key_file=plan.target.cloud_key or req.cluster.cloud_key)
     built = await session.build_prepared(prepared, no_cache=req.project.no_cache)
     tag = built.tag.split(":")[-1]
     prefix = req.image_registry or session.environ.get(registry.REGISTRY_ENV)

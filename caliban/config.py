@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from caliban.errors import CalibanConfigError
+from caliban.dockerignore import DockerIgnore
+from caliban.errors import CalibanConfigError, ConfigError
 from caliban.experiment import parse_json
 from caliban.spec import JobMode
 
@@ -85,6 +86,7 @@ class CalibanConfig:
     gcloud: GcloudConfig = GcloudConfig()
     mlflow_config: MlflowConfig | None = None
     uv: UvConfig = UvConfig()
+    include_in_image: tuple[str, ...] = ()
 
     def apt_packages_for(self, mode: JobMode) -> tuple[str, ...]:
         """The apt packages of an image in ``mode``, sorted and without repeats."""
@@ -135,6 +137,8 @@ class _Reader:
             raise self.fail(f"key {key!r} must be a string, not {_kind(value)}")
         if not value.strip():
             raise self.fail(f"key {key!r} must not be empty")
+        if "\0" in value:
+            raise self.fail(f"key {key!r} contains a NUL byte")
         return value
 
     def optional_string(self, value: object, key: str) -> str | None:
@@ -279,6 +283,24 @@ def _uv(r: _Reader, value: object) -> UvConfig:
     )
 
 
+def _include_in_image(r: _Reader, value: object) -> tuple[str, ...]:
+    # Same syntax as .dockerignore lines, so a path or a pattern both work.
+    key = "include_in_image"
+    if not isinstance(value, list):
+        raise r.fail(f"key {key!r} must be a list of paths or patterns, not {_kind(value)}")
+    out: list[str] = []
+    for item in value:
+        text = r.string(item, key).strip()
+        if text.startswith("!"):
+            raise r.fail(f"key {key!r}: {item!r} starts with '!'; list only what to include")
+        try:
+            DockerIgnore.parse(text)
+        except ConfigError as exc:
+            raise r.fail(f"key {key!r}: {item!r} is not a valid pattern ({exc.message})") from None
+        out.append(text)
+    return tuple(out)
+
+
 def _julia(r: _Reader, value: object) -> str:
     return r.string(value, "julia_version").strip()
 
@@ -292,6 +314,7 @@ _KEYS: dict[str, Callable[[_Reader, object], object]] = {
     "gcloud": _gcloud,
     "mlflow_config": _mlflow,
     "uv": _uv,
+    "include_in_image": _include_in_image,
 }
 
 

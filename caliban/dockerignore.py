@@ -21,10 +21,11 @@ import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from caliban.errors import ConfigError
 
-__all__ = ["DockerIgnore", "walk_context"]
+__all__ = ["ContextRules", "DockerIgnore", "walk_context"]
 
 IGNORE_FILE = ".dockerignore"
 
@@ -202,6 +203,7 @@ class DockerIgnore:
         # Per directory, which patterns match it or one of its parents: a walk
         # asks about every entry of a directory, so the parents' answers repeat.
         self._dir_hits: dict[str, tuple[bool, ...]] = {}
+        self._union: re.Pattern[str] | None = None
 
     @property
     def patterns(self) -> tuple[str, ...]:
@@ -305,6 +307,23 @@ class DockerIgnore:
         index = self._last_match(path)
         return index is not None and not self._patterns[index].exception
 
+    def matches(self, relpath: str) -> bool:
+        """Whether a (non ``!``) pattern matches ``relpath`` itself, parents aside.
+
+        The credential rules use this: re-including a folder must not bring
+        back the key file inside it, only naming the file (or a pattern for it) does.
+        """
+        if self._union is None:
+            plain = [p.regex.pattern for p in self._patterns if not p.exception]
+            # One alternation instead of a loop: the walk asks this of every entry.
+            self._union = re.compile("|".join(f"(?:{r})" for r in plain) if plain else "(?!)")
+        return self._union.fullmatch(_normalize_relpath(relpath)) is not None
+
+    def could_match_below(self, reldir: str) -> bool:
+        """Whether a (non ``!``) pattern could match something strictly inside ``reldir``."""
+        parts = _normalize_relpath(reldir).split("/")
+        return any(not p.exception and p.could_match_below(parts) for p in self._patterns)
+
     def can_prune(self, reldir: str) -> bool:
         """True when nothing under the excluded directory ``reldir`` can be sent.
 
@@ -322,6 +341,14 @@ class DockerIgnore:
         return not any(
             p.exception and p.could_match_below(parts) for p in self._patterns[index + 1 :]
         )
+
+
+class ContextRules(Protocol):
+    """What :func:`walk_context` asks: a :class:`DockerIgnore`, or rules layered on one."""
+
+    def excluded(self, relpath: str, is_dir: bool = False) -> bool: ...
+
+    def can_prune(self, reldir: str) -> bool: ...
 
 
 def _include_roots(base: str, include: Sequence[str]) -> list[tuple[str, os.stat_result]]:
@@ -381,7 +408,7 @@ def _children(base: str, rel: str) -> list[tuple[str, os.stat_result]]:
 
 
 def walk_context(
-    root: str | os.PathLike[str], include: Sequence[str], ignore: DockerIgnore
+    root: str | os.PathLike[str], include: Sequence[str], ignore: ContextRules
 ) -> Iterator[tuple[str, os.stat_result]]:
     """Yield ``(relpath, lstat)`` for everything of ``include`` Docker would send.
 

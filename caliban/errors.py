@@ -19,6 +19,7 @@ adapter edge, so callers of the library API only ever catch these::
     │   ├── OutcomeUnknown              a create was sent and its answer lost
     │   └── NotFound                    the platform does not know the object
     └── StoreError                    the SQLite history could not be read or written
+        └── StoreUnwritable             exit 2: found read-only before anything ran
 
 Cancellation (Ctrl-C) is never a CalibanError: it stays a BaseException so
 ``except CalibanError`` can never swallow it.
@@ -161,3 +162,10 @@ class OutcomeUnknown(BackendError):
 
 class StoreError(CalibanError):
     """The history store could not be opened, migrated, read or written."""
+
+
+class StoreUnwritable(StoreError):
+    """The history store cannot be written: found before anything is built or run,
+    so it is reported as bad set-up (exit 2) like any other input."""
+
+    exit_code = EXIT_USAGE

@@ -44,6 +44,14 @@ class BuildStarted(Event):
 
 
 @dataclass(frozen=True)
+class ContextLeftOut(Event):
+    """Credential files the build context did not send (``text`` is the line to show)."""
+
+    paths: tuple[str, ...]
+    text: str
+
+
+@dataclass(frozen=True)
 class BuildLog(Event):
     line: str
 
@@ -93,9 +101,26 @@ class JobStateChanged(Event):
 
 @dataclass(frozen=True)
 class JobOutput(Event):
+    """One line of a job's output, made safe to print (see :mod:`caliban.output`).
+
+    Not every line becomes an event: a flood is thinned out to a readable rate
+    (:class:`JobOutputSkipped` says how much was left out); the job's log file
+    has every byte.
+    """
+
     job_id: str
     label: str
     line: str
+
+
+@dataclass(frozen=True)
+class JobOutputSkipped(Event):
+    """``count`` lines of a job's output were left out here; they are in ``log_path``."""
+
+    job_id: str
+    label: str
+    count: int
+    log_path: str | None = None
 
 
 @dataclass(frozen=True)

@@ -33,10 +33,12 @@ def _parser() -> argparse.ArgumentParser:
         description="Expand an experiment config into the jobs it describes.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    parser.add_argument(
+    # Two ways of printing: asking for both has no single meaning, so refuse it.
+    form = parser.add_mutually_exclusive_group()
+    form.add_argument(
         "--pprint", action="store_true", help="print the JSON list indented by two spaces"
     )
-    parser.add_argument(
+    form.add_argument(
         "--print_flags",
         action="store_true",
         help="print the command-line flags of each job, one job per line",

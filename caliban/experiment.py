@@ -16,11 +16,13 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import math
 import re
 import shlex
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TextIO, TypeAlias, cast
 
 from caliban.errors import ConfigError, ExperimentConfigError
@@ -97,13 +99,42 @@ def parse_json(
     if not stripped.strip():
         raise error(f"{source}: is empty, expected JSON")
     try:
-        return json.loads(stripped)
+        return json.loads(
+            stripped,
+            object_pairs_hook=partial(_unique_keys, source, error),
+            parse_constant=partial(_no_constant, source, error),
+            parse_float=partial(_finite, source, error),
+        )
     except json.JSONDecodeError as exc:
         raise error(
             f"{source}: not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
         ) from None
     except RecursionError:
         raise error(f"{source}: JSON is nested too deeply") from None
+
+
+def _unique_keys(
+    source: str, error: type[ConfigError], pairs: list[tuple[str, object]]
+) -> dict[str, object]:
+    # json keeps the last of duplicate keys silently, so a typo'd copy of a key
+    # would quietly replace the sweep the user meant.
+    out: dict[str, object] = {}
+    for key, value in pairs:
+        if key in out:
+            raise error(f"{source}: key {key!r} appears twice in the same object")
+        out[key] = value
+    return out
+
+
+def _no_constant(source: str, error: type[ConfigError], name: str) -> float:
+    raise error(f"{source}: {name} is not a JSON number; write a finite number or a string")
+
+
+def _finite(source: str, error: type[ConfigError], text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise error(f"{source}: number {text} is too large for a float")
+    return value
 
 
 def _keep_strings(match: re.Match[str]) -> str:
@@ -191,6 +222,8 @@ def _block(obj: Mapping[object, object], where: str) -> _Block:
 def _axis(key: object, value: object, where: str) -> _Axis:
     if not isinstance(key, str):
         raise ExperimentConfigError(f"{where}: key {key!r} is not a string")
+    if "\0" in key:
+        raise ExperimentConfigError(f"{where}: key {key!r} contains a NUL byte")
     if _PLAIN_KEY.fullmatch(key):
         if isinstance(value, list):
             return _Axis(key, (key,), tuple((_checked(item, key, where),) for item in value))
@@ -236,7 +269,19 @@ def _compound_choices(
 
 def _checked(value: object, key: str, where: str) -> Value:
     """``value`` itself, once it is known to be a flag value at every depth."""
-    if isinstance(value, str | int | float):  # bool is an int
+    # A process argument cannot hold a NUL byte, and nan/inf would reach the
+    # script as text that no flag parser reads back as the number meant.
+    if isinstance(value, str):
+        if "\0" in value:
+            raise ExperimentConfigError(
+                f"{where}: value {_show(value)} of key {key!r} contains a NUL byte"
+            )
+        return value
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ExperimentConfigError(
+            f"{where}: value {value!r} of key {key!r} is not a finite number"
+        )
+    if isinstance(value, int | float):  # bool is an int
         return value
     if isinstance(value, list):
         for item in value:
@@ -263,6 +308,28 @@ def _show(value: object, limit: int = 60) -> str:
 def count(config: Config) -> int:
     """The number of jobs ``expand`` yields, computed without expanding."""
     return sum(block.size for block in config.blocks)
+
+
+DEFAULT_MAX_SWEEP = 10_000
+"""Jobs one command may plan unless told more (``--max_sweep``)."""
+
+
+def check_size(config: Config, max_sweep: int = DEFAULT_MAX_SWEEP) -> int:
+    """``count(config)``, or ExperimentConfigError when it is above ``max_sweep``.
+
+    Arithmetic on the list lengths, so a config that would expand to 10**40
+    jobs is refused at once instead of being planned until the disk fills.
+    """
+    total = count(config)
+    if total > max_sweep:
+        digits = len(str(total))
+        size = str(total) if digits <= 15 else f"about 10^{digits - 1}"
+        raise ExperimentConfigError(
+            f"the experiment config expands to {size} jobs, more than the limit of "
+            f"{max_sweep}; pass --max_sweep {total if digits <= 15 else 'N'} "
+            "if you mean it"
+        )
+    return total
 
 
 def expand(config: Config) -> Iterator[Experiment]:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import AsyncIterator, Callable, Sequence
+import shlex
+from collections.abc import AsyncIterator, Callable, Sequence, Set
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,15 @@ import anyio
 
 from caliban._limits import GpuPool
 from caliban.backends.local import LocalBackend, Outcome
-from caliban.errors import BackendError
+from caliban.errors import BackendError, StoreError
 from caliban.events import JobStateChanged, Notice, Sink
 from caliban.gpus import GpuInventory
 from caliban.spec import JobRecord, JobState
 from caliban.store import Planned, Store
+
+# How long a run's claims outlive its last sign of life, when its pid cannot be
+# checked (another host) or was reused; renewed four times per lease.
+LEASE = 60.0
 
 
 def label_for(job: JobRecord, total: int) -> str:
@@ -46,9 +51,20 @@ async def execute(
     max_parallel: int,
     inventory: GpuInventory | None,
     gpus_per_job: int,
+    run_id: str | None = None,
+    claimed: Set[str] | None = None,
 ) -> list[JobRecord]:
-    """Run every ``new``/``reconcile`` job and return all of them as finally recorded."""
-    todo = [p for p in planned if p.action in ("new", "reconcile")]
+    """Run every ``new``/``reconcile`` job (of those in ``claimed``, when given)
+    and return all of them as finally recorded.
+
+    ``run_id``: the store's run that claimed them; its lease is renewed while
+    the sweep goes on, and a job whose claim was lost meanwhile is not launched.
+    """
+    todo = [
+        p
+        for p in planned
+        if p.action in ("new", "reconcile") and (claimed is None or p.job.job_id in claimed)
+    ]
     pool = GpuPool(inventory.ids) if inventory is not None and inventory.ids else None
     workers = max(1, min(max_parallel, len(todo)))
     if pool is not None:
@@ -64,6 +80,9 @@ async def execute(
         current = await store.job(job.job_id)
         # `caliban stop` from another terminal may have stopped it while queued.
         if current is None or current.state.terminal:
+            return
+        # Our lease lapsed (a suspended laptop) and another run took the job over.
+        if run_id is not None and not await store.holds(run_id, job.job_id):
             return
         sink(JobStateChanged(job.job_id, label, JobState.PLANNED, argv=job.args))
         holder = pool.acquire(gpus_per_job) if pool is not None else _no_gpus()
@@ -89,10 +108,12 @@ async def execute(
                     reap=reap,
                 )
             except BackendError as exc:
+                # This job's container could not be made or started (a name
+                # taken, a bad mount, no GPU driver): the job failed, the sweep goes on.
                 with anyio.CancelScope(shield=True):
                     await store.transition(job.job_id, JobState.FAILED, message=exc.message)
                     sink(JobStateChanged(job.job_id, label, JobState.FAILED, detail=exc.message))
-                raise
+                return
         await _record(store, sink, job, label, outcome)
 
     async def worker(reap: Callable[[Any], None]) -> None:
@@ -100,8 +121,21 @@ async def execute(
             async for p in jobs:
                 await run_one(p, reap)
 
+    lease = anyio.CancelScope()
+
+    async def keep_lease(run: str) -> None:
+        with lease:
+            while True:
+                await anyio.sleep(LEASE / 4)
+                try:
+                    await store.renew_run(run, lease=LEASE)
+                except StoreError as exc:  # a busy store: the next renewal may work
+                    sink(Notice(f"could not renew this run's claims: {exc.message}", "warning"))
+
     try:
         async with anyio.create_task_group() as reaper:
+            if run_id is not None:
+                reaper.start_soon(keep_lease, run_id)
 
             def reap(container: Any) -> None:
                 reaper.start_soon(backend.remove, container)
@@ -109,10 +143,11 @@ async def execute(
             async with anyio.create_task_group() as tg:
                 for _ in range(workers):
                     tg.start_soon(worker, reap)
+            lease.cancel()
     finally:
         receive.close()
         with anyio.CancelScope(shield=True):
-            await _stop_leftovers(store, sink, [p.job for p in todo], total)
+            await _stop_leftovers(store, sink, [p.job for p in todo], total, run_id)
     return await store.jobs(job_ids=[p.job.job_id for p in planned])
 
 
@@ -128,12 +163,18 @@ async def _record(store: Store, sink: Sink, job: JobRecord, label: str, outcome:
         )
 
 
-async def _stop_leftovers(store: Store, sink: Sink, jobs: Sequence[JobRecord], total: int) -> None:
-    """Jobs of this run that did not finish (interrupted, or never started) become STOPPED."""
+async def _stop_leftovers(
+    store: Store, sink: Sink, jobs: Sequence[JobRecord], total: int, run_id: str | None
+) -> None:
+    """Jobs of this run that did not finish (interrupted, or never started) become STOPPED,
+    except those another run took over (this one's lease lapsed): they are its to record."""
     if not jobs:
         return
     current = await store.jobs(job_ids=[j.job_id for j in jobs])
     left = [j for j in current if not j.state.terminal]
+    if run_id is not None and left:
+        held = await store.owners([j.job_id for j in left])
+        left = [j for j in left if j.job_id not in held or held[j.job_id].run_id == run_id]
     if not left:
         return
     await store.transitions(
@@ -144,7 +185,7 @@ async def _stop_leftovers(store: Store, sink: Sink, jobs: Sequence[JobRecord], t
     sink(
         Notice(
             f"{len(left)} job(s) recorded as STOPPED; `caliban resubmit --xgroup "
-            f"{left[0].xgroup}` runs them again",
+            f"{shlex.quote(left[0].xgroup)}` runs them again",
             level="warning",
         )
     )

@@ -15,6 +15,9 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
+from urllib.parse import urlsplit
+
+from caliban.errors import ValidationError
 
 JOB_ID_LENGTH = 26
 DNS1123_MAX = 63
@@ -162,3 +165,103 @@ def docker_repo_name(folder_name: str) -> str:
 
     name = _DOCKER_SEPARATOR.sub(separator, folder_name.lower()).strip("._-")
     return name[:128].rstrip("._-") or "caliban-project"
+
+
+# -- checks of user-given names ------------------------------------------------------------
+#
+# Each returns the name unchanged or raises ValidationError naming the flag, so a bad
+# name is refused in one line before it reaches a path, a URL or a shell hint.
+
+XGROUP_MAX = 128
+_XGROUP = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9._-]{{0,{XGROUP_MAX - 1}}}")
+
+# The Docker reference grammar (distribution/reference): [host[:port]/]path[:tag][@digest].
+_REF_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REF_HOST_PART = r"(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])"
+_REF_HOST = rf"(?:{_REF_HOST_PART}(?:\.{_REF_HOST_PART})*|\[[0-9A-Fa-f:]+\])(?::[0-9]+)?"
+_REF_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+_REF_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9A-Fa-f]{32,}"
+_IMAGE_REF = re.compile(
+    rf"(?:{_REF_HOST}/)?{_REF_COMPONENT}(?:/{_REF_COMPONENT})*(?::{_REF_TAG})?(?:@{_REF_DIGEST})?"
+)
+_IMAGE_NAME_MAX = 255  # the repository part, without tag and digest
+
+# Google Cloud project ids: 6-30 characters, lowercase letters, digits and hyphens,
+# a letter first and no hyphen last; old domain-scoped ids carry "domain:" in front.
+_PROJECT_ID = re.compile(r"(?:[a-z0-9][a-z0-9.-]*[a-z0-9]:)?[a-z][a-z0-9-]{4,28}[a-z0-9]")
+_REGION = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)+")
+
+
+def _bad(flag: str, value: str, rule: str) -> ValidationError:
+    shown = value if len(value) <= 80 else value[:79] + "…"
+    return ValidationError(f"{flag} {shown!r}: {rule}")
+
+
+def check_xgroup(name: str, flag: str = "--xgroup") -> str:
+    """An experiment group name: 1-128 of ``[A-Za-z0-9._-]``, the first one a letter,
+    a digit or ``_``.
+
+    The name becomes a folder under ``logs/`` and is pasted into printed commands,
+    so it may hold neither path separators, ``..``, spaces, newlines nor shell
+    syntax, and must not start like a flag.
+    """
+    if not _XGROUP.fullmatch(name):
+        raise _bad(
+            flag,
+            name,
+            f"use 1 to {XGROUP_MAX} letters, digits, '.', '_' or '-', starting with a "
+            "letter, digit or '_'",
+        )
+    return name
+
+
+def check_image_ref(ref: str, flag: str) -> str:
+    """A Docker image reference (``repo[:tag][@digest]``, or an image id)."""
+    name = ref.partition("@")[0]
+    if ":" in name.rpartition("/")[2]:
+        name = name.rpartition(":")[0]
+    if len(name) > _IMAGE_NAME_MAX or not _IMAGE_REF.fullmatch(ref):
+        raise _bad(
+            flag,
+            ref,
+            "not a Docker image reference (like registry.example/team/image:tag, lowercase "
+            "path, no spaces)",
+        )
+    return ref
+
+
+def check_project_id(project: str, flag: str = "--project_id") -> str:
+    """A Google Cloud project id, which caliban puts into API URLs."""
+    if not _PROJECT_ID.fullmatch(project):
+        raise _bad(
+            flag,
+            project,
+            "not a Google Cloud project id (6 to 30 lowercase letters, digits or hyphens, "
+            "starting with a letter)",
+        )
+    return project
+
+
+def check_region(region: str, flag: str = "--region") -> str:
+    """A Google Cloud region or zone name (``us-central1``, ``europe-west4-a``)."""
+    if not _REGION.fullmatch(region):
+        raise _bad(flag, region, "not a Google Cloud region (like us-central1)")
+    return region
+
+
+def check_url(url: str, flag: str) -> str:
+    """An http(s) base URL with a host."""
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        raise _bad(flag, url, "has an invalid port") from None
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or any(c.isspace() or not c.isprintable() for c in url)
+    ):
+        raise _bad(flag, url, "not an http(s) URL (like https://host[:port][/path])")
+    if parts.query or parts.fragment:
+        raise _bad(flag, url, "a base URL takes no query or fragment")
+    return url

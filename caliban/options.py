@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from caliban.dockerfile import Jupyter
+from caliban.experiment import DEFAULT_MAX_SWEEP
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,9 @@ class RunRequest:
     ``experiments`` is a validated experiment config (see
     :func:`caliban.experiment.validate`); ``script_args`` go before each
     experiment's flags. ``max_parallel`` None means one job per free GPU slot
-    in GPU mode and one per CPU core otherwise.
+    in GPU mode and one per CPU core otherwise. A config that expands to more
+    than ``max_sweep`` jobs is refused before anything happens (also for the
+    cloud and cluster requests).
     """
 
     project: ProjectOptions
@@ -61,6 +64,7 @@ class RunRequest:
     gpu_ids: tuple[str, ...] | None = None
     docker_run_args: tuple[str, ...] = ()
     dry_run: bool = False
+    max_sweep: int = DEFAULT_MAX_SWEEP
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,7 @@ class CloudRequest:
     endpoint: str | None = None
     artifact_repo: str = "caliban"
     image_registry: str | None = None
+    max_sweep: int = DEFAULT_MAX_SWEEP
 
 
 @dataclass(frozen=True)
@@ -200,6 +205,7 @@ class ClusterJobRequest:
     rate_limit: float | None = None
     image_registry: str | None = None
     artifact_repo: str = "caliban"
+    max_sweep: int = DEFAULT_MAX_SWEEP
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import dataclasses
 import getpass
 import os
 import re
+import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
@@ -28,23 +29,25 @@ from typing import TYPE_CHECKING, Any
 
 import aiodocker
 import anyio
+import anyio.lowlevel
 
-from caliban import baseimage, engine, experiment, names, project
+from caliban import baseimage, engine, experiment, names, project, secretenv
 from caliban import config as calibanconfig
 from caliban.backends import Backend, Update
 from caliban.backends.local import LocalBackend, container_config, rebind, run_options
-from caliban.build import BuiltImage, notice_conda
+from caliban.build import BuiltImage, find_secrets, notice_conda, refuse_secrets
 from caliban.build import build as build_image
+from caliban.dockerargs import RunOptions
 from caliban.dockerfile import BuildSpec, ImageUser
-from caliban.errors import CalibanError, ValidationError
+from caliban.errors import CalibanError, StoreError, StoreUnwritable, ValidationError
 from caliban.events import JobsPlanned, Notice, Sink, discard
 from caliban.gpus import GpuInventory
 from caliban.gpus import detect as detect_gpus
 from caliban.jobmode import resolve_mode
-from caliban.local_run import execute
+from caliban.local_run import LEASE, execute
 from caliban.options import NotebookRequest, ProjectOptions, RunRequest, ShellRequest
 from caliban.spec import JobMode, JobRecord, JobState, Platform
-from caliban.store import PlanItem, Planned, Store, default_home
+from caliban.store import PlanItem, Planned, RunOwner, Store, default_home
 
 if TYPE_CHECKING:
     import aiohttp
@@ -109,17 +112,45 @@ class RunResult:
     skipped: int = 0
     dry_run: bool = False
     platform: Platform = Platform.LOCAL
+    # The jobs this call launched, when it left others alone (a local re-run:
+    # ones that succeeded before, or that another run is running). None: all.
+    launched: frozenset[str] | None = None
 
     @property
     def counts(self) -> Counter[JobState]:
         return Counter(j.state for j in self.jobs)
 
+    def _ours(self, job: JobRecord) -> bool:
+        return self.launched is None or job.job_id in self.launched
+
     @property
     def ok(self) -> bool:
+        """Every job this call launched succeeded (local) or was accepted (remote).
+        Jobs left to another run are that run's to report."""
         accepted = (JobState.SUBMITTED, JobState.RUNNING, JobState.SUCCEEDED)
         return all(
             j.state is JobState.SUCCEEDED if j.platform is Platform.LOCAL else j.state in accepted
             for j in self.jobs
+            if self._ours(j)
+        )
+
+    def tally(self) -> list[tuple[int, str]]:
+        """Every job counted exactly once: by its state if this call launched
+        it, else by why it was left alone."""
+        counts: Counter[str] = Counter()
+        for j in self.jobs:
+            if self._ours(j):
+                counts[j.state.value.lower()] += 1
+            elif j.state is JobState.SUCCEEDED:
+                counts["already succeeded"] += 1
+            elif not j.state.terminal:
+                counts["already running"] += 1
+            else:  # left to another run, which recorded this meanwhile
+                counts[f"{j.state.value.lower()} elsewhere"] += 1
+        order = [s.value.lower() for s in JobState]
+        return sorted(
+            ((n, what) for what, n in counts.items()),
+            key=lambda item: (order.index(item[1]) if item[1] in order else len(order), item[1]),
         )
 
 
@@ -139,7 +170,25 @@ def _labels_from_env(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 def _safe_path_part(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:100] or "_"
+    part = re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:100]
+    # "." and ".." would put the logs beside or above logs/ (groups recorded
+    # before names were checked may still be called so).
+    return "_" if part.strip(".") == "" else part
+
+
+def _check_run_options(options: RunOptions) -> None:
+    """Flags of --docker_run_args that would undo what caliban run guarantees."""
+    if options.privileged:
+        raise ValidationError(
+            "--docker_run_args: --privileged gives every job all host devices, GPUs "
+            "included, so jobs would no longer hold their GPUs exclusively",
+            hint="grant what the job needs instead: --cap-add, --device, --security-opt",
+        )
+    if options.gpus:
+        raise ValidationError(
+            "--docker_run_args: --gpus is caliban's to set (each job gets its own GPUs); "
+            "use --gpu_ids and --gpus_per_job, or --nogpu for none"
+        )
 
 
 class Session:
@@ -172,7 +221,11 @@ class Session:
         self._credentials: dict[str | None, Credentials] = {}
         # Credentials for status/stop/resubmit of cloud jobs (--cloud_key).
         self.cloud_key: str | None = None
+        # --quota_project: billed for Google API calls instead of the credentials' own.
+        self.quota_project: str | None = None
         self._kube: KubeConnections | None = None
+        # --cloud_key of a push (check_push): kept out of the image it builds.
+        self._push_keys: list[str] = []
 
     async def __aenter__(self) -> Session:
         return self
@@ -197,6 +250,17 @@ class Session:
             self._store = await self._stack.enter_async_context(Store(self.db_path))
         return self._store
 
+    async def check_store(self) -> None:
+        """Open the history and make sure it takes writes: a store problem is
+        reported before a long build, as bad set-up (exit 2), not after it."""
+        try:
+            store = await self.store()
+        except StoreUnwritable:
+            raise
+        except StoreError as exc:
+            raise StoreUnwritable(exc.message, hint=exc.hint) from exc
+        await store.check_writable()
+
     async def http(self) -> aiohttp.ClientSession:
         """The one HTTP session of this Session (Google APIs, registries)."""
         if self._http is None:
@@ -213,7 +277,10 @@ class Session:
 
         if key_file not in self._credentials:
             creds = await Credentials.load(
-                await self.http(), key_file=key_file, environ=self.environ
+                await self.http(),
+                key_file=key_file,
+                environ=self.environ,
+                quota_project=self.quota_project,
             )
             self._stack.push_async_callback(creds.aclose)
             self._credentials[key_file] = creds
@@ -244,6 +311,8 @@ class Session:
         tpu_spec: object | None = None,
     ) -> Prepared:
         """Check a project and decide what its image holds. No side effects."""
+        if project_opts.image_id is not None:  # run, shell and notebook take one
+            names.check_image_ref(project_opts.image_id, "--image_id")
         folder = project_opts.folder.resolve()
         facts = await anyio.to_thread.run_sync(
             project.inspect, folder, tuple(project_opts.extra_dirs)
@@ -255,6 +324,9 @@ class Session:
             entry = await anyio.to_thread.run_sync(
                 project.resolve_entrypoint, project_opts.entry, folder
             )
+        await anyio.to_thread.run_sync(
+            project.check_extras, folder, tuple(project_opts.extras), facts.setup_py
+        )
         extras: tuple[str, ...] = ()
         if facts.setup_py:
             extras = tuple(dict.fromkeys([mode.value, *project_opts.extras]))
@@ -276,6 +348,25 @@ class Session:
         repo = "caliban-" + names.docker_repo_name(folder.name)
         return Prepared(folder, mode, cfg, spec, repo)
 
+    def _key_files(self, prepared: Prepared, key_file: str | None = None) -> list[str]:
+        """Key files that stay out of the image wherever they are in the folder."""
+        named = [key_file, self.cloud_key, *self._push_keys]
+        named.append(calibanconfig.resolve_cloud_key(None, self.environ, prepared.config))
+        return [k for k in dict.fromkeys(named) if k]
+
+    async def check_push(self, prepared: Prepared, *, key_file: str | None = None) -> None:
+        """Refuse (exit 2, before anything is built) to push an image holding a key."""
+        if key_file:
+            self._push_keys.append(key_file)
+        found = await anyio.to_thread.run_sync(
+            find_secrets,
+            prepared.folder,
+            prepared.spec,
+            prepared.config.include_in_image,
+            self._key_files(prepared),
+        )
+        refuse_secrets(found)
+
     async def build_prepared(self, prepared: Prepared, *, no_cache: bool = False) -> BuiltImage:
         docker = await self.docker()
         await notice_conda(prepared.folder, self.sink)
@@ -287,6 +378,8 @@ class Session:
             no_cache=no_cache,
             sink=self.sink,
             labels=self.labels,
+            include=prepared.config.include_in_image,
+            key_files=self._key_files(prepared),
         )
 
     async def build(self, project_opts: ProjectOptions) -> BuiltImage:
@@ -325,6 +418,8 @@ class Session:
         if req.project.use_gpu is None and (req.gpu_ids or req.gpus_per_job):
             # Naming GPUs asks for GPU mode, whatever default_mode says.
             req = dataclasses.replace(req, project=dataclasses.replace(req.project, use_gpu=True))
+        if req.xgroup is not None:
+            names.check_xgroup(req.xgroup)
         prepared = await self.prepare(req.project)
         if prepared.spec.entry is None and req.project.image_id is None:
             raise ValidationError("caliban run needs a script or module to run")
@@ -332,8 +427,9 @@ class Session:
         if req.max_parallel is not None and req.max_parallel < 1:
             raise ValidationError("--max_parallel must be at least 1")
         options = await run_options(req.docker_run_args, self.environ)
+        _check_run_options(options)
         config = experiment.validate(req.experiments if req.experiments is not None else {})
-        total = experiment.count(config)
+        total = experiment.check_size(config, req.max_sweep)
         xgroup = req.xgroup or names.default_xgroup_name(self.user.name, datetime.now())
         if inventory is not None:
             max_parallel = req.max_parallel or max(1, len(inventory.ids) // per_job)
@@ -341,6 +437,9 @@ class Session:
             max_parallel = req.max_parallel or (os.cpu_count() or 1)
 
         base = options.apply({"Labels": dict(self.labels)} if self.labels else {})
+        # Secret -e values are recorded by name only and put back at launch.
+        base, secret_values = secretenv.redact(base)
+        secret_details = {secretenv.DETAILS_KEY: sorted(secret_values)} if secret_values else {}
 
         if req.dry_run:
             image = req.project.image_id or f"{prepared.repo}:<content hash>"
@@ -355,6 +454,8 @@ class Session:
                     base=base,
                 )
                 self.sink(Notice(f"job {index + 1}/{total}: {_docker_run_line(body)}"))
+                # Lets Ctrl-C and SIGTERM through however long the listing is.
+                await anyio.lowlevel.checkpoint()
             self.sink(
                 Notice(
                     f"dry run: {total} job(s) in {xgroup}; nothing was built, run or "
@@ -364,6 +465,9 @@ class Session:
             )
             return RunResult(xgroup, dry_run=True)
 
+        # Both preconditions before any work: an engine, then a writable history.
+        await self.docker()
+        await self.check_store()
         if req.project.image_id:
             image, digest = req.project.image_id, req.project.image_id
             if not await engine.image_exists(await self.docker(), image):
@@ -398,7 +502,11 @@ class Session:
                     job_id=job_id,
                     image=image,
                     spec=body,
-                    details={"mode": prepared.mode.value, "gpus_per_job": per_job},
+                    details={
+                        "mode": prepared.mode.value,
+                        "gpus_per_job": per_job,
+                        **secret_details,
+                    },
                     log_path=str(logs / f"{job_id}.log"),
                 )
 
@@ -416,7 +524,22 @@ class Session:
             max_parallel=max_parallel,
             inventory=inventory,
             per_job=per_job,
+            secrets=secret_values,
         )
+
+    def _with_secrets(self, planned: Planned, values: Mapping[str, str]) -> Planned:
+        """The job's spec with its secret -e values put back (never recorded)."""
+        names = secretenv.names_of(planned.job.details)
+        if not names or planned.action not in ("new", "reconcile"):
+            return planned
+        try:
+            spec = secretenv.restore(planned.job.spec, names, values, self.environ)
+        except secretenv.MissingSecret as exc:
+            raise ValidationError(
+                f"job {planned.job.short_id} needs ${exc.name}, which caliban records by "
+                f"name only: export {exc.name} and run the command again"
+            ) from None
+        return dataclasses.replace(planned, job=dataclasses.replace(planned.job, spec=spec))
 
     async def _execute_local(
         self,
@@ -427,28 +550,46 @@ class Session:
         max_parallel: int,
         inventory: GpuInventory | None,
         per_job: int,
+        secrets: Mapping[str, str] | None = None,
     ) -> RunResult:
-        to_run = sum(1 for p in planned if p.action in ("new", "reconcile"))
-        skipped = len(planned) - to_run
-        self.sink(JobsPlanned(xgroup, total, to_run, skipped))
-        if skipped:
-            self.sink(
-                Notice(
-                    f"{skipped} job(s) of {xgroup} already succeeded or are running; "
-                    "not running them again"
-                )
+        planned = [self._with_secrets(p, secrets or {}) for p in planned]
+        store = await self.store()
+        wanted = [p.job.job_id for p in planned if p.action in ("new", "reconcile")]
+        run_id = await store.open_run(lease=LEASE)
+        try:
+            # Another `caliban run` of this group may hold some of them: we run
+            # only what we claim, and leave the rest to it.
+            claim = await store.claim(run_id, wanted)
+            active = [p.job.job_id for p in planned if p.action == "active"]
+            held = {**claim.held, **await store.owners(active)}
+            mine = len(claim.claimed)
+            skipped = len(planned) - mine
+            self.sink(JobsPlanned(xgroup, total, mine, skipped))
+            for line in skip_notices(
+                xgroup,
+                planned=len(planned),
+                mine=mine,
+                held=held,
+                done=sum(1 for p in planned if p.action == "done"),
+                orphans=sum(1 for j in active if j not in held),
+            ):
+                self.sink(Notice(line))
+            jobs = await execute(
+                planned,
+                backend=await self._local(),
+                store=store,
+                sink=self.sink,
+                total=total,
+                max_parallel=max_parallel,
+                inventory=inventory,
+                gpus_per_job=per_job,
+                run_id=run_id,
+                claimed=claim.claimed,
             )
-        jobs = await execute(
-            planned,
-            backend=await self._local(),
-            store=await self.store(),
-            sink=self.sink,
-            total=total,
-            max_parallel=max_parallel,
-            inventory=inventory,
-            gpus_per_job=per_job,
-        )
-        return RunResult(xgroup, jobs, skipped)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await store.close_run(run_id)
+        return RunResult(xgroup, jobs, skipped, launched=claim.claimed)
 
     # -- interactive -------------------------------------------------------------------
 
@@ -527,8 +668,17 @@ class Session:
         by_platform: dict[Platform, list[JobRecord]] = {}
         for job in open_jobs:
             by_platform.setdefault(job.platform, []).append(job)
+        if by_platform.get(Platform.LOCAL):
+            # A live run records its own jobs; an exited container it has not
+            # removed yet is its output still being saved, not an orphan.
+            held = await store.owners([j.job_id for j in by_platform[Platform.LOCAL]])
+            by_platform[Platform.LOCAL] = [
+                j for j in by_platform[Platform.LOCAL] if j.job_id not in held
+            ]
         updates: list[Update] = []
         for platform, group in by_platform.items():
+            if not group:
+                continue
             try:
                 backend = await self._backend(platform, group)
                 updates += await backend.refresh(group)
@@ -587,6 +737,7 @@ class Session:
         )
         jobs = [j for j in candidates if j.user == self.user.name]
         if dry_run or not jobs:
+            await self._remove_leftovers(xgroup, dry_run=dry_run)
             return jobs
         if confirm is not None and not await confirm(jobs):
             return []
@@ -610,7 +761,41 @@ class Session:
             await store.transitions(
                 [(u.job_id, u.state, u.exit_code, u.message, u.platform_id, None) for u in updates]
             )
+        await self._remove_leftovers(xgroup, dry_run=False)
         return await store.jobs(job_ids=[j.job_id for j in jobs])
+
+    async def _remove_leftovers(self, xgroup: str | None, *, dry_run: bool) -> None:
+        """Containers of this store's finished jobs that are still on the engine
+        (an interrupted run that could not clean up) are removed, the user's own only."""
+        store = await self.store()
+        if not await store.jobs(xgroup=xgroup, platform=Platform.LOCAL, limit=1):
+            return  # cloud jobs only: no engine to ask
+        try:
+            backend = await self._local()
+            containers = await backend.job_containers()
+        except (CalibanError, aiodocker.DockerError):
+            return  # no engine here: nothing local to clean
+        if not containers:
+            return
+        records = await store.jobs(job_ids=list(containers))
+        left = [
+            j
+            for j in records
+            if j.state.terminal
+            and j.user == self.user.name
+            and (xgroup is None or j.xgroup == xgroup)
+        ]
+        if not left:
+            return
+        if dry_run:
+            self.sink(
+                Notice(f"{len(left)} leftover container(s) of finished jobs would be removed")
+            )
+            return
+        async with anyio.create_task_group() as tg:
+            for j in left:
+                tg.start_soon(backend.remove, containers[j.job_id])
+        self.sink(Notice(f"removed {len(left)} leftover container(s) of finished jobs"))
 
     async def resubmit(
         self,
@@ -668,6 +853,9 @@ class Session:
                     f"image {image} is no longer on the Docker engine; run the original "
                     "`caliban run` command again to rebuild it"
                 )
+        for old in jobs:
+            # Before anything is recorded: the values come from this environment.
+            self._with_secrets(Planned("new", old), {})
         new_items = []
         for old in jobs:
             job_id = names.new_job_id()
@@ -716,6 +904,46 @@ class Session:
         backend = await self._backend(job.platform, [job])
         async for chunk in backend.logs(job, follow=follow):
             yield chunk
+
+
+def skip_notices(
+    xgroup: str,
+    *,
+    planned: int,
+    mine: int,
+    held: Mapping[str, RunOwner],
+    done: int,
+    orphans: int,
+    here: str | None = None,
+) -> list[str]:
+    """One line per reason a planned job is not run by this call."""
+    here = socket.gethostname() if here is None else here
+    lines: list[str] = []
+    if held:
+        owners = sorted(set(held.values()), key=lambda o: o.started)
+        who = " and ".join(
+            f"pid {o.pid}"
+            + (f" on {o.host}" if o.host != here else "")
+            + f" since {datetime.fromisoformat(o.started).astimezone():%H:%M}"
+            for o in owners
+        )
+        if not mine:
+            rest = "nothing is left to run here"
+        elif mine + len(held) == planned:
+            rest = f"running the {mine} others"
+        else:
+            rest = f"running {mine} others"
+        lines.append(
+            f"{len(held)} of {planned} jobs of xgroup {xgroup} are being run by {who}; {rest}"
+        )
+    if done:
+        lines.append(f"{done} job(s) of {xgroup} already succeeded; not running them again")
+    if orphans:
+        lines.append(
+            f"{orphans} job(s) of {xgroup} are still running from an earlier run; "
+            "`caliban status` records how they end"
+        )
+    return lines
 
 
 def _docker_run_line(body: Mapping[str, Any]) -> str:

@@ -51,7 +51,9 @@ class JobState(StrEnum):
     PLANNED is written before any side effect: a PLANNED job may or may not exist
     on its platform and is reconciled (looked up by its job id) before it is
     sent again. UNKNOWN means the last lookup failed; it is *not* terminal and
-    the next refresh tries again.
+    the next refresh tries again. CANCELLING: a cancel was accepted but the
+    platform ends jobs asynchronously (Vertex), so the job may still finish; it
+    is refreshed until the platform says how it ended.
     """
 
     PLANNED = "PLANNED"
@@ -61,6 +63,7 @@ class JobState(StrEnum):
     FAILED = "FAILED"
     STOPPED = "STOPPED"
     UNKNOWN = "UNKNOWN"
+    CANCELLING = "CANCELLING"
 
     @property
     def terminal(self) -> bool:
@@ -69,7 +72,12 @@ class JobState(StrEnum):
     @property
     def active(self) -> bool:
         """Submitted to (or running on) a platform and not finished."""
-        return self in (JobState.SUBMITTED, JobState.RUNNING, JobState.UNKNOWN)
+        return self in (
+            JobState.SUBMITTED,
+            JobState.RUNNING,
+            JobState.UNKNOWN,
+            JobState.CANCELLING,
+        )
 
 
 _TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED})

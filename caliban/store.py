@@ -14,23 +14,26 @@ ever grows.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import socket
 import sqlite3
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal
 
 import aiosqlite
 import anyio
 
-from caliban.errors import StoreError
+from caliban import filemodes
+from caliban.errors import StoreError, StoreUnwritable
 from caliban.spec import JobRecord, JobState, Platform
 
 MIGRATIONS: list[list[str]] = [
@@ -85,6 +88,18 @@ MIGRATIONS: list[list[str]] = [
             detail TEXT)""",
         "CREATE INDEX job_events_by_job ON job_events (job_id, id)",
     ],
+    # 2: runs own the jobs they launch, so two processes never run the same job.
+    [
+        """CREATE TABLE runs (
+            id TEXT PRIMARY KEY,
+            pid INTEGER NOT NULL,
+            host TEXT NOT NULL,
+            started TEXT NOT NULL,
+            lease_until TEXT NOT NULL,
+            ended TEXT)""",
+        "ALTER TABLE jobs ADD COLUMN claimed_by TEXT REFERENCES runs(id)",
+        "CREATE INDEX jobs_by_claim ON jobs (claimed_by)",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -92,6 +107,22 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _later(seconds: float) -> str:
+    return (datetime.now(timezone.utc) + timedelta(seconds=seconds)).isoformat(
+        timespec="microseconds"
+    )
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    return True
 
 
 def default_home() -> Path:
@@ -156,6 +187,24 @@ class Planned:
     job: JobRecord
 
 
+@dataclass(frozen=True)
+class RunOwner:
+    """A live process that holds claims on jobs: who, where, since when."""
+
+    run_id: str
+    pid: int
+    host: str
+    started: str
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What :meth:`Store.claim` got: the jobs now ours, and the live owners of the rest."""
+
+    claimed: frozenset[str]
+    held: dict[str, RunOwner]
+
+
 _JOB_COLUMNS = """
     j.id, j.platform, j.state, x.name, e.id, e.idx, e.args, e.kwargs, j.image, j.spec,
     j.details, j.platform_id, j.exit_code, j.message, j.log_path, j.user, j.created,
@@ -201,7 +250,7 @@ class Store:
 
     async def __aenter__(self) -> Store:
         try:
-            await anyio.Path(self.path.parent).mkdir(parents=True, exist_ok=True)
+            await anyio.to_thread.run_sync(filemodes.secure_store, self.path)
             self._db = await aiosqlite.connect(self.path, isolation_level=None, timeout=30)
             for pragma in (
                 "journal_mode=WAL",
@@ -250,9 +299,13 @@ class Store:
                 raise StoreError(f"cannot write to {self.path}: {exc}") from exc
             try:
                 yield db
-            except BaseException:
-                with anyio.CancelScope(shield=True):
+            except BaseException as exc:
+                with anyio.CancelScope(shield=True), contextlib.suppress(sqlite3.Error):
                     await db.execute("ROLLBACK")
+                # A statement that fails mid-transaction (disk full, the file made
+                # read-only under a running sweep) is the store's error, not a traceback.
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"cannot write to {self.path}: {exc}") from exc
                 raise
             else:
                 with anyio.CancelScope(shield=True):
@@ -328,8 +381,50 @@ class Store:
         Re-planning the same experiments in the same group is how a crashed or
         interrupted sweep resumes: succeeded and active jobs are left alone,
         failed and stopped ones get a new job, PLANNED ones are handed back for
-        reconciliation.
+        reconciliation. Batches are written one transaction each, and a
+        cancellation (Ctrl-C, SIGTERM) lands between them; whatever stops the
+        planning, the jobs it recorded become STOPPED, not PLANNED jobs that
+        nothing would launch, so resubmit (or the same command) runs them.
         """
+        seen: list[str] = []
+
+        def noted(source: Iterable[PlanItem]) -> Iterator[PlanItem]:
+            for item in source:
+                seen.append(item.job_id)
+                yield item
+
+        try:
+            return await self._plan_items(
+                xgroup_id=xgroup_id,
+                container_spec_id=container_spec_id,
+                platform=platform,
+                user=user,
+                items=noted(items),
+                batch=batch,
+            )
+        except BaseException:
+            if seen:
+                # Ids never written match no row: harmless.
+                stopped = [
+                    (job_id, JobState.STOPPED, None, "interrupted while planning", None, None)
+                    for job_id in seen
+                ]
+                # A store too broken to record this must not hide the first error.
+                with anyio.CancelScope(shield=True), suppress(StoreError, sqlite3.Error):
+                    await self.transitions(stopped)
+            raise
+
+    async def _plan_items(
+        self,
+        *,
+        xgroup_id: int,
+        container_spec_id: int,
+        platform: Platform,
+        user: str,
+        items: Iterable[PlanItem],
+        batch: int = 500,
+    ) -> list[Planned]:
+        """:meth:`plan` without the clean-up when interrupted."""
         out: list[Planned] = []
         pending: list[tuple[str, PlanItem]] = []
         # A config may list the same experiment twice on purpose (repeats):
@@ -352,6 +447,28 @@ class Store:
                 await self._plan_batch(xgroup_id, container_spec_id, platform, user, pending)
             )
         return out
+
+    async def check_writable(self) -> None:
+        """Fail now, before a long build, if the history cannot be written later."""
+        async with self._lock:
+            db = self.db
+            with anyio.CancelScope(shield=True):
+                try:
+                    await db.execute("BEGIN IMMEDIATE")
+                except sqlite3.Error as exc:
+                    raise StoreUnwritable(
+                        f"cannot write to the history store {self.path}: {exc}"
+                    ) from None
+                try:
+                    # BEGIN alone succeeds on a read-only file; a real write does not.
+                    await db.execute("UPDATE meta SET value = value WHERE key = 'store_id'")
+                except sqlite3.Error as exc:
+                    raise StoreUnwritable(
+                        f"cannot write to the history store {self.path}: {exc}",
+                        hint="make it writable, or point $CALIBAN_HOME at a writable folder",
+                    ) from None
+                finally:
+                    await db.execute("ROLLBACK")
 
     async def _plan_batch(
         self,
@@ -620,3 +737,99 @@ class Store:
         ) as cur:
             rows = await cur.fetchall()
         return [(r[0], r[1], r[2]) for r in rows]
+
+    # -- runs and claims ----------------------------------------------------------------
+    #
+    # A run claims the jobs it is about to launch; a job claimed by a live run is
+    # never launched by another. Liveness is a lease the run renews while it works,
+    # and on this host also its pid: a run killed with -9 releases its jobs at
+    # once here, and after its lease elsewhere (the store may be on a shared disk).
+
+    async def open_run(self, *, lease: float) -> str:
+        run_id = uuid.uuid4().hex
+        stamp = now()
+        async with self._tx() as db:
+            await db.execute(
+                "INSERT INTO runs (id, pid, host, started, lease_until) VALUES (?, ?, ?, ?, ?)",
+                (run_id, os.getpid(), socket.gethostname(), stamp, _later(lease)),
+            )
+        return run_id
+
+    async def renew_run(self, run_id: str, *, lease: float) -> None:
+        async with self._tx() as db:
+            await db.execute(
+                "UPDATE runs SET lease_until = ? WHERE id = ? AND ended IS NULL",
+                (_later(lease), run_id),
+            )
+
+    async def close_run(self, run_id: str) -> None:
+        """The run is over: whatever it still holds is free (it is recorded STOPPED)."""
+        async with self._tx() as db:
+            await db.execute("UPDATE runs SET ended = ? WHERE id = ?", (now(), run_id))
+
+    @staticmethod
+    async def _live_owners(db: aiosqlite.Connection, run_ids: Iterable[str]) -> dict[str, RunOwner]:
+        ids = list(dict.fromkeys(run_ids))
+        if not ids:
+            return {}
+        here = socket.gethostname()
+        stamp = now()
+        async with db.execute(
+            "SELECT id, pid, host, started FROM runs WHERE ended IS NULL AND lease_until > ?"
+            f" AND id IN ({','.join('?' * len(ids))})",
+            (stamp, *ids),
+        ) as cur:
+            rows = await cur.fetchall()
+        return {
+            str(r[0]): RunOwner(str(r[0]), int(r[1]), str(r[2]), str(r[3]))
+            for r in rows
+            if r[2] != here or _pid_exists(int(r[1]))
+        }
+
+    async def claim(self, run_id: str, job_ids: Sequence[str]) -> Claim:
+        """Make ``job_ids`` this run's, except those a live run holds, in one
+        transaction: of two runs claiming the same job, exactly one gets it."""
+        claimed: set[str] = set()
+        held: dict[str, RunOwner] = {}
+        ids = list(dict.fromkeys(job_ids))
+        async with self._tx() as db:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                async with db.execute(
+                    f"SELECT id, claimed_by FROM jobs WHERE id IN ({marks})", chunk
+                ) as cur:
+                    current = {str(r[0]): r[1] for r in await cur.fetchall()}
+                others = {str(o) for o in current.values() if o is not None and o != run_id}
+                live = await self._live_owners(db, others)
+                free = [j for j, owner in current.items() if owner not in live]
+                held.update({j: live[o] for j, o in current.items() if o in live})
+                if free:
+                    await db.execute(
+                        f"UPDATE jobs SET claimed_by = ? WHERE id IN ({','.join('?' * len(free))})",
+                        (run_id, *free),
+                    )
+                    claimed.update(free)
+        return Claim(frozenset(claimed), held)
+
+    async def owners(self, job_ids: Sequence[str]) -> dict[str, RunOwner]:
+        """The live run holding each of ``job_ids``, for those a live run holds."""
+        out: dict[str, RunOwner] = {}
+        ids = list(dict.fromkeys(job_ids))
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            async with self.db.execute(
+                f"SELECT id, claimed_by FROM jobs WHERE claimed_by IS NOT NULL"
+                f" AND id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ) as cur:
+                current = {str(r[0]): str(r[1]) for r in await cur.fetchall()}
+            live = await self._live_owners(self.db, current.values())
+            out.update({j: live[o] for j, o in current.items() if o in live})
+        return out
+
+    async def holds(self, run_id: str, job_id: str) -> bool:
+        async with self.db.execute(
+            "SELECT 1 FROM jobs WHERE id = ? AND claimed_by = ?", (job_id, run_id)
+        ) as cur:
+            return await cur.fetchone() is not None

@@ -23,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from caliban import events as ev
+from caliban.output import sanitize_text
 from caliban.spec import JobRecord, JobState
 
 _STATE_STYLE = {
@@ -33,6 +34,7 @@ _STATE_STYLE = {
     JobState.FAILED: "bold red",
     JobState.STOPPED: "yellow",
     JobState.UNKNOWN: "magenta",
+    JobState.CANCELLING: "yellow",
 }
 # Wide enough that a piped table never folds a cell, small enough to lay out quickly.
 _PIPED_WIDTH = 1 << 15
@@ -202,9 +204,13 @@ class ConsoleSink:
             )
         )
 
+    def _on_ContextLeftOut(self, e: ev.ContextLeftOut) -> None:
+        self.err.print(Text(e.text, style="yellow"))
+
     def _on_BuildLog(self, e: ev.BuildLog) -> None:
         if self.show_build_log and e.line.strip():
-            self.console.print(Text("  " + e.line, style="dim"))
+            # A RUN step's output is the user's code talking: no escape sequences.
+            self.console.print(Text("  " + sanitize_text(e.line), style="dim"))
 
     def _on_BuildSkipped(self, e: ev.BuildSkipped) -> None:
         self.console.print(Text(f"image {e.tag} is up to date; build skipped", style="green"))
@@ -268,7 +274,19 @@ class ConsoleSink:
         style = _LABEL_STYLES[hash(e.job_id) % len(_LABEL_STYLES)]
         line = Text()
         line.append(f"[{e.label}] ", style=style)
-        line.append(e.line)
+        # Lines from caliban's own backends are clean already; a library user's
+        # events may not be, and the terminal must not take orders from a job.
+        line.append(sanitize_text(e.line))
+        self.console.print(line)
+
+    def _on_JobOutputSkipped(self, e: ev.JobOutputSkipped) -> None:
+        if not self.show_output:
+            return
+        where = f", see {e.log_path}" if e.log_path else ""
+        style = _LABEL_STYLES[hash(e.job_id) % len(_LABEL_STYLES)]
+        line = Text()
+        line.append(f"[{e.label}] ", style=style)
+        line.append(f"… {e.count:,} lines not shown{where}", style="dim")
         self.console.print(line)
 
     def _on_RetryScheduled(self, e: ev.RetryScheduled) -> None:

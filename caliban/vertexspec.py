@@ -39,7 +39,8 @@ _STATES: dict[str, JobState] = {
     "JOB_STATE_PAUSED": JobState.SUBMITTED,
     "JOB_STATE_UPDATING": JobState.RUNNING,
     "JOB_STATE_RUNNING": JobState.RUNNING,
-    "JOB_STATE_CANCELLING": JobState.RUNNING,
+    # Vertex cancels asynchronously: the job may still succeed or fail.
+    "JOB_STATE_CANCELLING": JobState.CANCELLING,
     "JOB_STATE_SUCCEEDED": JobState.SUCCEEDED,
     "JOB_STATE_PARTIALLY_SUCCEEDED": JobState.FAILED,
     "JOB_STATE_FAILED": JobState.FAILED,
@@ -90,11 +91,15 @@ def custom_job(
     spot: bool = False,
     timeout_s: int | None = None,
     replica_count: int = 1,
+    tpu_topology: str | None = None,
 ) -> dict[str, Any]:
     machine: dict[str, Any] = {"machineType": machine_type}
-    if accelerator is not None:
+    if accelerator is not None and accelerator.vertex_type is not None:
         machine["acceleratorType"] = accelerator.vertex_type
         machine["acceleratorCount"] = accelerator.count
+    if tpu_topology:
+        # Required for TPU VMs (v4 and later); see accelerators.vertex_tpu_topology.
+        machine["tpuTopology"] = tpu_topology
     container: dict[str, Any] = {"imageUri": image, "args": list(args)}
     if env:
         container["env"] = [{"name": k, "value": v} for k, v in env.items()]

@@ -18,7 +18,7 @@ from typing import Any
 
 import anyio
 
-from caliban import gkespec, k8sspec
+from caliban import gkespec, k8sspec, k8sversions
 from caliban._limits import RetryPolicy, with_retries
 from caliban.backends import Update
 from caliban.backends.kubeclient import KubeClient, KubeConnections
@@ -63,13 +63,44 @@ def console_url(target: ClusterTarget, name: str) -> str | None:
     return gkespec.job_url(target.project, target.location, target.cluster, target.namespace, name)
 
 
-def _adopt(found: dict[str, Any], expected: str, name: str) -> None:
+def _adopt(found: dict[str, Any], expected: str, name: str, *, kind: str = "Job") -> None:
     labels = (found.get("metadata") or {}).get("labels") or {}
     if labels.get(k8sspec.JOB_LABEL) != expected:
         raise BackendError(
-            f"a Job named {name} already exists and is not caliban job {expected}",
-            hint="delete it (kubectl delete job " + name + ") or submit with another --name",
+            f"a {kind} named {name} already exists and is not caliban job {expected}",
+            hint=f"delete it (kubectl delete {kind.lower()} {name}) or submit with another --name",
         )
+
+
+async def _own(
+    client: KubeClient,
+    ns: str,
+    name: str,
+    job: dict[str, Any],
+    policy: RetryPolicy,
+    sink: Sink,
+) -> None:
+    """Make the ConfigMap a dependent of its Job. The Job exists and runs whatever
+    happens here, so a failure is a warning, never a failed submission."""
+    uid = str((job.get("metadata") or {}).get("uid") or "")
+    try:
+        if not uid:
+            found = await client.read_job(ns, name)
+            uid = str(((found or {}).get("metadata") or {}).get("uid") or "")
+        if uid:
+            patch = k8sspec.owned_by(name, uid)
+            await with_retries(lambda: client.patch_configmap(ns, name, patch), policy)
+            return
+        reason = "the Job has no uid"
+    except BackendError as exc:
+        reason = exc.message
+    sink(
+        Notice(
+            f"ConfigMap {name} could not be tied to its Job ({reason}); it will not be "
+            f"deleted with the Job: kubectl delete configmap {name} once the sweep is done",
+            level="warning",
+        )
+    )
 
 
 class KubeSubmitter:
@@ -154,12 +185,20 @@ async def submit_indexed(
     total: int | None = None,
     policy: RetryPolicy | None = None,
 ) -> list[JobRecord]:
-    """Create (or adopt) the Indexed Job of ``group`` and its ConfigMap; record every
-    experiment SUBMITTED with its final completion index.
+    """Create (or adopt) the ConfigMap of ``group`` and then its Indexed Job; record
+    every experiment SUBMITTED with its final completion index.
 
     The index of each experiment is its position in ``group``; ``group`` comes in
     the same order every time it is reconciled, so a ConfigMap written by an earlier,
     interrupted attempt maps the same indexes to the same experiments.
+
+    Order, and what an interruption leaves: the ConfigMap is created and confirmed
+    first, so no pod ever waits for it; then the Job; then the ConfigMap is made the
+    Job's dependent (its uid exists only now), so Kubernetes deletes it with the Job.
+    Interrupted after the ConfigMap, a re-run finds no Job: it adopts that ConfigMap
+    if it holds the same arguments, replaces it otherwise (nothing reads it yet), and
+    goes on. Interrupted after the Job, a re-run adopts the Job, creates the ConfigMap
+    if an older caliban left none, and sets the owner.
     """
     first = group[0]
     target = target_of(first)
@@ -175,50 +214,78 @@ async def submit_indexed(
         parallelism=parallelism,
         entry_command=entry,
     )
+    k8sversions.check_server(await client.server_version(), [job_manifest], where=target.display)
     entries = [k8sspec.IndexEntry(j.job_id, j.args) for j in group]
-    # An earlier, interrupted attempt may have created it: look before creating.
-    uncertain = reconcile
+    args_map = k8sspec.configmap(name, entries, job_manifest["metadata"]["labels"])
     label = job_label(first, total or len(group))
+    # An earlier, interrupted attempt may have created either: look before creating.
+    map_uncertain = reconcile
+    job_uncertain = False  # a reconciled Job is looked up first, below
 
-    async def ensure_job() -> dict[str, Any]:
-        nonlocal uncertain
-        if uncertain:
-            found = await client.read_job(ns, name)
+    async def find_job() -> dict[str, Any] | None:
+        found = await client.read_job(ns, name)
+        if found is not None:
+            _adopt(found, owner, name)
+        return found
+
+    async def ensure_configmap(job_exists: bool) -> None:
+        nonlocal map_uncertain
+        if map_uncertain:
+            found = await client.read_configmap(ns, name)
             if found is not None:
-                _adopt(found, owner, name)
-                return found
-            uncertain = False
+                _adopt(found, owner, name, kind="ConfigMap")
+                # A running Job's pods read the one they have (with its stop marks).
+                if job_exists or k8sspec.same_arguments(found, args_map):
+                    return
+                await client.delete_configmap(ns, name)
+            map_uncertain = False
         try:
-            return await client.create_job(ns, job_manifest)
+            await client.create_configmap(ns, args_map)
         except OutcomeUnknown:
-            uncertain = True
+            map_uncertain = True
             raise
         except BackendError as exc:
             if exc.status != 409:
                 raise
-            uncertain = True
+            map_uncertain = True
             raise BackendError(exc.message, retryable=True) from exc
 
-    async def ensure_configmap(job: dict[str, Any]) -> None:
-        body = k8sspec.configmap(
-            name,
-            entries,
-            job_manifest["metadata"]["labels"],
-            owner={"name": name, "uid": str(job["metadata"].get("uid"))},
-        )
+    async def ensure_job() -> dict[str, Any]:
+        nonlocal job_uncertain
+        if job_uncertain:
+            found = await find_job()
+            if found is not None:
+                return found
+            job_uncertain = False
         try:
-            await client.create_configmap(ns, body)
+            return await client.create_job(ns, job_manifest)
+        except OutcomeUnknown:
+            job_uncertain = True
+            raise
         except BackendError as exc:
             if exc.status != 409:
                 raise
+            job_uncertain = True
+            raise BackendError(exc.message, retryable=True) from exc
 
     def on_retry(number: int, delay: float, exc: BaseException) -> None:
         reason = exc.message if isinstance(exc, BackendError) else str(exc)
         sink(RetryScheduled(first.job_id, number, delay, reason))
 
     policy = policy or RetryPolicy()
-    created = await with_retries(ensure_job, policy, on_retry=on_retry)
-    await with_retries(lambda: ensure_configmap(created), policy, on_retry=on_retry)
+    existing = await with_retries(find_job, policy, on_retry=on_retry) if reconcile else None
+    adopted = existing is not None
+    await with_retries(lambda: ensure_configmap(adopted), policy, on_retry=on_retry)
+    if existing is None:
+        try:
+            existing = await with_retries(ensure_job, policy, on_retry=on_retry)
+        except BackendError as exc:
+            if not (isinstance(exc, OutcomeUnknown) or exc.retryable):
+                # Refused for good: no Job will ever read it.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(30):
+                    await client.delete_configmap(ns, name)
+            raise
+    await _own(client, ns, name, existing, policy, sink)
     url = console_url(target, name)
     changes: list[
         tuple[str, JobState, int | None, str | None, str | None, dict[str, object] | None]
@@ -303,7 +370,9 @@ class KubeBackend:
             )
             for pod in pods:
                 labels = pod["metadata"].get("labels") or {}
-                index = labels.get(k8sspec.INDEX_LABEL)
+                # The label needs 1.28; the annotation of the same name is older.
+                annotations = pod["metadata"].get("annotations") or {}
+                index = labels.get(k8sspec.INDEX_LABEL, annotations.get(k8sspec.INDEX_LABEL))
                 if index is not None and labels.get(k8sspec.JOB_NAME_LABEL):
                     running.setdefault(labels[k8sspec.JOB_NAME_LABEL], set()).add(int(index))
         return by_name, running
@@ -439,18 +508,12 @@ class KubeBackend:
             # the mark), running ones are deleted now.
             current = await client.read_configmap(ns, name)
             if current is not None:
-                body = dict(current)
-                entries = json.loads(body["data"][k8sspec.ARGS_KEY])
+                entries = json.loads(current["data"][k8sspec.ARGS_KEY])
                 for i in stopping:
                     entries[i]["skip"] = True
-                body["data"] = {k8sspec.ARGS_KEY: json.dumps(entries, separators=(",", ":"))}
-                body["metadata"] = {
-                    k: v
-                    for k, v in current["metadata"].items()
-                    if k in ("name", "labels", "ownerReferences")
-                }
-                await client.delete_configmap(ns, name)
-                await client.create_configmap(ns, body)
+                # One update in place: a pod starting meanwhile never finds it missing.
+                text = json.dumps(entries, separators=(",", ":"))
+                await client.patch_configmap(ns, name, {"data": {k8sspec.ARGS_KEY: text}})
             for pod in await client.list_pods(ns, f"{k8sspec.JOB_NAME_LABEL}={name}"):
                 index = (pod["metadata"].get("labels") or {}).get(k8sspec.INDEX_LABEL)
                 if index is not None and int(index) in stopping & (running | open_indexes):

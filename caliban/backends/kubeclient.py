@@ -60,6 +60,7 @@ except ModuleNotFoundError:
 from caliban._limits import RetryPolicy, with_retries
 from caliban.cloud.http import parse_retry_after
 from caliban.k8sspec import ClusterTarget
+from caliban.k8sversions import ServerVersion, parse_version
 
 if TYPE_CHECKING:
     from caliban.orchestrator import Session
@@ -212,6 +213,9 @@ class KubeClient:
         self.target = target
         self.batch: Any = k8s.BatchV1Api(api)
         self.core: Any = k8s.CoreV1Api(api)
+        self.version_api: Any = k8s.VersionApi(api)
+        self._version: ServerVersion | None = None
+        self._version_lock = anyio.Lock()
 
     @property
     def url(self) -> str:
@@ -280,6 +284,20 @@ class KubeClient:
                 f"namespace {namespace!r} does not exist on {self.target.display}",
                 hint="pass --namespace",
             )
+
+    async def server_version(self) -> ServerVersion:
+        """The cluster's ``/version``, read once per client (a session's whole life)."""
+        async with self._version_lock:
+            if self._version is None:
+                what = f"reading the Kubernetes version of {self.target.display}"
+                body = await with_retries(
+                    lambda: self._must(what, self.version_api.get_code, seconds=15), _QUICK
+                )
+                try:
+                    self._version = parse_version(body)
+                except ValueError as exc:
+                    raise BackendError(f"{what}: {exc}") from exc
+            return self._version
 
     # jobs
     async def create_job(
@@ -367,6 +385,20 @@ class KubeClient:
             namespace,
             missing_ok=True,
             seconds=30,
+        )
+
+    async def patch_configmap(
+        self, namespace: str, name: str, patch: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """A JSON merge patch (the generated client sends a dict as one)."""
+        return await self._must(
+            f"updating ConfigMap {name}",
+            self.core.patch_namespaced_config_map,
+            name,
+            namespace,
+            dict(patch),
+            seconds=30,
+            _content_type="application/merge-patch+json",
         )
 
     async def delete_configmap(self, namespace: str, name: str) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +21,11 @@ import aiodocker
 import anyio
 from aiodocker.exceptions import DockerError
 
-from caliban import dockerargs, gpus
-from caliban.backends import Update
+from caliban import dockerargs, filemodes, gpus
+from caliban.backends import Update, joboutput
 from caliban.engine import MANAGED_LABEL, error_text, label_filter
 from caliban.errors import BackendError
-from caliban.events import JobOutput, Sink
+from caliban.events import Sink
 from caliban.spec import JobRecord, JobState
 
 JOB_LABEL = "caliban.job"
@@ -34,6 +35,9 @@ STORE_LABEL = "caliban.store"
 # How long a container gets between SIGTERM and SIGKILL when a run is stopped.
 STOP_GRACE = 10
 FORCED_GRACE = 0
+DEFAULT_SHM_SIZE = 8 * 1024**3
+# How long a create or start may take before the job is given up as FAILED.
+ENGINE_ANSWER = 60.0
 
 
 def container_name(job_id: str) -> str:
@@ -70,8 +74,12 @@ def managed_config(
     # An init process forwards SIGTERM to the training script (python as
     # PID 1 would ignore it) and reaps zombies.
     host.setdefault("Init", True)
-    # Data loaders share tensors through /dev/shm; the original used the host IPC too.
-    host.setdefault("IpcMode", "host")
+    # Data loaders (PyTorch's workers) pass batches through /dev/shm, and the
+    # engine's 64 MB default breaks them. The original shared the host's IPC
+    # namespace for that; a private one with a generous cap is enough, and the
+    # cap costs nothing until written. `--ipc=host` or `--shm-size` override it.
+    if host.get("IpcMode", "private") in ("private", "shareable", ""):
+        host.setdefault("ShmSize", DEFAULT_SHM_SIZE)
     return config
 
 
@@ -104,22 +112,6 @@ def with_gpus(config: dict[str, Any], ids: Sequence[str], *, simulated: bool) ->
         host = config.setdefault("HostConfig", {})
         host["DeviceRequests"] = [*host.get("DeviceRequests", []), *gpus.device_requests(ids)]
     return config
-
-
-class _Lines:
-    """Re-assembles lines from log frames, which may split a line anywhere."""
-
-    def __init__(self) -> None:
-        self._partial = ""
-
-    def feed(self, chunk: str) -> list[str]:
-        lines = (self._partial + chunk).split("\n")
-        self._partial = lines.pop()
-        return [line.rstrip("\r") for line in lines]
-
-    def flush(self) -> list[str]:
-        rest, self._partial = self._partial, ""
-        return [rest] if rest else []
 
 
 @dataclass(frozen=True)
@@ -180,6 +172,9 @@ class LocalBackend:
         its container already; use that container if it is there.
         """
         container: aiodocker.docker.DockerContainer | None = None
+        # Set while a create is unanswered: the engine may make the container
+        # anyway, and then only its name finds it.
+        unanswered: str | None = None
         started = False
         try:
             if adopt:
@@ -189,27 +184,29 @@ class LocalBackend:
                     started = info["State"]["Status"] != "created"
             if container is None:
                 config = with_gpus(job.spec, gpu_ids, simulated=simulated_gpus)
+                unanswered = container_name(job.job_id)
                 try:
-                    container = await self.docker.containers.create(
-                        config, name=container_name(job.job_id)
-                    )
-                except DockerError as exc:
+                    created = await self._create(job, config, unanswered)
+                except BackendError:
+                    unanswered = None  # refused: nothing of ours was made
+                    raise
+                if created is None:
                     raise BackendError(
-                        f"cannot create the container of job {job.short_id}: {error_text(exc)}",
-                        status=exc.status,
-                    ) from exc
+                        f"the Docker engine did not create the container of job "
+                        f"{job.short_id} within {ENGINE_ANSWER:.0f} s"
+                    )
+                container, unanswered = created, None
             await on_started(container.id)
-            if not started:
-                try:
-                    await container.start()
-                except DockerError as exc:
-                    raise _start_error(exc) from exc
-            await self._follow(container, job, label, log_path)
+            # Started by the output pump once attached, so no byte is missed.
+            start = None if started else functools.partial(self._start, container)
+            await self._follow(container, job, label, log_path, start)
             outcome = await self._result(container)
         except BaseException:
-            if container is not None:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_GRACE + 20):
+            with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_GRACE + 20):
+                if container is not None:
                     await self._remove(container)
+                elif unanswered is not None:
+                    await self._remove(self.docker.containers.container(unanswered))
             raise
         if reap is not None:
             reap(container)
@@ -217,6 +214,33 @@ class LocalBackend:
             with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_GRACE + 20):
                 await self._remove(container)
         return outcome
+
+    async def _create(
+        self, job: JobRecord, config: dict[str, Any], name: str
+    ) -> aiodocker.docker.DockerContainer | None:
+        """Create, waiting for the answer even when cancelled (for a bounded
+        time, then None): a create cut short on our side still makes the
+        container on the engine, and the cleanup needs its handle, not a guess."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(ENGINE_ANSWER):
+            try:
+                return await self.docker.containers.create(config, name=name)
+            except DockerError as exc:
+                raise BackendError(
+                    f"cannot create the container of job {job.short_id}: {error_text(exc)}",
+                    status=exc.status,
+                ) from exc
+        return None
+
+    async def _start(self, container: aiodocker.docker.DockerContainer) -> None:
+        """Start, shielded like :meth:`_create`: a removal racing a start in
+        flight can be refused by the engine, which would leave the container."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(ENGINE_ANSWER):
+            try:
+                await container.start()
+            except DockerError as exc:
+                raise _start_error(exc) from exc
+            return
+        raise BackendError(f"the Docker engine did not start {container.id[:12]} in time")
 
     async def _result(self, container: aiodocker.docker.DockerContainer) -> Outcome:
         try:
@@ -249,28 +273,16 @@ class LocalBackend:
         job: JobRecord,
         label: str,
         log_path: Path | None,
+        start: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        lines = _Lines()
-        log_file = None
-        if log_path is not None:
-            await anyio.Path(log_path.parent).mkdir(parents=True, exist_ok=True)
-            log_file = await anyio.open_file(log_path, "a", encoding="utf-8")
-        try:
-            try:
-                async for chunk in container.log(stdout=True, stderr=True, follow=True):
-                    if log_file is not None:
-                        await log_file.write(chunk)
-                    for line in lines.feed(chunk):
-                        self.sink(JobOutput(job.job_id, label, line))
-            except DockerError as exc:
-                if not _is_missing(exc):
-                    raise
-            for line in lines.flush():
-                self.sink(JobOutput(job.job_id, label, line))
-        finally:
-            if log_file is not None:
-                with anyio.CancelScope(shield=True):
-                    await log_file.aclose()
+        await joboutput.pump(
+            container,
+            start=start,
+            sink=self.sink,
+            job_id=job.job_id,
+            label=label,
+            log_path=log_path,
+        )
 
     async def _remove(self, container: aiodocker.docker.DockerContainer) -> None:
         """Stop (politely unless forced) and remove; tolerate it being gone already."""
@@ -306,6 +318,10 @@ class LocalBackend:
                 out[labels[JOB_LABEL]] = {"container": c, **c._container}
         return out
 
+    async def job_containers(self) -> dict[str, aiodocker.docker.DockerContainer]:
+        """Every container of this store's jobs on the engine, by job id."""
+        return {job_id: info["container"] for job_id, info in (await self._containers()).items()}
+
     async def refresh(self, jobs: Sequence[JobRecord]) -> list[Update]:
         """Bring jobs whose recording process died up to date.
 
@@ -335,8 +351,7 @@ class LocalBackend:
                 code = int(detail["State"].get("ExitCode", -1))
                 if job.log_path:
                     text = "".join(await container.log(stdout=True, stderr=True))
-                    await anyio.Path(job.log_path).parent.mkdir(parents=True, exist_ok=True)
-                    await anyio.Path(job.log_path).write_text(text, encoding="utf-8")
+                    await filemodes.write_log(Path(job.log_path), text)
                 state = JobState.SUCCEEDED if code == 0 else JobState.FAILED
                 updates.append(Update(job.job_id, state, exit_code=code, platform_id=info["Id"]))
                 await self._remove(container)
@@ -370,9 +385,8 @@ class LocalBackend:
                     yield chunk
             return
         if job.log_path and await anyio.Path(job.log_path).exists():
-            async with await anyio.open_file(job.log_path, encoding="utf-8") as f:
-                async for line in f:
-                    yield line
+            async for text in joboutput.read_log(Path(job.log_path)):
+                yield text
             return
         raise BackendError(f"no output recorded for job {job.short_id}")
 

@@ -92,13 +92,26 @@ CLOCK_SKEW = timedelta(hours=1)
 def list_filter(jobs: Sequence[JobRecord], store_id: str) -> str:
     """One filter matching every job of ``jobs`` (and few others): this store's
     label, the experiment group's when they share one, and a creation time."""
-    parts = [f"labels.{vertexspec.STORE_LABEL}={store_id}"]
+    parts = [label_filter(vertexspec.STORE_LABEL, store_id)]
     xgroups = {_spec_label(j, vertexspec.XGROUP_LABEL) for j in jobs}
     if len(xgroups) == 1 and "" not in xgroups:
-        parts.append(f'labels.{vertexspec.XGROUP_LABEL}="{xgroups.pop()}"')
+        parts.append(label_filter(vertexspec.XGROUP_LABEL, xgroups.pop()))
     oldest = min(datetime.fromisoformat(j.created) for j in jobs) - CLOCK_SKEW
-    parts.append(f'create_time>="{oldest.astimezone(timezone.utc):%Y-%m-%dT%H:%M:%SZ}"')
+    stamp = f"{oldest.astimezone(timezone.utc):%Y-%m-%dT%H:%M:%SZ}"
+    parts.append(f"create_time>={_quote(stamp)}")
     return " AND ".join(parts)
+
+
+def _quote(value: str) -> str:
+    # AIP-160 reads an unquoted value as a text token, which breaks on '-', ':'
+    # and spaces; a quoted string is always a literal.
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def label_filter(key: str, value: str) -> str:
+    """``labels.KEY="VALUE"``, the value quoted whatever it holds."""
+    return f"labels.{key}={_quote(value)}"
 
 
 def _spec_label(job: JobRecord, key: str) -> str:
@@ -158,7 +171,7 @@ class VertexSubmitter:
     async def find(self, job: JobRecord) -> Accepted | None:
         project, region = _where(job)
         async for found in self.client.list(
-            project, region, f"labels.{vertexspec.JOB_ID_LABEL}={job.job_id}"
+            project, region, label_filter(vertexspec.JOB_ID_LABEL, job.job_id)
         ):
             return _accepted(found, project, region)
         return None
@@ -248,8 +261,15 @@ class VertexBackend:
                 except BackendError as exc:
                     updates.append(await self._not_cancelled(client, job, region, name, exc))
                     return
+            # Accepted is not done: Vertex cancels asynchronously and the job can
+            # still finish. `status` refreshes it until Vertex says how it ended.
             updates.append(
-                Update(job.job_id, JobState.STOPPED, message="cancelled", platform_id=name)
+                Update(
+                    job.job_id,
+                    JobState.CANCELLING,
+                    message="cancel requested",
+                    platform_id=name,
+                )
             )
 
         async with anyio.create_task_group() as tg:

@@ -1,4 +1,12 @@
-"""Google credentials through gcloud-aio-auth, with errors a user can act on.
+"""Google credentials of every kind application-default credentials can be,
+with errors a user can act on.
+
+Service account keys, ``authorized_user`` files and the GCE metadata server go
+through gcloud-aio-auth; service account impersonation, workload identity
+federation (``external_account``) and workforce identity
+(``external_account_authorized_user``) are fetched here (see the
+``credentials_*`` modules), because gcloud-aio-auth lacks or mishandles them.
+A file that cannot work is a ConfigError before anything is sent.
 
 Where the credentials come from, first found wins: ``--cloud_key``, then
 ``$GOOGLE_APPLICATION_CREDENTIALS``, then ``gcloud.cloud_key`` in
@@ -12,9 +20,9 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import anyio
@@ -27,13 +35,30 @@ try:  # optional: the [cloud] and [cluster] extras bring it
 except ModuleNotFoundError:
     raise MissingExtra("cloud", feature="Google Cloud access", package="gcloud-aio-auth") from None
 
+from caliban.cloud import credentials_executable, credentials_external
+from caliban.cloud.credentials_refresh import Issued, Refreshing, impersonate
+
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
+QUOTA_PROJECT_ENV = "GOOGLE_CLOUD_QUOTA_PROJECT"
 _KEY_TYPES = (
     "service_account",
     "authorized_user",
     "impersonated_service_account",
     "external_account",
+    "external_account_authorized_user",
 )
+_REQUIRED = {
+    "service_account": ("private_key", "client_email"),
+    "authorized_user": ("client_id", "client_secret", "refresh_token"),
+    "impersonated_service_account": ("service_account_impersonation_url", "source_credentials"),
+}
+_KIND = {
+    "service_account": "service account key",
+    "authorized_user": "user credentials file",
+    "impersonated_service_account": "impersonated service account file",
+    "external_account": "workload identity federation file",
+    "external_account_authorized_user": "workforce identity file",
+}
 
 
 def adc_path(environ: Mapping[str, str]) -> Path:
@@ -44,6 +69,31 @@ def adc_path(environ: Mapping[str, str]) -> Path:
         else Path(environ.get("HOME", str(Path.home()))) / ".config" / "gcloud"
     )
     return base / "application_default_credentials.json"
+
+
+def _check_fields(data: Mapping[str, Any], path: str) -> None:
+    kind = str(data["type"])
+    where = f"{_KIND[kind]} {path}"
+    missing = [k for k in _REQUIRED.get(kind, ()) if not data.get(k)]
+    if missing:
+        raise ConfigError(f"{where} lacks {', '.join(missing)}")
+    if kind == "impersonated_service_account":
+        source = data["source_credentials"]
+        if not isinstance(source, dict) or source.get("type") not in _REQUIRED:
+            raise ConfigError(
+                f"{where}: source_credentials must be a service_account or authorized_user"
+            )
+        if not isinstance(data.get("delegates") or [], list):
+            raise ConfigError(f"{where}: delegates is not a list")
+        if source["type"] == "impersonated_service_account":
+            raise ConfigError(f"{where}: source_credentials cannot be impersonated again")
+        lacking = [k for k in _REQUIRED[str(source["type"])] if not source.get(k)]
+        if lacking:
+            raise ConfigError(f"{where}: source_credentials lacks {', '.join(lacking)}")
+    elif kind == "external_account":
+        credentials_external.check_external_account(data, where)
+    elif kind == "external_account_authorized_user":
+        credentials_external.check_external_authorized_user(data, where)
 
 
 def _read_key(path: str) -> dict[str, Any]:
@@ -62,21 +112,140 @@ def _read_key(path: str) -> dict[str, Any]:
             f"credentials file {path} is not a Google credentials file "
             f'(its "type" should be one of {", ".join(_KEY_TYPES)})'
         )
-    if data["type"] == "service_account":
-        missing = [k for k in ("private_key", "client_email") if not data.get(k)]
-        if missing:
-            raise ConfigError(f"service account key {path} lacks {', '.join(missing)}")
+    _check_fields(data, path)
     return data
 
 
-class Credentials:
-    """An access-token source for one session; tokens are cached and refreshed."""
+class _Supplier(Protocol):
+    async def get(self) -> str: ...
 
-    def __init__(self, token: Token, *, source: str, data: dict[str, Any]) -> None:
+    async def close(self) -> None: ...
+
+
+class _GcloudToken:
+    """A gcloud-aio-auth ``Token`` (service accounts, users, the metadata server)."""
+
+    def __init__(self, token: Token, source: str) -> None:
         self._token = token
+        self._source = source
+        self._first = anyio.Lock()
+
+    async def get(self) -> str:
+        try:
+            if self._token.access_token is None:
+                async with self._first:
+                    if self._token.access_token is None:
+                        await _acquire_first(self._token)
+            value = await self._token.get()
+        except aiohttp.ClientResponseError as exc:
+            raise AuthError(
+                f"Google refused the credentials from {self._source} "
+                f"(HTTP {exc.status}: {exc.message.strip()[:200]})",
+                status=exc.status,
+                hint="check the key file, or create a new key / log in again",
+            ) from exc
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise AuthError(
+                f"cannot get an access token from {self._source}: {exc or type(exc).__name__}",
+                retryable=True,
+            ) from exc
+        if not value:
+            raise AuthError(f"no access token from {self._source}")
+        return value
+
+    async def close(self) -> None:
+        await self._token.close()
+
+
+class _Fetched:
+    """Tokens caliban fetches itself (impersonation, federation), kept fresh."""
+
+    def __init__(
+        self,
+        fetch: Callable[[], Awaitable[Issued]],
+        source: str,
+        inner: _Supplier | None = None,
+    ) -> None:
+        self._tokens = Refreshing(fetch)
+        self._source = source
+        self._inner = inner
+
+    async def get(self) -> str:
+        try:
+            return await self._tokens.get()
+        except AuthError as exc:
+            raise AuthError(
+                f"{exc.message} (credentials: {self._source})",
+                status=exc.status,
+                retryable=exc.retryable,
+                hint=exc.hint,
+            ) from exc
+
+    async def close(self) -> None:
+        if self._inner is not None:
+            await self._inner.close()
+
+
+def _gcloud(session: aiohttp.ClientSession, data: Mapping[str, Any], source: str) -> _GcloudToken:
+    # The parsed key, not the path: Token would read the file on the event loop.
+    token = Token(service_file=io.StringIO(json.dumps(data)), session=session, scopes=SCOPES)
+    return _GcloudToken(token, source)
+
+
+def _supplier(
+    session: aiohttp.ClientSession,
+    data: Mapping[str, Any],
+    source: str,
+    environ: Mapping[str, str],
+    *,
+    path: str,
+) -> _Supplier:
+    kind = data["type"]
+    if kind == "impersonated_service_account":
+        inner = _gcloud(session, data["source_credentials"], f"the source credentials of {source}")
+        url = str(data["service_account_impersonation_url"])
+        delegates = [str(d) for d in data.get("delegates") or ()]
+
+        async def impersonated() -> Issued:
+            return await impersonate(
+                session, url, await inner.get(), scopes=SCOPES, delegates=delegates
+            )
+
+        return _Fetched(impersonated, source, inner)
+    if kind == "external_account":
+        where = f"{_KIND[kind]} {path}"
+        if credentials_external.source_kind(data["credential_source"]) == "executable":
+            credentials_executable.check_allowed(where, environ)
+        federation = credentials_external.ExternalAccount(
+            session, data, scopes=SCOPES, environ=environ
+        )
+        return _Fetched(federation.fetch, source)
+    if kind == "external_account_authorized_user":
+        return _Fetched(credentials_external.ExternalAuthorizedUser(session, data).fetch, source)
+    return _gcloud(session, data, source)
+
+
+class Credentials:
+    """An access-token source for one session; tokens are cached and refreshed.
+
+    ``quota_project`` is the project Google bills API calls to and checks quota
+    against (sent as ``x-goog-user-project``): the one passed, else
+    ``$GOOGLE_CLOUD_QUOTA_PROJECT``, else the file's ``quota_project_id``. User
+    credentials need one: their OAuth client belongs to gcloud's own project.
+    """
+
+    def __init__(
+        self,
+        supplier: _Supplier,
+        *,
+        source: str,
+        data: dict[str, Any],
+        quota_project: str | None = None,
+    ) -> None:
+        self._supplier = supplier
         self.source = source
         self._data = data
-        self._first = anyio.Lock()
+        self.quota_project = quota_project
 
     @classmethod
     async def load(
@@ -85,6 +254,7 @@ class Credentials:
         *,
         key_file: str | None,
         environ: Mapping[str, str],
+        quota_project: str | None = None,
     ) -> Credentials:
         path = key_file or environ.get("GOOGLE_APPLICATION_CREDENTIALS") or None
         source = f"key file {path}"
@@ -92,13 +262,12 @@ class Credentials:
             adc = adc_path(environ)
             if await anyio.Path(adc).is_file():
                 path, source = str(adc), f"application default credentials ({adc})"
+        override = (quota_project or environ.get(QUOTA_PROJECT_ENV) or "").strip() or None
         if path:
             data = await anyio.to_thread.run_sync(_read_key, path)
-            # The parsed key, not the path: Token would read the file on the event loop.
-            token = Token(
-                service_file=io.StringIO(json.dumps(data)), session=session, scopes=SCOPES
-            )
-            return cls(token, source=source, data=data)
+            supplier = _supplier(session, data, source, environ, path=str(path))
+            quota = override or str(data.get("quota_project_id") or "").strip() or None
+            return cls(supplier, source=source, data=data, quota_project=quota)
         host = (
             environ.get("GCE_METADATA_HOST")
             or environ.get("GCE_METADATA_ROOT")
@@ -117,7 +286,13 @@ class Credentials:
             f"http://{host}/computeMetadata/v1/instance/service-accounts/default/token"
             "?recursive=true"
         )
-        return cls(token, source=f"metadata server {host}", data={})
+        source = f"metadata server {host}"
+        return cls(_GcloudToken(token, source), source=source, data={}, quota_project=override)
+
+    @property
+    def kind(self) -> str:
+        """The credentials file's ``type``, or ``metadata_server``."""
+        return str(self._data.get("type") or "metadata_server")
 
     @property
     def project_id(self) -> str | None:
@@ -125,32 +300,12 @@ class Credentials:
         return str(value) if value else None
 
     async def token(self) -> str:
-        try:
-            if self._token.access_token is None:
-                async with self._first:
-                    if self._token.access_token is None:
-                        await _acquire_first(self._token)
-            value = await self._token.get()
-        except aiohttp.ClientResponseError as exc:
-            raise AuthError(
-                f"Google refused the credentials from {self.source} "
-                f"(HTTP {exc.status}: {exc.message.strip()[:200]})",
-                status=exc.status,
-                hint="check the key file, or create a new key / log in again",
-            ) from exc
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise AuthError(
-                f"cannot get an access token from {self.source}: {exc or type(exc).__name__}",
-                retryable=True,
-            ) from exc
-        if not value:
-            raise AuthError(f"no access token from {self.source}")
-        return value
+        return await self._supplier.get()
 
     async def aclose(self) -> None:
         # The aiohttp session is shared and closed by its owner, not here.
         with anyio.CancelScope(shield=True):
-            await self._token.close()
+            await self._supplier.close()
 
 
 def _transient(exc: BaseException) -> bool:

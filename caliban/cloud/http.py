@@ -70,6 +70,14 @@ def status_error(status: int, body: str, headers: Mapping[str, str], *, what: st
     text = f"{what}: {message}" + (f" ({reason})" if reason else "")
     if status == 401:
         return AuthError(text, status=status, hint="the credentials were not accepted")
+    if status == 403 and "requires a quota project" in message:
+        return AuthError(
+            text,
+            status=status,
+            hint="user credentials need a quota project: pass --quota_project PROJECT, set "
+            "GOOGLE_CLOUD_QUOTA_PROJECT, or run "
+            "`gcloud auth application-default set-quota-project PROJECT`",
+        )
     if status == 403:
         return AuthError(
             text, status=status, hint="the account lacks a permission or the API is not enabled"
@@ -121,6 +129,8 @@ class GoogleApi:
         headers = {"Accept": "application/json"}
         if self.credentials is not None:
             headers["Authorization"] = f"Bearer {await self.credentials.token()}"
+            if self.credentials.quota_project:
+                headers["x-goog-user-project"] = self.credentials.quota_project
         try:
             async with self.session.request(
                 method, url, json=body, params=params, headers=headers, timeout=self.timeout

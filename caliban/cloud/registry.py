@@ -80,6 +80,35 @@ def custom_registry(prefix: str, image: str, tag: str) -> Target:
     return Target(f"{prefix}/{image}", tag)
 
 
+REGION_FIELD = "{region}"
+"""In ``--image_registry``, replaced by each job's region: one push per region."""
+
+
+def region_targets(
+    regions: tuple[str, ...],
+    *,
+    prefix: str | None,
+    project: str,
+    repository: str,
+    image: str,
+    tag: str,
+) -> dict[str, Target]:
+    """Where the image goes for the jobs of each region.
+
+    Artifact Registry repositories are regional and a job pulls from the registry it
+    is given, so by default each region gets its own
+    ``REGION-docker.pkg.dev/PROJECT/REPOSITORY``. ``prefix`` (``--image_registry``)
+    replaces that: one registry for every region, or one per region when it holds
+    ``{region}``.
+    """
+    if prefix and REGION_FIELD in prefix:
+        return {r: custom_registry(prefix.replace(REGION_FIELD, r), image, tag) for r in regions}
+    if prefix:
+        shared = custom_registry(prefix, image, tag)
+        return {r: shared for r in regions}
+    return {r: artifact_registry(r, project, repository, image, tag) for r in regions}
+
+
 async def _auth(credentials: Credentials | None, target: Target) -> dict[str, str] | None:
     if credentials is None or not target.is_google:
         return None

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from gcloud.aio.auth import Token
 from gcloud.aio.auth.token import BaseToken
 
+from .federation import FakeFederation
 from .oauth import CLOUD_PLATFORM, FakeOAuth, write_credentials
 from .vertex import FakeVertex
 
@@ -24,6 +25,13 @@ from .vertex import FakeVertex
 async def oauth_server() -> AsyncIterator[FakeOAuth]:
     """A running :class:`FakeOAuth` (token endpoint + GCE metadata)."""
     async with FakeOAuth() as server:
+        yield server
+
+
+@pytest.fixture
+async def federation(oauth_server: FakeOAuth) -> AsyncIterator[FakeFederation]:
+    """STS, IAM Credentials and AWS metadata stand-ins minting ``oauth_server`` tokens."""
+    async with FakeFederation(oauth_server) as server:
         yield server
 
 

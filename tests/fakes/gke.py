@@ -34,6 +34,7 @@ from typing import Any
 
 from aiohttp import web
 
+from . import discovery
 from .gke_model import (
     DEFAULT_ACCELERATORS,
     DEFAULT_QUOTAS,
@@ -231,6 +232,7 @@ class FakeGke(FakeServer):
                 add("GET", f"{base}/clusters/{name}", self._get_cluster)
                 add("DELETE", f"{base}/clusters/{name}", self._delete_cluster)
                 add("GET", f"{base}/clusters/{{cluster}}/nodePools", self._list_node_pools)
+                add("POST", f"{base}/clusters/{{cluster}}/nodePools", self._create_node_pool)
                 add("GET", f"{base}/clusters/{{cluster}}/nodePools/{name}", self._get_node_pool)
                 add("GET", f"{base}/operations", self._list_operations)
                 add("GET", f"{base}/operations/{name}", self._get_operation)
@@ -369,6 +371,29 @@ class FakeGke(FakeServer):
         pools = self._cluster(request, request.match_info["cluster"]).get("nodePools", [])
         return web.json_response({"nodePools": pools} if pools else {})
 
+    async def _create_node_pool(self, request: web.Request) -> web.StreamResponse:
+        self.calls["create node pool"] += 1
+        project, loc = request.match_info["project"], request.match_info["location"]
+        cluster = self._cluster(request, request.match_info["cluster"])
+        try:
+            body = await request.json()
+        except ValueError:
+            raise GoogleError("INVALID_ARGUMENT", "Invalid JSON payload received.") from None
+        _check_discovery("projects.locations.clusters.nodePools.create", body)
+        pool = dict(body["nodePool"])
+        if any(p["name"] == pool.get("name") for p in cluster.get("nodePools", [])):
+            raise GoogleError("ALREADY_EXISTS", f"Already exists: node pool {pool.get('name')}.")
+        self.create_bodies.append(body)
+        pool["status"] = "PROVISIONING"
+        cluster.setdefault("nodePools", []).append(pool)
+
+        def done(error: JsonObj | None) -> None:
+            pool["status"] = "ERROR" if error is not None else "RUNNING"
+
+        return web.json_response(
+            self._start_operation(project, loc, "CREATE_NODE_POOL", cluster["name"], done)
+        )
+
     async def _get_node_pool(self, request: web.Request) -> web.StreamResponse:
         cluster = self._cluster(request, request.match_info["cluster"])
         for pool in cluster.get("nodePools", []):
@@ -401,6 +426,7 @@ class FakeGke(FakeServer):
                 if spec is None
                 else "Invalid JSON payload received. 'cluster' is not an object.",
             )
+        _check_discovery("projects.locations.clusters.create", body)
         cluster = self._normalise(project, loc, spec)
         name = cluster["name"]
         if (project, loc, name) in self.clusters:
@@ -519,6 +545,16 @@ class FakeGke(FakeServer):
         if items:
             body["items"] = items
         return web.json_response(body)
+
+
+def _check_discovery(method: str, body: Any) -> None:
+    """400 INVALID_ARGUMENT, as Google's front end answers, for a body container.v1's
+    discovery document refuses."""
+    doc = discovery.container()
+    found = doc.check(doc.request_schema(method), body)
+    if found:
+        message, detail = discovery.bad_request(found)
+        raise GoogleError("INVALID_ARGUMENT", message, details=[detail])
 
 
 __all__ = ["DEFAULT_ACCELERATORS", "DEFAULT_QUOTAS", "FakeGke", "GoogleError"]

@@ -33,6 +33,8 @@ from .k8s_admission import (
     generated_name,
     validate_job,
 )
+from .k8s_patch import patch_handler
+from .k8s_schema import schema_causes
 from .k8s_store import (
     Cause,
     FieldSelector,
@@ -169,6 +171,7 @@ class KubeApi:
             add("DELETE", base + "/{name}", self._delete_handler(rtype))
         add("POST", jobs, self._create_handler(JOBS))
         add("POST", cms, self._create_handler(CONFIGMAPS))
+        add("PATCH", cms + "/{name}", patch_handler(self, CONFIGMAPS))
         add("GET", jobs + "/{name}/status", self._get_handler(JOBS))
         add("GET", pods + "/{name}/status", self._get_handler(PODS))
         add("GET", pods + "/{name}/log", self._pod_log)
@@ -381,6 +384,7 @@ class KubeApi:
             if request.query.get("dryRun") == "All":
                 return web.json_response(obj, status=201)
             snapshot = kube.store.insert(rtype.resource, obj)
+            kube.object_order.append((rtype.kind, name))
             if is_job:
                 kube.creates_accepted += 1
                 kube.created_jobs.append(copy.deepcopy(snapshot))
@@ -486,7 +490,15 @@ class KubeApi:
                 causes.append(
                     Cause("[]", "FieldValueTooLong", "Too long: must have at most 1048576 bytes")
                 )
-        return causes
+        return causes + self._schema_causes(rtype, obj, causes)
+
+    def _schema_causes(self, rtype: ResourceType, obj: JsonObj, known: list[Cause]) -> list[Cause]:
+        # The endpoint says what the object is; clients may leave apiVersion/kind out.
+        typed = {**obj, "apiVersion": rtype.api_version, "kind": rtype.kind}
+        seen = {c.field for c in known}
+        if not self.kube.validate_schemas:
+            return []
+        return [c for c in schema_causes(typed, self.kube.minor) if c.field not in seen]
 
     async def _delete_options(self, request: web.Request) -> JsonObj:
         # Like the apiserver: a non-empty body is the whole DeleteOptions and the query is

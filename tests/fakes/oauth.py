@@ -32,6 +32,9 @@ CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 METADATA_TOKEN_PATH = "/computeMetadata/v1/instance/service-accounts/default/token"
 
+# Grants whose tokens stand for a person: Google wants a quota project with them.
+USER_GRANTS = frozenset({"refresh_token", "workforce-refresh", "workforce-exchange"})
+
 # Google caps a self-signed assertion's lifetime at one hour (exp - iat).
 _MAX_ASSERTION_LIFETIME = 3600
 
@@ -69,14 +72,15 @@ def make_service_account(
     return info, key
 
 
-def make_authorized_user(token_uri: str) -> dict[str, str]:
+def make_authorized_user(token_uri: str, quota_project_id: str | None = None) -> dict[str, str]:
     """An ``application_default_credentials.json`` of type authorized_user (gcloud ADC login).
 
     Real ADC files carry no ``token_uri``; gcloud-aio-auth honours one if present, which is how
-    the fake gets the refresh request.
+    the fake gets the refresh request. gcloud writes ``quota_project_id`` when a project is set
+    (``gcloud auth application-default set-quota-project``).
     """
     client_id = f"{secrets.randbelow(10**12)}-{secrets.token_hex(16)}.apps.googleusercontent.com"
-    return {
+    info = {
         "type": "authorized_user",
         "client_id": client_id,
         "client_secret": secrets.token_urlsafe(18),
@@ -84,6 +88,9 @@ def make_authorized_user(token_uri: str) -> dict[str, str]:
         "token_uri": token_uri,
         "universe_domain": "googleapis.com",
     }
+    if quota_project_id:
+        info["quota_project_id"] = quota_project_id
+    return info
 
 
 def write_credentials(path: Path, info: dict[str, str]) -> Path:
@@ -188,9 +195,9 @@ class FakeOAuth(FakeServer):
         """Accept refresh requests carrying this client id, secret and refresh token."""
         self._users[info["client_id"]] = _User(info["client_secret"], info["refresh_token"])
 
-    def add_authorized_user(self) -> dict[str, str]:
+    def add_authorized_user(self, quota_project_id: str | None = None) -> dict[str, str]:
         """Make an authorized_user file pointing at this server and register it."""
-        info = make_authorized_user(self.token_url)
+        info = make_authorized_user(self.token_url, quota_project_id)
         self.register_authorized_user(info)
         return info
 
@@ -215,6 +222,23 @@ class FakeOAuth(FakeServer):
         """True if ``token`` was issued here, is not expired and not revoked."""
         issued = self._by_token.get(token)
         return issued is not None and not issued.revoked and issued.expires_at > time.time()
+
+    def issued_token(self, token: str) -> IssuedToken | None:
+        """What this server (or a fake sharing its registry) knows about ``token``."""
+        return self._by_token.get(token)
+
+    def is_user_token(self, token: str) -> bool:
+        """True for a person's token (a refresh grant, a workforce identity), not a service's.
+
+        Google bills such calls to a quota project the caller names, since the OAuth client
+        that issued the token belongs to someone else's project.
+        """
+        issued = self._by_token.get(token)
+        return issued is not None and issued.grant in USER_GRANTS
+
+    def issue(self, subject: str, grant: str, scopes: tuple[str, ...]) -> dict[str, Any]:
+        """Mint a token other fakes (STS, IAM Credentials) hand out, valid everywhere."""
+        return self._issue(subject, grant, scopes)
 
     # ---------------------------------------------------------------------------- the app
     def build_app(self) -> web.Application:

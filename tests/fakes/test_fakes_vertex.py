@@ -75,7 +75,6 @@ async def test_proto3_json_normalisation(rest: VertexRest) -> None:
     pool["replica_count"] = "1"
     body["jobSpec"]["enableWebAccess"] = False  # defaults are left out of responses
     body["jobSpec"]["scheduling"]["timeout"] = "3600.000s"
-    body["state"] = "JOB_STATE_SUCCEEDED"  # output-only: ignored
     job = (await rest.create(body)).body
     assert job["jobSpec"]["workerPoolSpecs"][0]["replicaCount"] == "1"
     assert "enableWebAccess" not in job["jobSpec"]
@@ -106,6 +105,8 @@ POOL = "jobSpec.workerPoolSpecs.0"
     ("mutate", "expected"),
     [
         (_set("bogus", 1), "Unknown name \"bogus\" at 'custom_job': Cannot find field."),
+        (_set("state", "JOB_STATE_SUCCEEDED"), "custom_job.state; Message: Output only"),
+        (_set("createTime", "2026-01-01T00:00:00Z"), "custom_job.create_time; Message: Output"),
         (
             _set(f"{POOL}.machineSpec.gpus", 2),
             "Unknown name \"gpus\" at 'custom_job.job_spec.worker_pool_specs[0].machine_spec'",
@@ -121,6 +122,7 @@ POOL = "jobSpec.workerPoolSpecs.0"
         (_set(f"{POOL}.machineSpec.machineType", ...), "machine_spec.machine_type; Message"),
         (_set(f"{POOL}.replicaCount", 2), "exactly 1 replica"),
         (_set(f"{POOL}.machineSpec.machineType", "a2-highgpu-1g"), "is not supported for"),
+        (_set(f"{POOL}.machineSpec", {"machineType": "ct6e-standard-4t"}), "tpu_topology"),
         (_set("labels", {"Caps": "x"}), 'Label key "Caps" is invalid'),
         (_set("labels", {"ok": "Has Space"}), 'Label value "Has Space" is invalid'),
         (_set("labels", {"k": "v" * 64}), "is invalid"),

@@ -23,15 +23,15 @@ fake_k8s_tls = k8s_fixtures.fake_k8s_tls
 P, ZONE = "test-proj", "us-central1-a"
 AUTH = {"Authorization": f"Bearer {GKE_TOKEN}"}
 
-# The body the original caliban sent (caliban-behavior.md §6.2), strings for bools included.
+# The shape of the body the original caliban sent (caliban-behavior.md §6.2), with real JSON
+# booleans and without the output-only "zone": the discovery check refuses both.
 CALIBAN_BODY: dict[str, Any] = {
     "cluster": {
         "name": "caliban-test",
-        "zone": ZONE,
-        "ipAllocationPolicy": {"useIpAliases": "true"},
-        "enable_tpu": "true",
+        "ipAllocationPolicy": {"useIpAliases": True},
+        "enable_tpu": True,
         "autoscaling": {
-            "enableNodeAutoprovisioning": "true",
+            "enableNodeAutoprovisioning": True,
             "autoprovisioningNodePoolDefaults": {
                 "oauthScopes": [
                     "https://www.googleapis.com/auth/compute",
@@ -360,3 +360,37 @@ async def test_snake_case_fields_and_map_keys(
     assert pool["name"] == "default-pool" and pool["initialNodeCount"] == 2
     assert pool["config"]["machineType"] == "n1-standard-4"
     assert cluster["status"] == "RUNNING"
+
+
+async def test_node_pool_create_is_checked_against_the_discovery_document(
+    fake_gke: FakeGke, http: aiohttp.ClientSession
+) -> None:
+    fake_gke.add_cluster(P, ZONE, "lab")
+    url = f"{clusters_url(fake_gke)}/lab/nodePools"
+    bad = {"nodePool": {"name": "gpus", "initialNodeCount": 1, "status": "RUNNING", "gpus": 2}}
+    async with http.post(url, json=bad) as resp:
+        assert resp.status == 400
+        error = (await resp.json())["error"]
+    assert error["status"] == "INVALID_ARGUMENT" and error["code"] == 400
+    (detail,) = error["details"]
+    assert detail["@type"] == "type.googleapis.com/google.rpc.BadRequest"
+    assert sorted(v["field"] for v in detail["fieldViolations"]) == [
+        "node_pool",
+        "node_pool.status",
+    ]
+    pools = fake_gke.clusters[(P, ZONE, "lab")].get("nodePools", [])
+    assert "gpus" not in [p["name"] for p in pools]
+
+    good = {
+        "nodePool": {
+            "name": "gpus",
+            "initialNodeCount": 1,
+            "config": {"machineType": "g2-standard-8"},
+        }
+    }
+    async with http.post(url, json=good) as resp:
+        assert resp.status == 200, await resp.text()
+        op = await resp.json()
+    await wait_done(http, fake_gke, op)
+    pool = await get_json(http, f"{url}/gpus")
+    assert pool["status"] == "RUNNING" and pool["config"]["machineType"] == "g2-standard-8"

@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
+from . import discovery
 from .google_http import (
     DisconnectStyle,
     FakeServer,
@@ -41,7 +42,7 @@ from .google_http import (
     rpc_error,
 )
 from .vertex_filter import FilterError, compile_filter, page_token, read_page_token
-from .vertex_jobs import CANCELLING, QUEUED, FakeJob, Lifecycle
+from .vertex_jobs import CANCELLED, CANCELLING, QUEUED, FakeJob, Lifecycle
 from .vertex_schema import (
     CUSTOM_JOB,
     JOB_STATES,
@@ -63,10 +64,20 @@ PERMISSIONS: dict[str, str] = {
     "delete": "aiplatform.customJobs.delete",
 }
 _PKG = "type.googleapis.com/google.cloud.aiplatform.v1."
+_CUSTOM_JOB_SCHEMA = discovery.aiplatform().request_schema("projects.locations.customJobs.create")
 _JOBS = "/v1/projects/{project}/locations/{location}/customJobs"
 _JOB = _JOBS + "/{job_id:[^/:]+}"
 # Query parameters every Google API accepts besides the method's own (system parameters).
 _SYSTEM_PARAMS = {"alt", "$alt", "key", "prettyPrint", "fields", "quotaUser", "callback"}
+# gcloud's own OAuth client lives in this Google project; user tokens minted through it
+# are billed there unless the caller names a quota project.
+GCLOUD_CLIENT_PROJECT = "764086051850"
+_QUOTA_PROJECT_HELP = (
+    "Your application is authenticating by using local Application Default Credentials. "
+    "The aiplatform.googleapis.com API requires a quota project, which is not set by default. "
+    "To learn how to set your quota project, see "
+    "https://cloud.google.com/docs/authentication/adc-troubleshooting/user-creds ."
+)
 _UNAUTH_HELP = (
     "Expected OAuth 2 access token, login cookie or other valid authentication credential. "
     "See https://developers.google.com/identity/sign-in/web/devconsole-project."
@@ -127,7 +138,8 @@ class FakeVertex(FakeServer):
     ``list_latency``, ``cancel_latency``, ``quota_per_minute``, ``crud_quota_per_minute``,
     ``quota_window``, ``retry_after_header``, ``retry_info_detail``, ``error_rate_5xx``,
     ``drop_rate``, ``drop_style``, ``lost_response_rate``, ``lost_style``, ``cancel_delay``,
-    ``lifecycle``. Scripted faults: :meth:`fail_next`, :meth:`fail_next_creates`,
+    ``cancel_outcome``, ``lifecycle``, ``user_tokens`` (user credentials need a quota
+    project). Scripted faults: :meth:`fail_next`, :meth:`fail_next_creates`,
     :meth:`drop_next_creates`, :meth:`lose_next_creates`; permissions: :meth:`deny`.
     """
 
@@ -172,8 +184,16 @@ class FakeVertex(FakeServer):
         self.drop_style: DisconnectStyle = "close"
         self.lost_response_rate = 0.0
         self.lost_style: LostStyle = "close"
+        # Vertex cancels asynchronously: a cancelled job is CANCELLING for cancel_delay
+        # (clock seconds), then ends cancel_outcome; SUCCEEDED or FAILED model a job that
+        # finished before the cancel took effect.
         self.cancel_delay = 0.0
+        self.cancel_outcome = CANCELLED
+        # Tells a person's token from a service's (FakeOAuth.is_user_token); when set, user
+        # tokens without an x-goog-user-project header get Google's 403.
+        self.user_tokens: Callable[[str], bool] | None = None
         # --- counters
+        self.quota_projects: list[str | None] = []  # x-goog-user-project of each request
         self.creates_received = 0
         self.creates_accepted = 0
         self.rejected_429 = 0
@@ -266,7 +286,7 @@ class FakeVertex(FakeServer):
         """Every job ever created (deleted ones too), in creation order, states up to date."""
         now = self.clock()
         for job in self._jobs:
-            job.tick(now, self.lifecycle, self.cancel_delay)
+            job.tick(now, self.lifecycle, self.cancel_delay, self.cancel_outcome)
         return list(self._jobs)
 
     def job(self, name: str) -> FakeJob:
@@ -274,7 +294,7 @@ class FakeVertex(FakeServer):
         job = self._by_id.get(name.rsplit("/", 1)[-1])
         if job is None:
             raise KeyError(name)
-        job.tick(self.clock(), self.lifecycle, self.cancel_delay)
+        job.tick(self.clock(), self.lifecycle, self.cancel_delay, self.cancel_outcome)
         return job
 
     def jobs_with_label(self, key: str, value: str) -> list[FakeJob]:
@@ -333,6 +353,23 @@ class FakeVertex(FakeServer):
                     "WWW-Authenticate": 'Bearer realm="https://accounts.google.com/", '
                     'error="invalid_token"'
                 },
+            )
+        quota_project = request.headers.get("x-goog-user-project")
+        self.quota_projects.append(quota_project)
+        if self.user_tokens is not None and not quota_project and self.user_tokens(token.strip()):
+            self.permission_denied += 1
+            return rpc_error(
+                "PERMISSION_DENIED",
+                _QUOTA_PROJECT_HELP,
+                details=[
+                    error_info(
+                        "SERVICE_DISABLED",
+                        {
+                            "service": "aiplatform.googleapis.com",
+                            "consumer": f"projects/{GCLOUD_CLIENT_PROJECT}",
+                        },
+                    )
+                ],
             )
         project = request.match_info["project"]
         permission = PERMISSIONS[op]
@@ -426,7 +463,7 @@ class FakeVertex(FakeServer):
             return None
         if project not in (job.project, job.project_number):
             return None
-        job.tick(self.clock(), self.lifecycle, self.cancel_delay)
+        job.tick(self.clock(), self.lifecycle, self.cancel_delay, self.cancel_outcome)
         return job
 
     @staticmethod
@@ -495,6 +532,11 @@ class FakeVertex(FakeServer):
             raise _Invalid(
                 rpc_error("INVALID_ARGUMENT", f"Invalid JSON payload received. {exc}.")
             ) from exc
+        # Google's front end first: the request against aiplatform's discovery document.
+        found = discovery.aiplatform().check(_CUSTOM_JOB_SCHEMA, body, "custom_job")
+        if found:
+            message, detail = discovery.bad_request(found)
+            raise _Invalid(rpc_error("INVALID_ARGUMENT", message, details=[detail]))
         try:
             spec: dict[str, Any] = parse(CUSTOM_JOB, body, "custom_job") or {}
         except SchemaError as exc:
@@ -631,7 +673,7 @@ class FakeVertex(FakeServer):
                 continue
             if before is not None and job.seq >= before:
                 continue
-            job.tick(now, self.lifecycle, self.cancel_delay)
+            job.tick(now, self.lifecycle, self.cancel_delay, self.cancel_outcome)
             if predicate(job.to_json()):
                 matched.append(job)
                 if len(matched) > size:

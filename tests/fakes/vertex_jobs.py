@@ -20,6 +20,8 @@ CANCELLING, CANCELLED = "JOB_STATE_CANCELLING", "JOB_STATE_CANCELLED"
 
 # What a cancelled CustomJob carries in ``error``: the proto Status, numeric code 1 (CANCELLED).
 CANCELLED_ERROR = {"code": 1, "message": "CANCELED"}
+# What a job that failed on its own while being cancelled reports.
+CANCEL_RACE_FAILURE = "The replica workerpool0-0 exited with a non-zero status of 1."
 
 
 def rfc3339(when: datetime) -> str:
@@ -107,13 +109,26 @@ class FakeJob:
         elif state == CANCELLED and self.error is None:
             self.error = dict(CANCELLED_ERROR)
 
-    def tick(self, now: float, lifecycle: Lifecycle | None, cancel_delay: float) -> None:
-        """Apply every transition due by ``now`` (cancellation first, then the lifecycle)."""
+    def tick(
+        self,
+        now: float,
+        lifecycle: Lifecycle | None,
+        cancel_delay: float,
+        cancel_outcome: str = CANCELLED,
+    ) -> None:
+        """Apply every transition due by ``now`` (cancellation first, then the lifecycle).
+
+        A cancelled job stays CANCELLING for ``cancel_delay``, then ends ``cancel_outcome``:
+        CANCELLED, or SUCCEEDED/FAILED when it finished before the cancel took effect.
+        """
         while True:
             if self.state == CANCELLING:
                 if now - self.entered_at < cancel_delay:
                     return
-                self.set_state(CANCELLED, self.entered_at + cancel_delay)
+                error = None
+                if cancel_outcome == FAILED:
+                    error = {"code": 13, "message": CANCEL_RACE_FAILURE}
+                self.set_state(cancel_outcome, self.entered_at + cancel_delay, error)
                 continue
             if self.manual or lifecycle is None:
                 return

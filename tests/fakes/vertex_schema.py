@@ -91,8 +91,11 @@ MACHINE_ACCELERATORS: dict[str, frozenset[str]] = {
     "a4x-highgpu-": frozenset({"NVIDIA_GB200"}),
     "g4-standard-": frozenset({"NVIDIA_RTX_PRO_6000"}),
     "cloud-tpu": frozenset({"TPU_V2", "TPU_V3"}),
+    "ct4p-hightpu-": frozenset({"TPU_V4_POD"}),
     "ct5lp-hightpu-": frozenset({"TPU_V5_LITEPOD"}),
 }
+# TPU VM machine families: Vertex needs machine_spec.tpu_topology for them.
+TPU_VM_PREFIXES = ("ct4p-", "ct5lp-", "ct5p-", "ct6e-")
 
 LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
@@ -479,6 +482,13 @@ def _validate_pool(
                         f'"{machine_type}".',
                     )
                 )
+    if machine_type.startswith(TPU_VM_PREFIXES) and not machine.get("tpuTopology"):
+        errors.append(
+            (
+                f"{path}.machine_spec.tpu_topology",
+                f'TPU topology is required for machine type "{machine_type}".',
+            )
+        )
     container, package = pool.get("containerSpec"), pool.get("pythonPackageSpec")
     if container is None and package is None:
         errors.append((f"{path}.container_spec", "Required field is not set."))

@@ -50,6 +50,12 @@ CASES = [
     (["run", "--nogpu", "-d", "nodir", "job.py"], {}, "nodir"),
     (["status", "--xgroup", "never-made"], {}, "never-made"),
     (["frobnicate"], {}, "invalid choice"),
+    # --force skips the catalog, not the topology Vertex needs for a TPU VM.
+    (
+        ["cloud", "--project_id", "my-project", "--force", "--tpu_spec", "16xV6E", "job.py"],
+        {},
+        "no known TPU topology for 16xV6E",
+    ),
 ]
 
 
@@ -74,7 +80,7 @@ def test_bad_input_is_refused_before_anything_happens(
     # One line, plus at most a hint line (and argparse's usage line).
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len([line for line in lines if not line.startswith("usage:")]) <= 2, lines
-    if args[0] == "run":
+    if args[0] in ("run", "cloud"):
         assert not (Path(plain_env["CALIBAN_HOME"]) / "caliban.db").exists()
 
 

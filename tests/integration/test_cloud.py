@@ -140,6 +140,59 @@ async def test_tpu_jobs_run_on_their_host_machine(
     assert remote.labels["tpu_enabled"] == "true" and remote.labels["gpu_enabled"] == "false"
 
 
+@pytest.mark.parametrize(
+    ("tpu_spec", "region", "machine"),
+    [
+        (
+            "4xV5E",
+            "us-central1",
+            {
+                "machineType": "ct5lp-hightpu-4t",
+                "acceleratorType": "TPU_V5_LITEPOD",
+                "acceleratorCount": 4,
+                "tpuTopology": "2x2",
+            },
+        ),
+        ("8xV6E", "europe-west4", {"machineType": "ct6e-standard-8t", "tpuTopology": "2x4"}),
+        (
+            "4xV4",
+            "us-central2",
+            {
+                "machineType": "ct4p-hightpu-4t",
+                "acceleratorType": "TPU_V4_POD",
+                "acceleratorCount": 4,
+                "tpuTopology": "2x2x1",
+            },
+        ),
+    ],
+)
+async def test_tpu_vm_jobs_are_sent_with_their_topology(
+    tmp_path: Path,
+    make_project: MakeProject,
+    service_account_file: Path,
+    vertex_server: FakeVertex,
+    session_env: dict[str, str],
+    tpu_spec: str,
+    region: str,
+    machine: dict[str, object],
+) -> None:
+    """The fake refuses a TPU VM job without tpuTopology, as Vertex does."""
+    async with Session(home=tmp_path / "home", environ=session_env) as s:
+        result = await s.cloud(
+            cloud_request(
+                make_project(),
+                service_account_file,
+                vertex_server,
+                tpu_spec=tpu_spec,
+                regions=(region,),
+            )
+        )
+    assert result.ok and vertex_server.rejected_invalid == 0
+    (remote,) = vertex_server.jobs
+    assert remote.location == region
+    assert remote.body["jobSpec"]["workerPoolSpecs"][0]["machineSpec"] == machine
+
+
 async def test_regions_share_the_jobs_each_with_its_own_bucket(
     tmp_path: Path,
     make_project: MakeProject,
@@ -171,11 +224,9 @@ async def test_regions_share_the_jobs_each_with_its_own_bucket(
         assert f"/locations/{regions[job.index % 3]}/" in str(job.platform_id)
     log = vertex_server.create_log
     for region in regions:
-        times = sorted(a.at for a in log if a.location == region)
-        assert len(times) == n // 3
-        # The bucket of this region: 2 at once, then one per 0.1 s.
-        for i in range(2, len(times)):
-            assert times[i] - times[i - 2] >= 0.1 * 0.9, (region, i)
+        assert sum(1 for a in log if a.location == region) == n // 3
+    # Pacing itself is checked on a virtual clock in tests/unit/test_limits.py: arrival
+    # times at the server are bunched by load, so they cannot prove it here.
     # Side by side, not one region after the other.
     firsts = [min(a.at for a in log if a.location == r) for r in regions]
     lasts = [max(a.at for a in log if a.location == r) for r in regions]

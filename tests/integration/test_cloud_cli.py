@@ -272,7 +272,7 @@ async def test_no_credentials_at_all(
     env.pop("GOOGLE_APPLICATION_CREDENTIALS")
     env["GCE_METADATA_HOST"] = "127.0.0.1:9"  # nothing answers there
     done = await caliban(
-        ["cloud", "--image_tag", IMAGE, "--project_id", "p", "job.py"], cwd=folder, env=env
+        ["cloud", "--image_tag", IMAGE, "--project_id", "test-proj", "job.py"], cwd=folder, env=env
     )
     assert done.returncode == 1
     assert done.stderr.startswith("caliban: no Google credentials found\npass --cloud_key")

@@ -32,7 +32,7 @@ STATES = {
     "JOB_STATE_PAUSED": JobState.SUBMITTED,
     "JOB_STATE_RUNNING": JobState.RUNNING,
     "JOB_STATE_UPDATING": JobState.RUNNING,
-    "JOB_STATE_CANCELLING": JobState.RUNNING,
+    "JOB_STATE_CANCELLING": JobState.CANCELLING,
     "JOB_STATE_SUCCEEDED": JobState.SUCCEEDED,
     "JOB_STATE_FAILED": JobState.FAILED,
     "JOB_STATE_EXPIRED": JobState.FAILED,
@@ -166,8 +166,56 @@ async def test_stop_cancels_concurrently_and_records_real_end_states(
     assert states[jobs[1].job_id].state is JobState.FAILED
     assert states[jobs[1].job_id].message == "exit status 1"
     for job in jobs[2:]:
-        assert states[job.job_id].state is JobState.STOPPED
+        # Accepted, not yet done: Vertex ends the job in its own time.
+        assert states[job.job_id].state is JobState.CANCELLING
         assert vertex_server.job(_remote(vertex_server, job)).state == "JOB_STATE_CANCELLED"
+    async with Session(home=tmp_path / "home", environ=session_env) as s:
+        fresh = {j.job_id: j for j in await s.status(xgroup="life", max_jobs=0)}
+    assert all(fresh[j.job_id].state is JobState.STOPPED for j in jobs[2:])
+
+
+@pytest.mark.parametrize(
+    ("outcome", "recorded"),
+    [
+        ("JOB_STATE_CANCELLED", JobState.STOPPED),
+        ("JOB_STATE_SUCCEEDED", JobState.SUCCEEDED),
+        ("JOB_STATE_FAILED", JobState.FAILED),
+    ],
+)
+async def test_a_cancelled_job_is_followed_until_vertex_says_how_it_ended(
+    tmp_path: Path,
+    make_project: MakeProject,
+    service_account_file: Path,
+    vertex_server: FakeVertex,
+    session_env: dict[str, str],
+    outcome: str,
+    recorded: JobState,
+) -> None:
+    """Vertex answers :cancel at once and cancels later; a job may even finish meanwhile.
+    caliban records CANCELLING, keeps refreshing it, and records what really happened."""
+    now = [0.0]
+    vertex_server.clock = lambda: now[0]
+    vertex_server.cancel_delay = 30
+    vertex_server.cancel_outcome = outcome
+    async with Session(home=tmp_path / "home", environ=session_env) as s:
+        (job,) = await _sweep(s, make_project(), service_account_file, vertex_server, 1)
+        vertex_server.advance(_remote(vertex_server, job), "JOB_STATE_RUNNING")
+        (stopped,) = await s.stop(xgroup="life")
+        assert stopped.state is JobState.CANCELLING
+        assert stopped.state.active and not stopped.state.terminal
+        now[0] = 10.0  # still cancelling on Vertex
+        (still,) = await s.status(xgroup="life")
+        assert still.state is JobState.CANCELLING
+        now[0] = 31.0
+        before = vertex_server.list_calls
+        (ended,) = await s.status(xgroup="life")
+        assert vertex_server.list_calls == before + 1
+        assert ended.state is recorded
+        assert vertex_server.job(_remote(vertex_server, job)).state == outcome
+        # Once it ended, it is not asked about again.
+        before = vertex_server.list_calls
+        (again,) = await s.status(xgroup="life")
+        assert vertex_server.list_calls == before and again.state is recorded
 
 
 async def test_stop_finds_a_job_whose_create_was_cut_short(
@@ -191,7 +239,7 @@ async def test_stop_finds_a_job_whose_create_was_cut_short(
         vertex_server._scripted.clear()
         (stopped,) = await s.stop(xgroup="cut")
     (remote,) = vertex_server.jobs
-    assert stopped.state is JobState.STOPPED and stopped.platform_id == remote.name
+    assert stopped.state is JobState.CANCELLING and stopped.platform_id == remote.name
     assert remote.state == "JOB_STATE_CANCELLED"
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -95,6 +96,32 @@ def test_artifact_registry_names() -> None:
     # Domain-scoped projects ("example.com:proj") become a path in the registry.
     scoped = registry.artifact_registry("us-central1", "example.com:proj", "r", "i", "t")
     assert scoped.repository == "us-central1-docker.pkg.dev/example.com/proj/r/i"
+
+
+def test_each_region_gets_a_registry_it_can_pull_from() -> None:
+    regions = ("us-central1", "europe-west4", "asia-northeast1")
+    targets = registry.region_targets(
+        regions, prefix=None, project="p", repository="caliban", image="caliban-app", tag="t1"
+    )
+    assert {r: t.repository for r, t in targets.items()} == {
+        r: f"{r}-docker.pkg.dev/p/caliban/caliban-app" for r in regions
+    }
+    shared = registry.region_targets(
+        regions, prefix="registry.example/ml", project="p", repository="r", image="i", tag="t"
+    )
+    assert {t.repository for t in shared.values()} == {"registry.example/ml/i"}
+    per_region = registry.region_targets(
+        regions[:2],
+        prefix="reg.example/{region}/ml",
+        project="p",
+        repository="r",
+        image="i",
+        tag="t",
+    )
+    assert [t.repository for t in per_region.values()] == [
+        "reg.example/us-central1/ml/i",
+        "reg.example/europe-west4/ml/i",
+    ]
 
 
 def test_custom_registry_names() -> None:
@@ -228,6 +255,67 @@ async def test_build_push_and_submit_by_digest_then_skip_the_push(
     assert "already in the registry; push skipped" in second.stdout
     assert "pushing" not in second.stdout
     assert set(_image_uris(vertex_server)) == {uris[0]} and len(vertex_server.jobs) == 4
+
+
+@pytest.mark.docker
+@pytest.mark.registry
+@pytest.mark.slow
+async def test_a_multi_region_sweep_pushes_to_each_regions_registry(
+    tmp_path: Path,
+    make_project: MakeProject,
+    vertex_server: FakeVertex,
+    docker_registry: str,
+    push_env: dict[str, str],
+) -> None:
+    """Artifact Registry is regional: each job must name an image in a registry of its own
+    region. ``{region}`` in --image_registry takes the same per-region path as the default
+    REGION-docker.pkg.dev naming, here against the local registry."""
+    folder = make_project({"sweep.json": json.dumps({"seed": [1, 2, 3, 4]})}, name="regions")
+    regions = ("us-central1", "europe-west4")
+    done = await caliban(
+        [
+            "cloud",
+            "--image_registry",
+            f"{docker_registry}/{{region}}",
+            "--region",
+            ",".join(regions),
+            "--experiment_config",
+            "sweep.json",
+            "--xgroup",
+            "regions",
+            "job.py",
+        ],
+        cwd=folder,
+        env=push_env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    for region in regions:
+        assert f"pushing {docker_registry}/{region}/caliban-regions:" in done.stdout
+    digests = set()
+    for job in vertex_server.jobs:
+        uri = job.body["jobSpec"]["workerPoolSpecs"][0]["containerSpec"]["imageUri"]
+        repo, digest = uri.split("@")
+        assert repo == f"{docker_registry}/{job.location}/caliban-regions", (job.location, uri)
+        digests.add(digest)
+    assert sorted(j.location for j in vertex_server.jobs) == sorted(regions * 2)
+    assert len(digests) == 1  # the same image, in two registries
+    async with aiohttp.ClientSession() as http:
+        for region in regions:
+            name = f"{region}/caliban-regions"
+            async with http.get(f"http://{docker_registry}/v2/{name}/tags/list") as r:
+                (tag,) = (await r.json())["tags"]
+            url = f"http://{docker_registry}/v2/{name}/manifests/{tag}"
+            async with http.head(url, headers={"Accept": MANIFEST}) as r:
+                assert r.headers["Docker-Content-Digest"] in digests
+    # What the store recorded for each job is the image its body names.
+    with sqlite3.connect(tmp_path / "home" / "caliban.db") as db:
+        rows = db.execute("SELECT image, spec, details FROM jobs").fetchall()
+    assert len(rows) == 4
+    for image, spec, details in rows:
+        pool = json.loads(spec)["jobSpec"]["workerPoolSpecs"][0]
+        assert image == pool["containerSpec"]["imageUri"]
+        assert image.startswith(f"{docker_registry}/{json.loads(details)['region']}/")
 
 
 # dockerd retries a refused upload for about 50 s before it reports it (with the message

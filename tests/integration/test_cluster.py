@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 import pytest
 
+from caliban import k8sversions
 from caliban.backends.gke import KubeSubmitter
 from caliban.errors import BackendError
 from caliban.options import ClusterOptions, ProjectOptions
@@ -18,6 +19,7 @@ from caliban.spec import JobState
 from caliban.store import Planned
 from tests.conftest import MakeProject
 from tests.fakes.k8s import FakeKubernetes
+from tests.fakes.k8s_schema import validate
 
 from .cluster_support import (  # noqa: F401  (fixtures)
     IMAGE,
@@ -320,6 +322,7 @@ async def test_stopping_part_of_an_indexed_sweep_marks_its_indexes(
         )
         name = str(result.jobs[0].details["k8s_job"])
         kube.set_job_running("default", name)
+        (before,) = kube.configmaps("default")
         backend = await s._backend(result.jobs[0].platform, result.jobs)
         some = [j for j in result.jobs if j.details["completion_index"] in (1, 3)]
         updates = await backend.cancel(some)
@@ -327,6 +330,9 @@ async def test_stopping_part_of_an_indexed_sweep_marks_its_indexes(
     (cm,) = kube.configmaps("default")
     entries = json.loads(cm["data"]["args.json"])
     assert [bool(e.get("skip")) for e in entries] == [False, True, False, True]
+    # Updated in place, never deleted (a pod starting meanwhile would find nothing).
+    assert cm["metadata"]["uid"] == before["metadata"]["uid"]
+    assert cm["metadata"]["ownerReferences"] == before["metadata"]["ownerReferences"]
     (job,) = kube.jobs("default")
     assert run_pod_command(job, cm, 0, project, tmp_path)["tag"] == "a"
     running = {
@@ -460,6 +466,11 @@ async def test_export_writes_manifests_that_parse_back_to_the_same_objects(
         assert all(loaded)
     assert parsed["yaml"] == parsed["json"]
     assert kube.requests == []  # exporting never connects
+    # What is exported is valid, by the strict schemas, wherever caliban would send it.
+    oldest = k8sversions.OLDEST_INDEXED if indexed else k8sversions.OLDEST
+    for obj in parsed["yaml"]:
+        for minor in (oldest, k8sversions.NEWEST):
+            validate(obj, minor)
     kinds = [(o["kind"], o["metadata"]["name"]) for o in parsed["yaml"]]
     if indexed:
         assert [k for k, _ in kinds] == ["ConfigMap", "Job"] and kinds[0][1] == kinds[1][1]

@@ -201,7 +201,7 @@ async def test_resubmit_after_kill_9_adds_only_the_missing_jobs(
     assert {j["state"] for j in (await status_json(folder, env, "k9r")).values()} == {"SUBMITTED"}
 
 
-async def test_an_indexed_sweep_killed_between_job_and_configmap_is_completed(
+async def test_an_indexed_sweep_killed_between_configmap_and_job_is_completed(
     tmp_path: Path,
     make_project: MakeProject,
     kube: FakeKubernetes,
@@ -216,15 +216,25 @@ async def test_an_indexed_sweep_killed_between_job_and_configmap_is_completed(
         "k9i",
         "--indexed",
     )
-    kube.create_latency = 1.5  # the ConfigMap create comes 1.5 s after the Job is stored
-    await run_until_killed(args, cwd=folder, env=env, ready=lambda: bool(kube.jobs("default")))
-    assert kube.configmaps("default") == []
+    kube.create_latency = 1.5  # the Job create comes 1.5 s after the ConfigMap is stored
+    await run_until_killed(
+        args, cwd=folder, env=env, ready=lambda: bool(kube.configmaps("default"))
+    )
+    assert kube.jobs("default") == []
+    (left,) = kube.configmaps("default")
+    assert "ownerReferences" not in left["metadata"]
     kube.create_latency = 0.0
     code, _out, err = await caliban(args, cwd=folder, env=env)
     assert code == 0, err
-    assert kube.calls["create jobs"] == 1  # the Job was adopted, not created again
+    assert kube.calls["create configmaps"] == 1  # the one left behind was adopted
+    name = left["metadata"]["name"]
+    assert kube.object_order == [("ConfigMap", name), ("Job", name)]
     (job,) = kube.jobs("default")
     (cm,) = kube.configmaps("default")
+    assert cm["metadata"]["uid"] == left["metadata"]["uid"]
+    assert [(o["kind"], o["name"], o["uid"]) for o in cm["metadata"]["ownerReferences"]] == [
+        ("Job", job["metadata"]["name"], job["metadata"]["uid"])
+    ]
     recorded = await status_json(folder, env, "k9i")
     entries = json.loads(cm["data"]["args.json"])
     assert len(entries) == job["spec"]["completions"] == 5

@@ -26,6 +26,7 @@ from caliban.accelerators import (
     parse_gpu_spec,
     parse_tpu_spec,
     validate_vertex,
+    vertex_tpu_topology,
 )
 from caliban.errors import ValidationError
 from caliban.spec import JobMode
@@ -287,3 +288,36 @@ def test_gke_tpus() -> None:
 def test_normalize_machine_type() -> None:
     assert normalize_machine_type("cloud_tpu") == "cloud-tpu"
     assert normalize_machine_type(" N1-Standard-8 ") == "n1-standard-8"
+
+
+def test_every_tpu_vm_machine_type_has_a_topology_for_its_chips() -> None:
+    cat = catalog()
+    seen = set()
+    for machine in cat.machines.values():
+        for name, counts in machine.accelerators.items():
+            if name not in cat.tpus:
+                continue
+            for count in counts:
+                topology = vertex_tpu_topology(machine.name, AcceleratorSpec(count, name))
+                if cat.tpus[name].topologies:
+                    assert topology == cat.tpus[name].topologies[count]
+                    seen.add(name)
+                else:
+                    assert topology is None and machine.name == "cloud-tpu"
+    assert seen == {"V4_POD", "V5_LITEPOD", "V5P", "V6E"}
+    assert vertex_tpu_topology("n1-standard-8", AcceleratorSpec(1, "T4")) is None
+    assert vertex_tpu_topology("n1-highcpu-32", None) is None
+    # The machine alone names the TPU (under --force, without --tpu_spec).
+    assert vertex_tpu_topology("ct6e-standard-4t", None) == "2x2"
+
+
+def test_v6e_is_in_the_catalogue_with_regions_and_gke_slices() -> None:
+    spec = parse_tpu_spec("4xV6E")
+    assert spec == AcceleratorSpec(4, "V6E") and parse_tpu_spec("8xtrillium").type == "V6E"
+    assert spec.vertex_type is None
+    assert "europe-west4" in catalog().regions_for("V6E")
+    validate_vertex(machine_type="ct6e-standard-4t", gpu=None, tpu=spec, region="us-east5")
+    assert gke_tpu_selectors(spec) == {
+        "cloud.google.com/gke-tpu-accelerator": "tpu-v6e-slice",
+        "cloud.google.com/gke-tpu-topology": "2x2",
+    }

@@ -24,7 +24,7 @@ def _check(
     config: CalibanConfig = CONFIG,
     **kw: object,
 ) -> cloud_run.CloudPlan:
-    kw.setdefault("project_id", "proj")
+    kw.setdefault("project_id", "my-proj")
     req = CloudRequest(project=ProjectOptions(folder=Path("/project")), **kw)  # type: ignore[arg-type]
     return cloud_run.check(req, mode=mode, config=config, user="ada", environ=environ or {})
 
@@ -84,6 +84,34 @@ def test_tpus() -> None:
     # GPU mode asked for explicitly, with only a TPU spec: no default GPU sneaks in.
     gpu_mode = _check(JobMode.GPU, tpu_spec="8xV3")
     assert gpu_mode.gpu is None and gpu_mode.machine_type == "cloud-tpu"
+
+
+@pytest.mark.parametrize(
+    ("tpu_spec", "machine", "topology"),
+    [
+        ("4xV5E", "ct5lp-hightpu-4t", "2x2"),
+        ("8xV5E", "ct5lp-hightpu-8t", "2x4"),
+        ("4xV6E", "ct6e-standard-4t", "2x2"),
+        ("1xV6E", "ct6e-standard-1t", "1x1"),
+        ("4xV4", "ct4p-hightpu-4t", "2x2x1"),
+        ("4xV5P", "ct5p-hightpu-4t", "2x2x1"),
+        ("8xV3", "cloud-tpu", None),
+    ],
+)
+def test_tpu_vms_get_their_topology(tpu_spec: str, machine: str, topology: str | None) -> None:
+    region = "us-central2" if machine.startswith("ct4p") else "europe-west4"
+    plan = _check(JobMode.CPU, tpu_spec=tpu_spec, regions=(region,))
+    assert (plan.machine_type, plan.tpu_topology) == (machine, topology)
+
+
+def test_a_tpu_shape_without_a_known_topology_is_refused_even_with_force() -> None:
+    with pytest.raises(ValidationError, match=r"no known TPU topology for 16xV6E"):
+        _check(JobMode.CPU, tpu_spec="16xV6E", force=True)
+    with pytest.raises(ValidationError, match=r"a V5_LITEPOD host has 1, 4, 8 chips"):
+        _check(JobMode.CPU, tpu_spec="2xV5E", machine_type="ct5lp-hightpu-2t", force=True)
+    # A machine the catalog knows decides the chips, whatever the forced spec says.
+    forced = _check(JobMode.CPU, tpu_spec="8xV6E", machine_type="ct6e-standard-4t", force=True)
+    assert forced.tpu_topology == "2x2"
 
 
 def test_regions_from_flags_and_environment() -> None:

@@ -118,7 +118,7 @@ def test_cpu_job_on_a_generic_cluster() -> None:
     spec = m["spec"]
     assert spec["backoffLimit"] == 0 and spec["ttlSecondsAfterFinished"] == 7 * 24 * 3600
     assert spec["podFailurePolicy"]["rules"] == [
-        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
     ]
     pod = pod_spec(m)
     assert pod["restartPolicy"] == "Never"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from caliban._limits import GpuPool, RetryPolicy, TokenBucket, with_retries
@@ -12,7 +13,7 @@ from caliban.errors import BackendError, QuotaError
 
 
 class FakeClock:
-    """A clock the test moves; sleeps in the bucket advance it."""
+    """Virtual time: the bucket's sleeps advance it instantly."""
 
     def __init__(self) -> None:
         self.now = 0.0
@@ -20,24 +21,31 @@ class FakeClock:
     def __call__(self) -> float:
         return self.now
 
+    async def sleep(self, seconds: float) -> None:
+        self.now += max(0.0, seconds)
+        await anyio.lowlevel.checkpoint()
+
 
 async def test_bucket_paces_to_the_rate_after_the_burst() -> None:
-    bucket = TokenBucket(rate=50, burst=5)
-    start = anyio.current_time()
+    clock = FakeClock()
+    bucket = TokenBucket(rate=50, burst=5, clock=clock, sleep=clock.sleep)
+    granted = []
     for _ in range(15):
         await bucket.acquire()
-    elapsed = anyio.current_time() - start
-    # 5 free, then 10 at 50/s = 0.2 s.
-    assert 0.17 <= elapsed < 0.5
+        granted.append(clock.now)
+    # 5 free at once, then one every 1/50 s.
+    assert granted[:5] == [0.0] * 5
+    gaps = [b - a for a, b in itertools.pairwise(granted[4:])]
+    assert gaps == pytest.approx([0.02] * 10)
 
 
 async def test_bucket_pause_holds_every_caller() -> None:
-    bucket = TokenBucket(rate=1000, burst=1)
+    clock = FakeClock()
+    bucket = TokenBucket(rate=1000, burst=1, clock=clock, sleep=clock.sleep)
     await bucket.acquire()
     bucket.pause(0.3)
-    start = anyio.current_time()
     await bucket.acquire()
-    assert anyio.current_time() - start >= 0.29
+    assert clock.now >= 0.3
 
 
 def test_bucket_rejects_a_zero_rate() -> None:

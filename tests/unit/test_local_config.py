@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from caliban.backends.local import container_config, rebind, with_gpus
+from caliban.backends.local import DEFAULT_SHM_SIZE, container_config, rebind, with_gpus
 from caliban.cli import _split_script_args
+from caliban.dockerargs import parse_docker_run_args
 from caliban.errors import ValidationError
 from caliban.gpus import GpuInventory, detect, parse_ids
 from caliban.orchestrator import _labels_from_env
@@ -25,8 +26,25 @@ def test_container_config_labels_and_defaults() -> None:
         "caliban.store": "s1",
     }
     assert "CALIBAN_JOB_ID=j1" in cfg["Env"] and "USER_VAR=1" in cfg["Env"]
-    assert cfg["HostConfig"] == {"ShmSize": 1, "Init": True, "IpcMode": "host"}
+    assert cfg["HostConfig"] == {"ShmSize": 1, "Init": True}
     assert base["Env"] == ["USER_VAR=1"]  # the input is not modified
+
+
+@pytest.mark.parametrize(
+    ("flags", "host"),
+    [
+        # Private IPC with room for data loader workers, unless asked otherwise.
+        ("", {"Init": True, "ShmSize": DEFAULT_SHM_SIZE}),
+        ("--shm-size=1g", {"Init": True, "ShmSize": 1 << 30}),
+        ("--ipc=host", {"Init": True, "IpcMode": "host"}),
+        ("--ipc=shareable", {"Init": True, "IpcMode": "shareable", "ShmSize": DEFAULT_SHM_SIZE}),
+        ("--ipc=none", {"Init": True, "IpcMode": "none"}),
+    ],
+)
+def test_host_ipc_only_when_asked_for(flags: str, host: dict[str, object]) -> None:
+    base = parse_docker_run_args(flags.split()).apply({})
+    cfg = container_config(image="i", argv=[], job_id="j", xgroup="g", store_id="s", base=base)
+    assert cfg["HostConfig"] == host
 
 
 def test_gpus_become_env_and_device_requests() -> None:

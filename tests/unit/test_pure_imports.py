@@ -17,6 +17,7 @@ PURE = [
     "caliban.accelerators",
     "caliban.config",
     "caliban.k8sspec",
+    "caliban.k8sversions",
     "caliban.gkespec",
     "caliban.vertexspec",
     "caliban.events",
@@ -28,6 +29,9 @@ PURE = [
     "caliban.baseimage",
     "caliban.project",
     "caliban.cli_args",
+    "caliban.secretfiles",
+    "caliban.secretenv",
+    "caliban.output",
 ]
 FORBIDDEN = ["aiohttp", "aiodocker", "kubernetes_asyncio", "aiosqlite", "rich", "anyio"]
 

@@ -114,7 +114,7 @@ ALL_STATES = {
     "JOB_STATE_RUNNING": JobState.RUNNING,
     "JOB_STATE_SUCCEEDED": JobState.SUCCEEDED,
     "JOB_STATE_FAILED": JobState.FAILED,
-    "JOB_STATE_CANCELLING": JobState.RUNNING,
+    "JOB_STATE_CANCELLING": JobState.CANCELLING,
     "JOB_STATE_CANCELLED": JobState.STOPPED,
     "JOB_STATE_PAUSED": JobState.SUBMITTED,
     "JOB_STATE_EXPIRED": JobState.FAILED,
@@ -153,3 +153,25 @@ def test_console_url() -> None:
         "https://console.cloud.google.com/vertex-ai/locations/europe-west4/training/987654321"
         "?project=my-proj"
     )
+
+
+def test_tpu_vms_carry_their_topology_and_enumless_tpus_only_their_machine() -> None:
+    v5e = _body(
+        machine_type="ct5lp-hightpu-4t",
+        accelerator=AcceleratorSpec(4, "V5_LITEPOD"),
+        tpu_topology="2x2",
+    )
+    assert v5e["jobSpec"]["workerPoolSpecs"][0]["machineSpec"] == {  # type: ignore[index]
+        "machineType": "ct5lp-hightpu-4t",
+        "acceleratorType": "TPU_V5_LITEPOD",
+        "acceleratorCount": 4,
+        "tpuTopology": "2x2",
+    }
+    # aiplatform v1 has no acceleratorType for v6e: the machine type and topology say it all.
+    v6e = _body(
+        machine_type="ct6e-standard-8t", accelerator=AcceleratorSpec(8, "V6E"), tpu_topology="2x4"
+    )
+    assert v6e["jobSpec"]["workerPoolSpecs"][0]["machineSpec"] == {  # type: ignore[index]
+        "machineType": "ct6e-standard-8t",
+        "tpuTopology": "2x4",
+    }
