@@ -44,12 +44,12 @@ CORE=(
     'caliban run --nogpu --dry_run --experiment_config sweep.json train.py 2>/dev/null | grep -c "^job ./4: docker run" | grep -qx 4'
     'py -c "import caliban; caliban.Session"'
     # Without the extras: one line naming the extra, exit 2, nothing recorded.
-    'out=$(caliban cloud --dry_run --project_id p train.py 2>&1); rc=$?; test $rc = 2 && grep -q "pip install .caliban-async\[cloud\]." <<<"$out" && test "$(wc -l <<<"$out")" = 1'
+    'out=$(caliban cloud --dry_run --project_id my-project train.py 2>&1); rc=$?; test $rc = 2 && grep -q "pip install .caliban-async\[cloud\]." <<<"$out" && test "$(wc -l <<<"$out")" = 1'
     'out=$(caliban cluster job submit --kubeconfig kubeconfig --dry_run train.py 2>&1); rc=$?; test $rc = 2 && grep -q "caliban-async\[cluster\]" <<<"$out"'
     'test ! -e "$CALIBAN_HOME"'
 )
 EXTRAS=(
-    'caliban cloud --dry_run --project_id p --experiment_config sweep.json train.py 2>/dev/null | py -c "import json,sys; assert len(json.load(sys.stdin)) == 4"'
+    'caliban cloud --dry_run --project_id my-project --experiment_config sweep.json train.py 2>/dev/null | py -c "import json,sys; assert len(json.load(sys.stdin)) == 4"'
     'caliban cluster job submit --kubeconfig kubeconfig --dry_run --experiment_config sweep.json train.py 2>/dev/null | py -c "import sys,yaml; assert [d[\"kind\"] for d in yaml.safe_load_all(sys.stdin)] == [\"Job\"] * 4"'
     'test ! -e "$CALIBAN_HOME"'
 )

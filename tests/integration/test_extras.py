@@ -82,14 +82,17 @@ def test_the_blocker_hides_both_libraries(core_env: dict[str, str], tmp_path: Pa
 @pytest.mark.parametrize(
     ("args", "line"),
     [
-        (["cloud", "--dry_run", "--project_id", "p", "job.py"], CLOUD_LINE),
-        (["cloud", "--project_id", "p", "--experiment_config", "exp.json", "job.py"], CLOUD_LINE),
+        (["cloud", "--dry_run", "--project_id", "my-project", "job.py"], CLOUD_LINE),
+        (
+            ["cloud", "--project_id", "my-project", "--experiment_config", "exp.json", "job.py"],
+            CLOUD_LINE,
+        ),
         (
             ["cluster", "job", "submit", "--kubeconfig", "kube.yaml", "--dry_run", "job.py"],
             CLUSTER_LINE,
         ),
         (["cluster", "job", "submit", "--kubeconfig", "kube.yaml", "job.py"], CLUSTER_LINE),
-        (["cluster", "ls", "--project_id", "p"], CLUSTER_LINE),
+        (["cluster", "ls", "--project_id", "my-project"], CLUSTER_LINE),
     ],
 )
 def test_a_command_needing_a_missing_extra_says_which_in_one_line(
