@@ -3,6 +3,7 @@
 #   make test   - engine + base image + the whole test suite
 #   make lint   - ruff and mypy
 #   make bench  - the benchmarks in benchmarks/
+#   make matrix - build the wheel, install and try it on every Python here
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -11,11 +12,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench venv docker base-image clean-test-images
+.PHONY: demo test lint bench matrix venv docker base-image clean-test-images
 
-$(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+# Python 3.10+; the versions come from constraints.txt (scripts/update-constraints.py).
+$(STAMP): pyproject.toml constraints.txt scripts/venv.sh
+	@PYTHON='$(PYTHON)' scripts/venv.sh $(VENV)
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -46,3 +47,6 @@ lint: venv
 bench: venv base-image
 	@export CALIBAN_BASE_IMAGE="$${CALIBAN_BASE_IMAGE:-$$(scripts/base-image.sh)}"; \
 	for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+matrix:
+	@scripts/install-matrix.sh

@@ -448,8 +448,12 @@ def cmd_jobs(ns: argparse.Namespace) -> int:
 def cmd_submit(ns: argparse.Namespace) -> int:
     from caliban.options import ClusterJobRequest
 
-    if ns.tpu_driver:
-        print("caliban: --tpu_driver is ignored: GKE TPU VMs come with their runtime")
+    if ns.tpu_driver:  # on stderr: stdout may be the --dry_run manifests
+        import sys
+
+        print(
+            "caliban: --tpu_driver is ignored: GKE TPU VMs come with their runtime", file=sys.stderr
+        )
     request = ClusterJobRequest(
         project=_project(ns, entry=ns.module),
         cluster=_options(ns),

@@ -29,7 +29,7 @@ from caliban.cloud.auth import _read_key, default_key_file
 from caliban.cloud.http import GoogleApi
 from caliban.config import CalibanConfig
 from caliban.errors import AuthError, BackendError, ValidationError
-from caliban.events import JobsPlanned, JobStateChanged, Notice, Sink
+from caliban.events import Document, JobsPlanned, JobStateChanged, Notice, Sink
 from caliban.fanout import Pacing, job_label, submit_all
 from caliban.options import CloudRequest
 from caliban.spec import JobMode, JobRecord, Platform
@@ -225,6 +225,7 @@ async def submit(session: Session, req: CloudRequest) -> RunResult:
 
     if req.dry_run:
         image = req.image_tag or f"<{prepared.repo} pushed by digest>"
+        requests = []
         for index, exp in enumerate(experiment.expand(config)):
             argv = experiment.to_argv(exp, req.script_args)
             region = plan.regions[index % len(plan.regions)]
@@ -238,17 +239,17 @@ async def submit(session: Session, req: CloudRequest) -> RunResult:
                 image=image,
                 argv=argv,
             )
-            session.sink(
-                Notice(
-                    f"job {index + 1}/{total} -> projects/{plan.project_id}/"
-                    f"locations/{region}/customJobs\n{json.dumps(body, indent=2)}"
-                )
+            requests.append(
+                {"parent": f"projects/{plan.project_id}/locations/{region}", "customJob": body}
             )
             await anyio.lowlevel.checkpoint()  # Ctrl-C gets through a long listing
+        # One JSON array, one element per job, so the output can be piped to jq.
+        session.sink(Document(json.dumps(requests, indent=2)))
         session.sink(
             Notice(
                 f"dry run: {total} Vertex job(s) in {xgroup}; nothing was built, "
-                "pushed, submitted or recorded"
+                "pushed, submitted or recorded",
+                level="status",
             )
         )
         return RunResult(xgroup, dry_run=True, platform=Platform.VERTEX)

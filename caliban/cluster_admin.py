@@ -20,7 +20,7 @@ from caliban.backends.kubeclient import KubeClient, kubeconfig_paths, read_kubec
 from caliban.cloud.gke_api import GkeApi
 from caliban.cloud.http import GoogleApi
 from caliban.errors import BackendError, ValidationError
-from caliban.events import Notice
+from caliban.events import Document, Notice
 from caliban.k8sspec import ClusterTarget
 from caliban.options import ClusterCreateRequest, ClusterOptions
 
@@ -239,8 +239,7 @@ async def submit_file(
     """Create the objects of a manifest file as they are (not recorded in the history)."""
     objects = await anyio.to_thread.run_sync(read_manifests, path)
     if dry_run:
-        for obj in objects:
-            session.sink(Notice(yaml.safe_dump(obj, sort_keys=False).rstrip()))
+        session.sink(Document(yaml.safe_dump_all(objects, sort_keys=False, explicit_start=True)))
         return objects
     kube = await client(session, opts)
     target = kube.target

@@ -35,7 +35,7 @@ from caliban.backends.gke import (
 from caliban.cloud import registry
 from caliban.cluster_admin import resolve_target, uses_kubeconfig
 from caliban.errors import BackendError, OutcomeUnknown, ValidationError
-from caliban.events import JobsPlanned, JobStateChanged, Notice
+from caliban.events import Document, JobsPlanned, JobStateChanged, Notice
 from caliban.fanout import Pacing, submit_all
 from caliban.k8sspec import ClusterTarget, JobShape, Placement
 from caliban.options import ClusterJobRequest, ClusterOptions
@@ -244,15 +244,19 @@ async def submit(session: Session, req: ClusterJobRequest) -> RunResult:
             for path in await _export(req, groups):
                 session.sink(Notice(f"wrote {path}"))
         else:
+            # One YAML stream, a document per object, as `kubectl apply -f -` reads it.
+            documents = []
             for objects in groups:
                 for obj in objects:
-                    session.sink(Notice("---\n" + yaml.safe_dump(obj, sort_keys=False).rstrip()))
+                    documents.append(yaml.safe_dump(obj, sort_keys=False, explicit_start=True))
                     await anyio.lowlevel.checkpoint()  # Ctrl-C gets through a long listing
+            session.sink(Document("".join(documents)))
             session.sink(
                 Notice(
                     f"dry run: {total} job(s) in {xgroup} for {plan.target.display}, "
                     f"namespace {plan.target.namespace}; nothing was built, pushed, "
-                    "submitted or recorded"
+                    "submitted or recorded",
+                    level="status",
                 )
             )
         return RunResult(xgroup, dry_run=True, platform=Platform.GKE)

@@ -8,7 +8,8 @@ adapter edge, so callers of the library API only ever catch these::
     ├── ConfigError                   exit 2: bad input, nothing was written
     │   ├── ExperimentConfigError       an experiment config (names the key or value)
     │   ├── CalibanConfigError          .calibanconfig.json
-    │   └── ValidationError             flags, specs, machine/accelerator/region
+    │   ├── ValidationError             flags, specs, machine/accelerator/region
+    │   └── MissingExtra                an optional dependency (pip extra) is not installed
     ├── EngineUnavailable             no Docker engine answers
     ├── BuildError                    a Dockerfile step failed (carries step, exit code)
     ├── BackendError                  a platform call failed (retryable? retry_after?)
@@ -66,6 +67,25 @@ class CalibanConfigError(ConfigError):
 
 class ValidationError(ConfigError):
     """A flag value or combination of flags that cannot work."""
+
+
+class MissingExtra(ConfigError):
+    """A command needs an optional dependency group that is not installed.
+
+    Raised where the foreign library is imported, so the core install (local runs,
+    ``expansion``, ``status``) never needs it and the command that does fails
+    before it builds or records anything.
+    """
+
+    DISTRIBUTION = "caliban-async"
+
+    def __init__(self, extra: str, *, feature: str, package: str) -> None:
+        super().__init__(
+            f"{feature} needs {package}, which is not installed: "
+            f"pip install '{self.DISTRIBUTION}[{extra}]'"
+        )
+        self.extra = extra
+        self.package = package
 
 
 class EngineUnavailable(CalibanError):

@@ -23,7 +23,17 @@ class Notice(Event):
     """A line meant for the user: what happened, or what to do next."""
 
     text: str
-    level: str = "info"  # info | warning | error | debug
+    # info | warning | error | debug | status; status is about the command's progress
+    # rather than its output, so it goes to stderr beside a Document on stdout.
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Document(Event):
+    """Output for programs: a JSON or YAML document (``--dry_run`` request bodies,
+    manifests), shown exactly as given on stdout, so it can be piped to jq or kubectl."""
+
+    text: str
 
 
 @dataclass(frozen=True)

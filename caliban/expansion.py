@@ -22,7 +22,7 @@ from caliban.errors import EXIT_USAGE, ExperimentConfigError
 
 def _version() -> str:
     try:
-        return metadata.version("caliban")
+        return metadata.version("caliban-async")
     except metadata.PackageNotFoundError:
         return "unknown"
 

@@ -459,7 +459,8 @@ class Session:
             self.sink(
                 Notice(
                     f"dry run: {total} job(s) in {xgroup}; nothing was built, run or "
-                    "recorded. Run again without --dry_run to execute them."
+                    "recorded. Run again without --dry_run to execute them.",
+                    level="status",
                 )
             )
             return RunResult(xgroup, dry_run=True)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from rich.console import Console, Group, RenderableType
 from rich.markup import escape
@@ -35,15 +36,55 @@ _STATE_STYLE = {
     JobState.UNKNOWN: "magenta",
     JobState.CANCELLING: "yellow",
 }
+# Wide enough that a piped table never folds a cell, small enough to lay out quickly.
+_PIPED_WIDTH = 1 << 15
+_TRAILING_BLANKS = re.compile(r" +\n")
 _LABEL_STYLES = ("cyan", "magenta", "green", "yellow", "blue", "bright_cyan", "bright_magenta")
 
 
 def make_console(file: IO[str] | None = None, *, stderr: bool = False) -> Console:
+    """The one place caliban's consoles are made.
+
+    On a terminal rich wraps to its width. Piped or redirected, the reader is a
+    program or a log file: lines are never wrapped (``soft_wrap``), tables get all
+    the width they want, and trailing blanks of table cells are dropped.
+    """
     console = Console(file=file, stderr=stderr, highlight=False)
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        # Piped output has no width; do not squeeze tables into 80 columns.
-        console.width = 160
+    if not console.is_terminal:
+        console.soft_wrap = True
+        if "COLUMNS" not in os.environ:
+            console.width = _PIPED_WIDTH
+        console.file = cast("IO[str]", _LineEnds(console.file))
     return console
+
+
+class _LineEnds:
+    """A text stream that drops blanks at the end of each line written to it.
+
+    A run of blanks at the end of one write is held back until the next write
+    shows whether a line break follows it.
+    """
+
+    def __init__(self, target: IO[str]) -> None:
+        self._target = target
+        self._held = ""
+
+    def write(self, text: str) -> int:
+        pending = self._held + text
+        body = pending.rstrip(" ")
+        self._held = pending[len(body) :]
+        self._target.write(_TRAILING_BLANKS.sub("\n", body))
+        return len(text)
+
+    def flush(self) -> None:
+        self._target.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self._target, "encoding", None) or "utf-8"
 
 
 class ConsoleSink:
@@ -147,8 +188,12 @@ class ConsoleSink:
         style = {"warning": "yellow", "error": "bold red", "debug": "dim"}.get(e.level, "")
         if e.level == "debug" and not self.verbose:
             return
-        target = self.err if e.level in ("warning", "error") else self.console
+        target = self.err if e.level in ("warning", "error", "status") else self.console
         target.print(Text(e.text, style=style))
+
+    def _on_Document(self, e: ev.Document) -> None:
+        # Verbatim: no markup, highlighting or wrapping, on a terminal too.
+        self.console.out(e.text.rstrip("\n"), highlight=False)
 
     def _on_BuildStarted(self, e: ev.BuildStarted) -> None:
         size = e.context_bytes / 1e6

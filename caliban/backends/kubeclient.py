@@ -35,20 +35,30 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import anyio
 import yaml
-from kubernetes_asyncio import client as k8s
-from kubernetes_asyncio.config.config_exception import ConfigException
-from kubernetes_asyncio.config.kube_config import KubeConfigLoader, KubeConfigMerger
 
-from caliban._limits import RetryPolicy, with_retries
-from caliban.cloud.http import parse_retry_after
 from caliban.errors import (
     AuthError,
     BackendError,
+    MissingExtra,
     NotFound,
     OutcomeUnknown,
     QuotaError,
     ValidationError,
 )
+
+# Optional: the [cluster] extra. Checked before caliban.cloud, which needs the other
+# half of that extra, so a bare install is told the extra Kubernetes needs.
+try:
+    from kubernetes_asyncio import client as k8s
+    from kubernetes_asyncio.config.config_exception import ConfigException
+    from kubernetes_asyncio.config.kube_config import KubeConfigLoader, KubeConfigMerger
+except ModuleNotFoundError:
+    raise MissingExtra(
+        "cluster", feature="Kubernetes support", package="kubernetes_asyncio"
+    ) from None
+
+from caliban._limits import RetryPolicy, with_retries
+from caliban.cloud.http import parse_retry_after
 from caliban.k8sspec import ClusterTarget
 from caliban.k8sversions import ServerVersion, parse_version
 

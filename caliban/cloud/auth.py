@@ -26,12 +26,17 @@ from typing import Any, Protocol
 
 import aiohttp
 import anyio
-from gcloud.aio.auth import Token
 from tenacity import retry_if_exception, stop_after_attempt, wait_random_exponential
+
+from caliban.errors import AuthError, ConfigError, MissingExtra
+
+try:  # optional: the [cloud] and [cluster] extras bring it
+    from gcloud.aio.auth import Token
+except ModuleNotFoundError:
+    raise MissingExtra("cloud", feature="Google Cloud access", package="gcloud-aio-auth") from None
 
 from caliban.cloud import credentials_executable, credentials_external
 from caliban.cloud.credentials_refresh import Issued, Refreshing, impersonate
-from caliban.errors import AuthError, ConfigError
 
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 QUOTA_PROJECT_ENV = "GOOGLE_CLOUD_QUOTA_PROJECT"

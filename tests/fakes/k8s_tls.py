@@ -54,7 +54,7 @@ def make_certificates(
     The extensions satisfy strict X.509 checking (VERIFY_X509_STRICT, the default from Python
     3.13), so the bundle keeps working when the interpreter gets stricter.
     """
-    now = dt.datetime.now(dt.UTC)
+    now = dt.datetime.now(dt.timezone.utc)
     not_before, not_after = now - dt.timedelta(minutes=5), now + dt.timedelta(days=2)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())

@@ -116,8 +116,11 @@ def test_dry_run_touches_neither_docker_nor_the_store(
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert "job 1/2" in result.stdout and "--seed 1 --lr 0.1 --big" in result.stdout
-    assert "--lr 0.2 --big" in result.stdout and "dry run: 2 job(s)" in result.stdout
+    # One whole line per job on stdout, however long; the narration is on stderr.
+    first, second = result.stdout.splitlines()
+    assert first.startswith("job 1/2: docker run ") and first.endswith("--seed 1 --lr 0.1 --big")
+    assert second.startswith("job 2/2: docker run ") and second.endswith("--lr 0.2 --big")
+    assert "dry run: 2 job(s)" in result.stderr
     assert not (Path(plain_env["CALIBAN_HOME"]) / "caliban.db").exists()
 
 

@@ -3,11 +3,13 @@ what is sent, where, and what is recorded."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from caliban.errors import AuthError, ValidationError
+from caliban.events import Document
 from caliban.options import ProjectOptions
 from caliban.orchestrator import Session
 from caliban.spec import JobState, Platform
@@ -239,10 +241,11 @@ async def test_dry_run_touches_neither_network_nor_store(
     oauth_server: FakeOAuth,
     session_env: dict[str, str],
 ) -> None:
-    notices: list[str] = []
+    documents: list[str] = []
 
     def sink(event: object) -> None:
-        notices.append(getattr(event, "text", ""))
+        if isinstance(event, Document):
+            documents.append(event.text)
 
     home = tmp_path / "home"
     async with Session(home=home, environ=session_env, sink=sink) as s:
@@ -261,11 +264,15 @@ async def test_dry_run_touches_neither_network_nor_store(
     assert all(v == 0 for v in vertex_server.counters().values())
     assert oauth_server.token_requests == 0
     assert not home.exists()
-    bodies = [n for n in notices if "customJobs" in n]
-    assert len(bodies) == 3
-    assert "locations/us-central1/customJobs" in bodies[0]
-    assert "locations/europe-west4/customJobs" in bodies[1]
-    assert '"imageUri": "' + IMAGE in bodies[2] and '"--i",\n' in bodies[2]
+    [document] = documents
+    requests = json.loads(document)
+    assert [r["parent"].rsplit("/", 1)[1] for r in requests] == [
+        "us-central1",
+        "europe-west4",
+        "us-central1",
+    ]
+    pool = requests[2]["customJob"]["jobSpec"]["workerPoolSpecs"][0]
+    assert pool["containerSpec"]["imageUri"] == IMAGE and "--i" in pool["containerSpec"]["args"]
 
 
 async def test_bad_credentials_are_one_clear_error(

@@ -196,10 +196,15 @@ async def test_dry_run_prints_every_body_and_writes_nothing(
         env=env,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.count('"displayName"') == 3
-    assert done.stdout.count('"acceleratorType": "NVIDIA_TESLA_T4"') == 3
-    assert '"team": "ml"' in done.stdout
-    assert "dry run: 3 Vertex job(s)" in done.stdout
+    # Piped stdout is one JSON document (nothing wrapped), the narration is on stderr.
+    requests = json.loads(done.stdout)
+    assert [r["parent"] for r in requests] == ["projects/test-proj/locations/us-central1"] * 3
+    bodies = [r["customJob"] for r in requests]
+    assert len({b["displayName"] for b in bodies}) == 3
+    pools = [b["jobSpec"]["workerPoolSpecs"][0] for b in bodies]
+    assert [p["machineSpec"]["acceleratorType"] for p in pools] == ["NVIDIA_TESLA_T4"] * 3
+    assert all(b["labels"]["team"] == "ml" for b in bodies)
+    assert "dry run: 3 Vertex job(s)" in done.stderr
     assert all(v == 0 for v in vertex_server.counters().values())
     assert oauth_server.token_requests == 0
     assert not (tmp_path / "home").exists()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+import yaml
 
 from tests.conftest import CALIBAN, MakeProject
 from tests.fakes.k8s import FakeKubernetes
@@ -336,5 +337,12 @@ async def test_dry_run_prints_manifests_and_touches_nothing(
         env=cli_env(tmp_path),
     )
     assert got == 0, err
-    assert out.count("kind: Job") == 2 and "dry run: 2 job(s)" in out
+    # Piped stdout is a YAML stream of the manifests; the narration is on stderr.
+    jobs = list(yaml.safe_load_all(out))
+    assert [j["kind"] for j in jobs] == ["Job", "Job"]
+    assert [j["spec"]["template"]["spec"]["containers"][0]["args"][-2:] for j in jobs] == [
+        ["--lr", "1"],
+        ["--lr", "2"],
+    ]
+    assert "dry run: 2 job(s)" in err
     assert kube.requests == [] and not (tmp_path / "home").exists()

@@ -164,3 +164,11 @@ def test_usage(capsys: pytest.CaptureFixture[str]) -> None:
     assert "experiment_config" in capsys.readouterr().err
     assert main(["--help"]) == 0
     assert "--print_flags" in capsys.readouterr().out
+
+
+def test_version_is_the_installed_distribution() -> None:
+    from caliban.cli import __version__
+
+    result = run("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"expansion {__version__}"
