@@ -143,8 +143,8 @@ def _check(schema: Schema, node: Mapping[str, Any], value: Any, path: str) -> No
             _check(schema, node["items"], item, f"{path}[{n}]")
 
 
-def validate(fragment: Mapping[str, Any], schema: Schema) -> None:
-    """Refuse a field the schema lacks, a value of the wrong type, or a field caliban owns."""
+def check_owned(fragment: Mapping[str, Any]) -> None:
+    """Refuse a field caliban sets itself; needs no schema, so no daemon."""
     for owned, reason in OWNED_FIELDS.items():
         node: Any = fragment
         for part in owned.split("."):
@@ -154,6 +154,11 @@ def validate(fragment: Mapping[str, Any], schema: Schema) -> None:
     for key in fragment.get("Labels") or {}:
         if str(key).startswith(CALIBAN_LABEL_PREFIX):
             raise error(f"Labels.{key}: labels under {CALIBAN_LABEL_PREFIX!r} are caliban's to set")
+
+
+def validate(fragment: Mapping[str, Any], schema: Schema) -> None:
+    """Refuse a field caliban owns, a field the schema lacks, or a value of the wrong type."""
+    check_owned(fragment)
     _check(schema, schema.definitions[schema.root], dict(fragment), "")
 
 

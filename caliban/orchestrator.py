@@ -263,6 +263,7 @@ class Session:
         options = await run_options(args, self.environ)
         if not fragment:
             return options
+        createjson.check_owned(fragment)
         version = str((await (await self.docker()).version()).get("ApiVersion", ""))
         schema = createjson.schema_for(version)
         if not schema.exact:

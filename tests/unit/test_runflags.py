@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ from caliban.errors import ValidationError
 from caliban.runflags import deep_merge, flag_table, parse_duration
 
 DOCKER = "/usr/bin/docker"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _field_exists(schema: createjson.Schema, path: str) -> bool:
@@ -245,3 +247,19 @@ def test_deep_merge() -> None:
         "D": "y",
     }
     assert base == {"A": {"B": [1], "C": 1}, "D": "x"}
+
+
+def test_the_flags_page_is_generated_from_the_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = importlib.util.spec_from_file_location(
+        "gen_flags_doc", ROOT / "scripts/gen_flags_doc.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "PAGE", tmp_path / "page.md")
+    module.main()
+    fresh = (tmp_path / "page.md").read_text()
+    assert "| `--sysctl` | `HostConfig.Sysctls` | map |" in fresh
+    assert (ROOT / "docs/docker-run-flags.md").read_text() == fresh, "run scripts/gen_flags_doc.py"
