@@ -140,7 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--docker_run_args",
         metavar="ARGS",
-        help="extra `docker run` flags, e.g. --docker_run_args='--shm-size 2g'",
+        help="extra `docker run` flags, e.g. --docker_run_args='--shm-size 2g' "
+        "(supported flags: docs/docker-run-flags.md)",
+    )
+    p.add_argument(
+        "--docker_create_json",
+        metavar="FILE",
+        help="a JSON fragment deep-merged into the Engine API container-create body",
     )
     p.add_argument("--xgroup", help="experiment group to record the jobs in (default: a new one)")
     p.add_argument(
@@ -397,6 +403,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
         gpus_per_job=ns.gpus_per_job,
         gpu_ids=parse_ids(ns.gpu_ids) if ns.gpu_ids else None,
         docker_run_args=_docker_run_args(ns.docker_run_args),
+        docker_create_json=_docker_create_json(ns.docker_create_json),
         dry_run=ns.dry_run,
         max_sweep=ns.max_sweep,
     )
@@ -423,6 +430,12 @@ def _docker_run_args(text: str | None) -> tuple[str, ...]:
         from caliban.errors import ValidationError
 
         raise ValidationError(f"--docker_run_args: {exc}") from exc
+
+
+def _docker_create_json(path: str | None) -> dict[str, Any] | None:
+    from caliban.createjson import read_fragment
+
+    return read_fragment(path) if path else None
 
 
 def cmd_status(ns: argparse.Namespace) -> int:

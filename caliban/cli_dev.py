@@ -11,7 +11,7 @@ import argparse
 import os
 from typing import TYPE_CHECKING, Any
 
-from caliban.cli import _base, _docker_run_args, _execute, _project, _sink
+from caliban.cli import _base, _docker_create_json, _docker_run_args, _execute, _project, _sink
 from caliban.cli_args import port
 from caliban.errors import EXIT_FAILURE, EXIT_USAGE
 
@@ -25,6 +25,11 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--docker_run_args",
         metavar="ARGS",
         help="extra `docker run` flags, e.g. --docker_run_args='--shm-size 2g'",
+    )
+    p.add_argument(
+        "--docker_create_json",
+        metavar="FILE",
+        help="a JSON fragment deep-merged into the Engine API container-create body",
     )
     p.add_argument("--bare", action="store_true", help="do not mount your home folder")
     p.add_argument(
@@ -107,6 +112,7 @@ def cmd_shell(ns: argparse.Namespace) -> int:
         bare=ns.bare,
         gpu_ids=_gpu_ids(ns),
         docker_run_args=_docker_run_args(ns.docker_run_args),
+        docker_create_json=_docker_create_json(ns.docker_create_json),
     )
 
     async def work(session: Session) -> int:
@@ -129,6 +135,7 @@ def cmd_notebook(ns: argparse.Namespace) -> int:
         bare=ns.bare,
         gpu_ids=_gpu_ids(ns),
         docker_run_args=_docker_run_args(ns.docker_run_args),
+        docker_create_json=_docker_create_json(ns.docker_create_json),
     )
 
     async def work(session: Session) -> int:

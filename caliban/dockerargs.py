@@ -40,6 +40,7 @@ from caliban.docker_values import (
     require_absolute,
 )
 from caliban.errors import ValidationError
+from caliban.runflags import MappedFlag, deep_merge, flag_table, parse_mapped, set_field
 
 __all__ = ["SUPPORTED_FLAGS", "PortBinding", "RunOptions", "parse_docker_run_args", "parse_size"]
 
@@ -85,6 +86,9 @@ class RunOptions:
     hostname: str | None = None
     add_host: tuple[str, ...] = ()
     entrypoint: tuple[str, ...] | None = None
+    # Create-body fields of the flags in the table's "mapped" group, and the
+    # --docker_create_json fragment: deep-merged last, over everything else.
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def exposed_ports(self) -> dict[str, dict[str, Any]]:
@@ -159,7 +163,7 @@ class RunOptions:
             host["Ulimits"] = kept + [dict(u) for u in self.ulimits]
         if host != (out.get("HostConfig") or {}):
             out["HostConfig"] = host
-        return out
+        return deep_merge(out, copy.deepcopy(dict(self.extra))) if self.extra else out
 
 
 def _extend(target: dict[str, Any], key: str, values: Iterable[Any]) -> None:
@@ -211,15 +215,8 @@ def _check_mount_targets(host: Mapping[str, Any], options: RunOptions) -> None:
 
 # --------------------------------------------------------------------------- flags
 
-# Flags that would fight caliban for control of the container, and why.
-_MANAGED = {
-    "--rm": "caliban decides when its containers are removed",
-    "--detach": "caliban decides whether to wait for a job",
-    "--interactive": "caliban attaches to the container itself (use `caliban shell` for a shell)",
-    "--tty": "caliban attaches to the container itself (use `caliban shell` for a shell)",
-    "--name": "caliban names its containers itself",
-}
-_MANAGED_SHORT = {"d": "--detach", "i": "--interactive", "t": "--tty"}
+# Short forms of the flags the table refuses (owned by caliban or client-only).
+_MANAGED_SHORT = {"d": "--detach", "i": "--interactive", "t": "--tty", "a": "--attach"}
 
 
 @dataclass(frozen=True)
@@ -264,19 +261,27 @@ _FLAGS: tuple[_Flag, ...] = (
 _ALIASES = {"--net": "--network"}
 _BY_LONG = {f.long: f for f in _FLAGS}
 _BY_SHORT = {f.short: f for f in _FLAGS if f.short}
+_MAPPED = flag_table().mapped
+_MAPPED_SHORT = {f.short: f for f in _MAPPED.values() if f.short}
 
 #: Every accepted flag, long form first then the short one, for help texts.
 SUPPORTED_FLAGS: tuple[str, ...] = tuple(
-    f"{f.long} (-{f.short})" if f.short else f.long for f in _FLAGS
+    sorted(
+        [f"{f.long} (-{f.short})" if f.short else f.long for f in _FLAGS]
+        + [f"{f.long} (-{f.short})" if f.short else f.long for f in _MAPPED.values()]
+    )
 )
 
 
 def _unsupported(flag: str) -> ValidationError:
-    return error(f"unsupported docker run flag {flag!r} (supported: {', '.join(SUPPORTED_FLAGS)})")
+    return error(
+        f"unknown docker run flag {flag!r}",
+        hint="docs/docker-run-flags.md lists the supported flags",
+    )
 
 
 def _managed(flag: str, canonical: str) -> ValidationError:
-    return error(f"{flag!r} cannot be used: {_MANAGED[canonical]}")
+    return error(f"{flag!r} cannot be used: {flag_table().refusal(canonical)}")
 
 
 class _Collector:
@@ -302,6 +307,30 @@ class _Collector:
         self.gpus: list[dict[str, Any]] = []
         self.add_host: list[str] = []
         self.entrypoint: tuple[str, ...] | None = None
+        self.extra: dict[str, Any] = {}
+        # (flag, field below the endpoint, kind, value): the network is known at the end.
+        self.endpoint: list[tuple[str, str, str, Any]] = []
+
+    def mapped(self, flag: str, spec: MappedFlag, value: str | bool) -> None:
+        parsed = parse_mapped(flag, spec, value)
+        if spec.kind.startswith("endpoint"):
+            self.endpoint.append((flag, spec.field.split(".*.", 1)[1], spec.kind, parsed))
+            return
+        if spec.field == "Labels":
+            for key in parsed:
+                _check_label(flag, key)
+        set_field(self.extra, spec.field, spec.kind, parsed)
+
+    def _endpoint_fields(self) -> None:
+        if not self.endpoint:
+            return
+        network = self.scalars.get("network")
+        if network in (None, "", "default", "bridge", "host", "none") or network.startswith(
+            "container:"
+        ):
+            raise error(f"{self.endpoint[0][0]} needs --network with a user-defined network")
+        for _, path, kind, value in self.endpoint:
+            set_field(self.extra, f"NetworkingConfig.EndpointsConfig.{network}.{path}", kind, value)
 
     def value(self, flag: str, canonical: str, value: str) -> None:
         handler = self._handlers[canonical]
@@ -398,6 +427,7 @@ class _Collector:
 
     def _label(self, flag: str, value: str) -> None:
         key, text = parse_label(flag, value)
+        _check_label(flag, key)
         self.labels[key] = text
 
     def _runtime(self, flag: str, value: str) -> None:
@@ -455,6 +485,7 @@ class _Collector:
         self.scalars[key] = value
 
     def freeze(self) -> RunOptions:
+        self._endpoint_fields()
         return RunOptions(
             # The docker CLI puts --env-file entries before -e ones, whatever the order.
             env=(*self.env_files, *self.env),
@@ -473,6 +504,7 @@ class _Collector:
             gpus=tuple(self.gpus),
             add_host=tuple(self.add_host),
             entrypoint=self.entrypoint,
+            extra=self.extra,
             **self.scalars,
         )
 
@@ -505,8 +537,12 @@ def parse_docker_run_args(
         if arg.startswith("--") and len(arg) > 2:
             name, has_value, inline = arg.partition("=")
             canonical = _ALIASES.get(name, name)
-            if canonical in _MANAGED:
+            if flag_table().refusal(canonical):
                 raise _managed(name, canonical)
+            mapped = _MAPPED.get(canonical)
+            if mapped is not None:
+                i = _mapped_long(collected, mapped, name, bool(has_value), inline, args, i)
+                continue
             flag = _BY_LONG.get(canonical)
             if flag is None:
                 raise _unsupported(name)
@@ -539,6 +575,11 @@ def _short_flags(collected: _Collector, arg: str, args: list[str], i: int) -> in
         shown = f"-{letter}"
         if letter in _MANAGED_SHORT:
             raise _managed(shown, _MANAGED_SHORT[letter])
+        mapped = _MAPPED_SHORT.get(letter)
+        if mapped is not None:
+            rest = letters[j + 1 :]
+            value = rest[1:] if rest.startswith("=") else rest
+            return _mapped_long(collected, mapped, shown, bool(rest), value, args, i)
         flag = _BY_SHORT.get(letter)
         if flag is None:
             raise _unsupported(shown)
@@ -562,3 +603,35 @@ def _short_flags(collected: _Collector, arg: str, args: list[str], i: int) -> in
         collected.value(shown, flag.long, value)
         return i
     return i
+
+
+def _mapped_long(
+    collected: _Collector,
+    spec: MappedFlag,
+    name: str,
+    has_value: bool,
+    inline: str,
+    args: list[str],
+    i: int,
+) -> int:
+    """One use of a table-mapped flag; returns the index of the next word."""
+    if not spec.takes_value:
+        collected.mapped(name, spec, go_bool(name, inline) if has_value else True)
+        return i
+    if not has_value:
+        if i >= len(args):
+            raise error(f"{name} needs a value")
+        inline = args[i]
+        i += 1
+    collected.mapped(name, spec, inline)
+    return i
+
+
+# Labels under this prefix are how caliban finds, cleans up and attributes its
+# containers; a user value would hide a job from it.
+CALIBAN_LABEL_PREFIX = "caliban."
+
+
+def _check_label(flag: str, key: str) -> None:
+    if key.startswith(CALIBAN_LABEL_PREFIX):
+        raise error(f"{flag} {key}: labels under {CALIBAN_LABEL_PREFIX!r} are caliban's to set")

@@ -29,7 +29,7 @@ import anyio
 from aiodocker.exceptions import DockerError
 
 from caliban import dockerargs, engine, names
-from caliban.backends.local import STORE_LABEL, managed_config, run_options, with_gpus
+from caliban.backends.local import STORE_LABEL, managed_config, with_gpus
 from caliban.dockerfile import APP_DIR, ImageUser
 from caliban.errors import BackendError, ValidationError
 from caliban.events import Notice
@@ -328,7 +328,7 @@ async def shell(
         raise ValidationError(NO_TTY)
     if req.shell is not None:
         choose_shell(req.shell, None, home_mounted=False)  # refuse bad names before anything
-    options = await run_options(req.docker_run_args, session.environ)
+    options = await session.container_options(req.docker_run_args, req.docker_create_json)
     home = await home_mount(session, req.bare)
     chosen = choose_shell(
         req.shell,

@@ -23,7 +23,7 @@ import anyio
 from aiodocker.exceptions import DockerError
 
 from caliban import dockerargs, names
-from caliban.backends.local import LocalBackend, run_options, with_gpus
+from caliban.backends.local import LocalBackend, with_gpus
 from caliban.dockerfile import ImageUser, Jupyter
 from caliban.errors import BackendError, ValidationError
 from caliban.events import Notice
@@ -172,7 +172,7 @@ async def notebook(session: Session, req: NotebookRequest) -> int:
     check_jupyter_version(req.jupyter_version)
     if req.port is not None:
         check_port(req.port)
-    options = await run_options(req.docker_run_args, session.environ)
+    options = await session.container_options(req.docker_run_args, req.docker_create_json)
     home = await home_mount(session, req.bare)
     project = replace(
         with_gpu_mode(req.project, req.gpu_ids),

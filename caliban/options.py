@@ -13,8 +13,10 @@ The CLI builds these from flags; a Python program builds them directly::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from caliban.dockerfile import Jupyter
 from caliban.experiment import DEFAULT_MAX_SWEEP
@@ -63,6 +65,8 @@ class RunRequest:
     gpus_per_job: int | None = None
     gpu_ids: tuple[str, ...] | None = None
     docker_run_args: tuple[str, ...] = ()
+    # --docker_create_json: a create-body fragment, checked against the daemon's API.
+    docker_create_json: Mapping[str, Any] | None = None
     dry_run: bool = False
     max_sweep: int = DEFAULT_MAX_SWEEP
 
@@ -81,6 +85,8 @@ class ShellRequest:
     bare: bool = False
     gpu_ids: tuple[str, ...] | None = None
     docker_run_args: tuple[str, ...] = ()
+    # --docker_create_json: a create-body fragment, checked against the daemon's API.
+    docker_create_json: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,8 @@ class NotebookRequest:
     bare: bool = False
     gpu_ids: tuple[str, ...] | None = None
     docker_run_args: tuple[str, ...] = ()
+    # --docker_create_json: a create-body fragment, checked against the daemon's API.
+    docker_create_json: Mapping[str, Any] | None = None
     start_timeout: float = 120.0
 
 

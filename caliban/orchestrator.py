@@ -31,7 +31,7 @@ import aiodocker
 import anyio
 import anyio.lowlevel
 
-from caliban import baseimage, engine, experiment, names, project, secretenv
+from caliban import baseimage, createjson, engine, experiment, names, project, secretenv
 from caliban import config as calibanconfig
 from caliban.backends import Backend, Update
 from caliban.backends.local import LocalBackend, container_config, rebind, run_options
@@ -46,6 +46,7 @@ from caliban.gpus import detect as detect_gpus
 from caliban.jobmode import resolve_mode
 from caliban.local_run import LEASE, execute
 from caliban.options import NotebookRequest, ProjectOptions, RunRequest, ShellRequest
+from caliban.runflags import deep_merge
 from caliban.spec import JobMode, JobRecord, JobState, Platform
 from caliban.store import PlanItem, Planned, RunOwner, Store, default_home
 
@@ -189,6 +190,11 @@ def _check_run_options(options: RunOptions) -> None:
             "--docker_run_args: --gpus is caliban's to set (each job gets its own GPUs); "
             "use --gpu_ids and --gpus_per_job, or --nogpu for none"
         )
+    if options.entrypoint is not None:
+        raise ValidationError(
+            "--docker_run_args: --entrypoint is caliban's to set: each job runs the "
+            "project's entry point with its sweep arguments"
+        )
 
 
 class Session:
@@ -244,6 +250,32 @@ class Session:
         if self._docker is None:
             self._docker = await self._stack.enter_async_context(engine.connect(self.docker_url))
         return self._docker
+
+    async def container_options(
+        self, args: Sequence[str], fragment: Mapping[str, Any] | None
+    ) -> RunOptions:
+        """``--docker_run_args`` and ``--docker_create_json`` as one set of options.
+
+        The fragment is checked against the schema of the API version the daemon
+        speaks (or the nearest one caliban has, with a warning) before anything
+        is built or recorded.
+        """
+        options = await run_options(args, self.environ)
+        if not fragment:
+            return options
+        createjson.check_owned(fragment)
+        version = str((await (await self.docker()).version()).get("ApiVersion", ""))
+        schema = createjson.schema_for(version)
+        if not schema.exact:
+            self.sink(
+                Notice(
+                    f"--docker_create_json: no Engine API {version} schema here; "
+                    f"checked against {schema.version}",
+                    level="warning",
+                )
+            )
+        createjson.validate(fragment, schema)
+        return dataclasses.replace(options, extra=deep_merge(options.extra, fragment))
 
     async def store(self) -> Store:
         if self._store is None:
@@ -426,7 +458,7 @@ class Session:
         inventory, per_job = await self._gpu_plan(prepared.mode, req)
         if req.max_parallel is not None and req.max_parallel < 1:
             raise ValidationError("--max_parallel must be at least 1")
-        options = await run_options(req.docker_run_args, self.environ)
+        options = await self.container_options(req.docker_run_args, req.docker_create_json)
         _check_run_options(options)
         config = experiment.validate(req.experiments if req.experiments is not None else {})
         total = experiment.check_size(config, req.max_sweep)

@@ -82,6 +82,42 @@ CASES = [
         ["run", "--nogpu", "--docker_run_args=--gpus all", "job.py"], {}, "--gpus", id="gpus"
     ),
     pytest.param(
+        ["run", "--nogpu", "--docker_run_args=--restart always", "job.py"],
+        {},
+        "'--restart' cannot be used: caliban waits for each job",
+        id="owned-flag",
+    ),
+    pytest.param(
+        ["run", "--nogpu", "--docker_run_args=--entrypoint sh", "job.py"],
+        {},
+        "--entrypoint is caliban's to set",
+        id="entrypoint",
+    ),
+    pytest.param(
+        ["run", "--nogpu", "--docker_run_args=--cpuset-cpu 0", "job.py"],
+        {},
+        "unknown docker run flag '--cpuset-cpu'",
+        id="unknown-flag",
+    ),
+    pytest.param(
+        ["run", "--nogpu", "--docker_run_args=--sysctl kernel.shmmax", "job.py"],
+        {},
+        "--sysctl kernel.shmmax: expected key=value",
+        id="bad-flag-value",
+    ),
+    pytest.param(
+        ["run", "--nogpu", "--docker_create_json", "create.json", "job.py"],
+        {"create.json": '{"HostConfig": {"AutoRemove": true}}'},
+        "HostConfig.AutoRemove cannot be set",
+        id="create-json-owned",
+    ),
+    pytest.param(
+        ["run", "--nogpu", "--docker_create_json", "create.json", "job.py"],
+        {"create.json": '{"HostConfig": '},
+        "create.json is not JSON",
+        id="create-json-broken",
+    ),
+    pytest.param(
         ["run", "--nogpu", "--image_id", "BAD REF!!", "job.py"],
         {},
         "--image_id 'BAD REF!!'",

@@ -26,6 +26,8 @@ PURE = [
     "caliban.dockerignore",
     "caliban.dockerargs",
     "caliban.docker_values",
+    "caliban.runflags",
+    "caliban.createjson",
     "caliban.baseimage",
     "caliban.project",
     "caliban.cli_args",
