@@ -32,6 +32,7 @@ PURE = [
     "caliban.secretfiles",
     "caliban.secretenv",
     "caliban.output",
+    "caliban.topology",
 ]
 FORBIDDEN = ["aiohttp", "aiodocker", "kubernetes_asyncio", "aiosqlite", "rich", "anyio"]
 
