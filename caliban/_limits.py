@@ -1,4 +1,4 @@
-"""Concurrency limits shared by every backend: rate, retries, GPU slots.
+"""Concurrency limits shared by every backend: rate, retries, GPU and CPU slots.
 
 anyio only (plus tenacity for the retry loop). Nothing here knows about Docker,
 Vertex or Kubernetes; backends raise :class:`~caliban.errors.BackendError` with
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TypeVar
@@ -19,7 +19,9 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from tenacity.stop import stop_after_delay, stop_base
 from tenacity.wait import wait_base
 
+from caliban import topology
 from caliban.errors import BackendError, QuotaError
+from caliban.topology import Choice, GpuAffinity
 
 T = TypeVar("T")
 Clock = Callable[[], float]
@@ -168,19 +170,32 @@ async def with_retries(
     raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
 
-class GpuPool:
-    """Hands out GPU ids so that no two running jobs ever share one.
+class ResourcePool:
+    """Hands out GPU ids and CPU cores so that no two running jobs share either.
 
-    A job asks for ``k`` ids and waits until that many are free. Requests are
-    served strictly in arrival order: a job wanting 4 GPUs is not starved by a
-    stream of 1-GPU jobs slipping past it.
+    A job asks for ``gpus`` ids and ``cpus`` cores together and waits until
+    both are free: holding GPUs while waiting for cores (or the reverse) would
+    let two jobs each hold half of what the other needs. Requests are served
+    strictly in arrival order, so a job wanting 4 GPUs is not starved by a
+    stream of 1-GPU jobs slipping past it. ``affinity`` (GPU id -> its nearest
+    cores) steers which cores, see :func:`caliban.topology.choose`.
     """
 
-    def __init__(self, ids: Sequence[str]) -> None:
+    def __init__(
+        self,
+        ids: Sequence[str] = (),
+        cores: Sequence[int] = (),
+        affinity: Mapping[str, GpuAffinity] | None = None,
+    ) -> None:
         if len(set(ids)) != len(ids):
             raise ValueError(f"duplicate GPU ids in {list(ids)}")
+        if len(set(cores)) != len(cores):
+            raise ValueError(f"duplicate cores in {list(cores)}")
         self.ids: tuple[str, ...] = tuple(ids)
+        self.cores: tuple[int, ...] = tuple(sorted(cores))
+        self._affinity = dict(affinity or {})
         self._free: set[str] = set(ids)
+        self._free_cores: set[int] = set(cores)
         self._queue: deque[object] = deque()
         self._cond = anyio.Condition()
 
@@ -188,32 +203,54 @@ class GpuPool:
     def free(self) -> frozenset[str]:
         return frozenset(self._free)
 
-    def _order(self, gpu: str) -> int:
-        return self.ids.index(gpu)
+    @property
+    def free_cores(self) -> frozenset[int]:
+        return frozenset(self._free_cores)
+
+    def _pick(self, gpus: int, cpus: int) -> Choice | None:
+        ordered = [g for g in self.ids if g in self._free]
+        return topology.choose(ordered, gpus, self._free_cores, cpus, self._affinity)
 
     @asynccontextmanager
-    async def acquire(self, count: int) -> AsyncIterator[tuple[str, ...]]:
-        if not 0 < count <= len(self.ids):
-            raise ValueError(f"cannot hold {count} of {len(self.ids)} GPUs")
+    async def hold(self, gpus: int, cpus: int = 0) -> AsyncIterator[Choice]:
+        if not 0 <= gpus <= len(self.ids) or not 0 <= cpus <= len(self.cores):
+            raise ValueError(
+                f"cannot hold {gpus} of {len(self.ids)} GPUs and {cpus} of {len(self.cores)} cores"
+            )
         ticket = object()
         async with self._cond:
             self._queue.append(ticket)
             try:
-                while self._queue[0] is not ticket or len(self._free) < count:
+                while self._queue[0] is not ticket or (choice := self._pick(gpus, cpus)) is None:
                     await self._cond.wait()
             except BaseException:
                 self._queue.remove(ticket)
                 self._cond.notify_all()
                 raise
             self._queue.popleft()
-            held = tuple(sorted(self._free, key=self._order)[:count])
-            self._free.difference_update(held)
+            self._free.difference_update(choice.gpus)
+            self._free_cores.difference_update(choice.cpus)
             # The next in line may fit in what is left.
             self._cond.notify_all()
         try:
-            yield held
+            yield choice
         finally:
             with anyio.CancelScope(shield=True):
                 async with self._cond:
-                    self._free.update(held)
+                    self._free.update(choice.gpus)
+                    self._free_cores.update(choice.cpus)
                     self._cond.notify_all()
+
+
+class GpuPool(ResourcePool):
+    """A :class:`ResourcePool` of GPU ids only."""
+
+    def __init__(self, ids: Sequence[str]) -> None:
+        super().__init__(ids)
+
+    @asynccontextmanager
+    async def acquire(self, count: int) -> AsyncIterator[tuple[str, ...]]:
+        if not 0 < count <= len(self.ids):
+            raise ValueError(f"cannot hold {count} of {len(self.ids)} GPUs")
+        async with self.hold(count) as choice:
+            yield choice.gpus

@@ -164,7 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--gpu_ids",
         metavar="IDS",
-        help="GPUs caliban may use, e.g. 0,1,3 (default: all that nvidia-smi lists)",
+        help="GPUs caliban may use, by index or GPU-/MIG- UUID, e.g. 0,1,3 "
+        "(default: all that nvidia-smi lists)",
+    )
+    p.add_argument(
+        "--cpus_per_job",
+        type=positive_int,
+        metavar="N",
+        help="CPU cores each job holds exclusively, nearest its GPUs when known "
+        "(default: jobs share all cores)",
     )
     p.set_defaults(handler=cmd_run)
 
@@ -402,6 +410,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
         max_parallel=ns.max_parallel,
         gpus_per_job=ns.gpus_per_job,
         gpu_ids=parse_ids(ns.gpu_ids) if ns.gpu_ids else None,
+        cpus_per_job=ns.cpus_per_job,
         docker_run_args=_docker_run_args(ns.docker_run_args),
         docker_create_json=_docker_create_json(ns.docker_create_json),
         dry_run=ns.dry_run,

@@ -2,7 +2,8 @@
 
 ``max_parallel`` workers pull jobs in order from one queue, so memory stays
 flat however long the sweep is. In GPU mode each job also holds its GPU ids
-from the pool for exactly as long as its container runs. Whatever way the
+(and with ``cpus_per_job`` its cores) from one pool for exactly as long as its
+container runs. Whatever way the
 sweep ends (done, a fatal error, Ctrl-C), no job of it is left non-terminal
 in the store and no container of it is left on the engine.
 """
@@ -18,13 +19,15 @@ from typing import Any
 
 import anyio
 
-from caliban._limits import GpuPool
+from caliban._limits import ResourcePool
 from caliban.backends.local import LocalBackend, Outcome
+from caliban.cpus import CpuInventory
 from caliban.errors import BackendError, StoreError
 from caliban.events import JobStateChanged, Notice, Sink
 from caliban.gpus import GpuInventory
 from caliban.spec import JobRecord, JobState
 from caliban.store import Planned, Store
+from caliban.topology import Choice, format_cpu_list
 
 # How long a run's claims outlive its last sign of life, when its pid cannot be
 # checked (another host) or was reused; renewed four times per lease.
@@ -37,8 +40,20 @@ def label_for(job: JobRecord, total: int) -> str:
 
 
 @contextlib.asynccontextmanager
-async def _no_gpus() -> AsyncIterator[tuple[str, ...]]:
-    yield ()
+async def _nothing() -> AsyncIterator[Choice]:
+    yield Choice((), ())
+
+
+def slots(
+    inventory: GpuInventory | None, gpus_per_job: int, cpus: CpuInventory | None, cpus_per_job: int
+) -> int | None:
+    """How many jobs the GPUs and cores allow at once (None: no bound from them)."""
+    bounds = []
+    if inventory is not None and inventory.ids and gpus_per_job:
+        bounds.append(len(inventory.ids) // gpus_per_job)
+    if cpus is not None and cpus_per_job:
+        bounds.append(len(cpus.cores) // cpus_per_job)
+    return max(1, min(bounds)) if bounds else None
 
 
 async def execute(
@@ -53,6 +68,8 @@ async def execute(
     gpus_per_job: int,
     run_id: str | None = None,
     claimed: Set[str] | None = None,
+    cpus: CpuInventory | None = None,
+    cpus_per_job: int = 0,
 ) -> list[JobRecord]:
     """Run every ``new``/``reconcile`` job (of those in ``claimed``, when given)
     and return all of them as finally recorded.
@@ -65,10 +82,22 @@ async def execute(
         for p in planned
         if p.action in ("new", "reconcile") and (claimed is None or p.job.job_id in claimed)
     ]
-    pool = GpuPool(inventory.ids) if inventory is not None and inventory.ids else None
+    gpu_ids = inventory.ids if inventory is not None else ()
+    cores = cpus.cores if cpus is not None and cpus_per_job else ()
+    pool: ResourcePool | None = None
+    if gpu_ids or cores:
+        # Topology rows are physical GPUs; a MIG instance sits where its GPU does.
+        near = cpus.affinity if cpus is not None else {}
+        affinity = {
+            g: near[inventory.device(g).gpu]
+            for g in gpu_ids
+            if inventory is not None and inventory.device(g).gpu in near
+        }
+        pool = ResourcePool(gpu_ids, cores, affinity)
     workers = max(1, min(max_parallel, len(todo)))
-    if pool is not None:
-        workers = min(workers, math.floor(len(pool.ids) / gpus_per_job) or 1)
+    bound = slots(inventory, gpus_per_job, cpus if cores else None, cpus_per_job)
+    if bound is not None:
+        workers = min(workers, bound)
     send, receive = anyio.create_memory_object_stream[Planned](math.inf)
     for p in todo:
         send.send_nowait(p)
@@ -85,23 +114,41 @@ async def execute(
         if run_id is not None and not await store.holds(run_id, job.job_id):
             return
         sink(JobStateChanged(job.job_id, label, JobState.PLANNED, argv=job.args))
-        holder = pool.acquire(gpus_per_job) if pool is not None else _no_gpus()
-        async with holder as gpu_ids:
+        wanted_gpus = gpus_per_job if gpu_ids else 0
+        wanted_cpus = cpus_per_job if cores else 0
+        holder = pool.hold(wanted_gpus, wanted_cpus) if pool is not None else _nothing()
+        async with holder as held:
+            gpu_ids_held = held.gpus
 
             async def on_started(container_id: str) -> None:
-                details: dict[str, object] = {"gpu_ids": list(gpu_ids)} if gpu_ids else {}
+                details: dict[str, object] = {}
+                said: list[str] = []
+                if held.gpus:
+                    details["gpu_ids"] = list(held.gpus)
+                    names = inventory.labels(held.gpus) if inventory else ",".join(held.gpus)
+                    if names != ",".join(held.gpus):
+                        details["gpu_indexes"] = names.split(",")
+                    said.append(f"GPUs {names}")
+                if held.cpus:
+                    details["cpus"] = format_cpu_list(held.cpus)
+                    if held.numa is not None:
+                        details["numa_node"] = held.numa
+                    said.append(f"CPUs {details['cpus']}")
                 await store.transition(
                     job.job_id, JobState.RUNNING, platform_id=container_id, details=details
                 )
-                extra = f"GPUs {','.join(gpu_ids)}" if gpu_ids else None
+                extra = ", ".join(said) or None
                 sink(JobStateChanged(job.job_id, label, JobState.RUNNING, detail=extra))
 
             try:
                 outcome = await backend.run(
                     job,
                     label=label,
-                    gpu_ids=gpu_ids,
+                    gpu_ids=gpu_ids_held,
                     simulated_gpus=bool(inventory and inventory.simulated),
+                    cpus=held.cpus,
+                    simulated_cpus=bool(cpus and cpus.simulated),
+                    numa=held.numa,
                     log_path=Path(job.log_path) if job.log_path else None,
                     on_started=on_started,
                     adopt=p.action == "reconcile",

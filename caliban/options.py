@@ -69,6 +69,8 @@ class RunRequest:
     docker_create_json: Mapping[str, Any] | None = None
     dry_run: bool = False
     max_sweep: int = DEFAULT_MAX_SWEEP
+    # Cores each job holds exclusively (a cpuset); None: jobs share all cores.
+    cpus_per_job: int | None = None
 
 
 @dataclass(frozen=True)

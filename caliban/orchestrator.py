@@ -37,6 +37,8 @@ from caliban.backends import Backend, Update
 from caliban.backends.local import LocalBackend, container_config, rebind, run_options
 from caliban.build import BuiltImage, find_secrets, notice_conda, refuse_secrets
 from caliban.build import build as build_image
+from caliban.cpus import CpuInventory
+from caliban.cpus import detect as detect_cpus
 from caliban.dockerargs import RunOptions
 from caliban.dockerfile import BuildSpec, ImageUser
 from caliban.errors import CalibanError, StoreError, StoreUnwritable, ValidationError
@@ -44,7 +46,7 @@ from caliban.events import JobsPlanned, Notice, Sink, discard
 from caliban.gpus import GpuInventory
 from caliban.gpus import detect as detect_gpus
 from caliban.jobmode import resolve_mode
-from caliban.local_run import LEASE, execute
+from caliban.local_run import LEASE, execute, slots
 from caliban.options import NotebookRequest, ProjectOptions, RunRequest, ShellRequest
 from caliban.runflags import deep_merge
 from caliban.spec import JobMode, JobRecord, JobState, Platform
@@ -445,6 +447,27 @@ class Session:
             )
         return inventory, per_job
 
+    async def _cpu_plan(
+        self, per_job: int | None, inventory: GpuInventory | None, base: Mapping[str, Any]
+    ) -> CpuInventory | None:
+        if per_job is None:
+            return None
+        if per_job < 1:
+            raise ValidationError("--cpus_per_job must be at least 1")
+        if base.get("HostConfig", {}).get("CpusetCpus"):
+            raise ValidationError(
+                "--docker_run_args: --cpuset-cpus is caliban's to set with --cpus_per_job "
+                "(each job gets its own cores); drop one of them"
+            )
+        real_gpus = inventory is not None and not inventory.simulated and bool(inventory.ids)
+        cpus = await detect_cpus(self.environ, gpus=real_gpus)
+        if per_job > len(cpus.cores):
+            raise ValidationError(
+                f"--cpus_per_job {per_job} is more than the {len(cpus.cores)} CPU core(s) "
+                f"caliban may use here"
+            )
+        return cpus
+
     async def run(self, req: RunRequest) -> RunResult:
         """Build the project and run every experiment locally; see :class:`RunRequest`."""
         if req.project.use_gpu is None and (req.gpu_ids or req.gpus_per_job):
@@ -463,12 +486,15 @@ class Session:
         config = experiment.validate(req.experiments if req.experiments is not None else {})
         total = experiment.check_size(config, req.max_sweep)
         xgroup = req.xgroup or names.default_xgroup_name(self.user.name, datetime.now())
-        if inventory is not None:
-            max_parallel = req.max_parallel or max(1, len(inventory.ids) // per_job)
-        else:
-            max_parallel = req.max_parallel or (os.cpu_count() or 1)
-
         base = options.apply({"Labels": dict(self.labels)} if self.labels else {})
+        cpus = await self._cpu_plan(req.cpus_per_job, inventory, base)
+        cpus_per_job = req.cpus_per_job or 0
+        max_parallel = (
+            req.max_parallel
+            or slots(inventory, per_job, cpus, cpus_per_job)
+            or (os.cpu_count() or 1)
+        )
+
         # Secret -e values are recorded by name only and put back at launch.
         base, secret_values = secretenv.redact(base)
         secret_details = {secretenv.DETAILS_KEY: sorted(secret_values)} if secret_values else {}
@@ -537,6 +563,7 @@ class Session:
                     details={
                         "mode": prepared.mode.value,
                         "gpus_per_job": per_job,
+                        **({"cpus_per_job": cpus_per_job} if cpus_per_job else {}),
                         **secret_details,
                     },
                     log_path=str(logs / f"{job_id}.log"),
@@ -557,6 +584,8 @@ class Session:
             inventory=inventory,
             per_job=per_job,
             secrets=secret_values,
+            cpus=cpus,
+            cpus_per_job=cpus_per_job,
         )
 
     def _with_secrets(self, planned: Planned, values: Mapping[str, str]) -> Planned:
@@ -583,6 +612,8 @@ class Session:
         inventory: GpuInventory | None,
         per_job: int,
         secrets: Mapping[str, str] | None = None,
+        cpus: CpuInventory | None = None,
+        cpus_per_job: int = 0,
     ) -> RunResult:
         planned = [self._with_secrets(p, secrets or {}) for p in planned]
         store = await self.store()
@@ -617,6 +648,8 @@ class Session:
                 gpus_per_job=per_job,
                 run_id=run_id,
                 claimed=claim.claimed,
+                cpus=cpus,
+                cpus_per_job=cpus_per_job,
             )
         finally:
             with anyio.CancelScope(shield=True):
@@ -912,8 +945,11 @@ class Session:
                     f"these jobs ran with {per_job} GPU(s) each; this machine has "
                     f"{len(inventory.ids)} now"
                 )
-        parallel = max_parallel or (
-            max(1, len(inventory.ids) // per_job) if inventory else (os.cpu_count() or 1)
+        # Jobs that held cores hold as many again.
+        cpus_per_job = max(int(str(r.details.get("cpus_per_job") or 0)) for r in records)
+        cpus = await self._cpu_plan(cpus_per_job or None, inventory, {})
+        parallel = (
+            max_parallel or slots(inventory, per_job, cpus, cpus_per_job) or (os.cpu_count() or 1)
         )
         planned = [Planned("new", r) for r in records]
         return await self._execute_local(
@@ -923,6 +959,8 @@ class Session:
             max_parallel=parallel,
             inventory=inventory,
             per_job=per_job,
+            cpus=cpus,
+            cpus_per_job=cpus_per_job,
         )
 
     async def job(self, job_id: str) -> JobRecord:

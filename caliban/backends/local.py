@@ -21,7 +21,7 @@ import aiodocker
 import anyio
 from aiodocker.exceptions import DockerError
 
-from caliban import dockerargs, filemodes, gpus
+from caliban import dockerargs, filemodes, gpus, topology
 from caliban.backends import Update, joboutput
 from caliban.engine import MANAGED_LABEL, error_text, label_filter
 from caliban.errors import BackendError
@@ -114,6 +114,26 @@ def with_gpus(config: dict[str, Any], ids: Sequence[str], *, simulated: bool) ->
     return config
 
 
+def with_cpus(
+    config: dict[str, Any], cores: Sequence[int], *, simulated: bool, numa: int | None = None
+) -> dict[str, Any]:
+    """Pin the container to ``cores`` (and their NUMA node's memory, when known).
+
+    Simulated cores exist only on paper: the job is told them, the engine is not.
+    """
+    if not cores:
+        return config
+    config = copy.deepcopy(config)
+    listed = topology.format_cpu_list(cores)
+    config["Env"] = [*config.get("Env", []), f"CALIBAN_CPUS={listed}"]
+    if not simulated:
+        host = config.setdefault("HostConfig", {})
+        host["CpusetCpus"] = listed
+        if numa is not None:
+            host["CpusetMems"] = str(numa)
+    return config
+
+
 @dataclass(frozen=True)
 class Outcome:
     state: JobState
@@ -157,6 +177,9 @@ class LocalBackend:
         label: str,
         gpu_ids: Sequence[str] = (),
         simulated_gpus: bool = False,
+        cpus: Sequence[int] = (),
+        simulated_cpus: bool = False,
+        numa: int | None = None,
         log_path: Path | None,
         on_started: Callable[[str], Awaitable[None]],
         adopt: bool = False,
@@ -184,6 +207,7 @@ class LocalBackend:
                     started = info["State"]["Status"] != "created"
             if container is None:
                 config = with_gpus(job.spec, gpu_ids, simulated=simulated_gpus)
+                config = with_cpus(config, cpus, simulated=simulated_cpus, numa=numa)
                 unanswered = container_name(job.job_id)
                 try:
                     created = await self._create(job, config, unanswered)

@@ -8,8 +8,9 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from caliban._limits import GpuPool, RetryPolicy, TokenBucket, with_retries
+from caliban._limits import GpuPool, ResourcePool, RetryPolicy, TokenBucket, with_retries
 from caliban.errors import BackendError, QuotaError
+from caliban.topology import GpuAffinity
 
 
 class FakeClock:
@@ -157,3 +158,76 @@ async def test_gpu_pool_releases_on_cancellation() -> None:
 def test_gpu_pool_rejects_impossible_requests() -> None:
     with pytest.raises(ValueError):
         GpuPool(["0", "0"])
+
+
+def _sockets() -> dict[str, GpuAffinity]:
+    low = GpuAffinity(frozenset(range(32)), 0)
+    high = GpuAffinity(frozenset(range(32, 64)), 1)
+    return {str(i): (low if i < 4 else high) for i in range(8)}
+
+
+async def test_resource_pool_never_shares_a_gpu_or_core_at_scale() -> None:
+    """8 GPUs, 64 cores: 120 jobs of mixed sizes, every holding checked against the others."""
+    pool = ResourcePool([str(i) for i in range(8)], range(64), _sockets())
+    gpus_held: set[str] = set()
+    cores_held: set[int] = set()
+    peak = local = 0
+
+    async def job(g: int, c: int) -> None:
+        nonlocal peak, local
+        async with pool.hold(g, c) as got:
+            assert len(got.gpus) == g and len(got.cpus) == c
+            assert not gpus_held & set(got.gpus) and not cores_held & set(got.cpus)
+            gpus_held.update(got.gpus)
+            cores_held.update(got.cpus)
+            peak = max(peak, len(gpus_held))
+            local += got.numa is not None
+            await anyio.sleep(0.001 * (g + c % 3))
+            gpus_held.difference_update(got.gpus)
+            cores_held.difference_update(got.cpus)
+
+    async with anyio.create_task_group() as tg:
+        for g, c in [(1, 8), (2, 16), (1, 4), (4, 32), (1, 1), (2, 8)] * 20:
+            tg.start_soon(job, g, c)
+    assert peak > 1 and local > 0
+    assert pool.free == frozenset(pool.ids) and pool.free_cores == frozenset(range(64))
+
+
+async def test_resource_pool_takes_gpus_and_cores_together() -> None:
+    """A job whose cores are busy holds no GPU meanwhile, and the queue stays in order."""
+    pool = ResourcePool(["0", "1"], [0, 1])
+    order: list[str] = []
+    waiting = anyio.Event()
+
+    async def job(name: str, g: int, c: int, hold: anyio.Event | None = None) -> None:
+        async with pool.hold(g, c) as got:
+            order.append(f"{name}:{','.join(got.gpus)}:{','.join(map(str, got.cpus))}")
+            if hold is not None:
+                await hold.wait()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(job, "first", 1, 2, waiting)
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(job, "second", 1, 1)  # a GPU is free, its core is not
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(job, "cpu-only", 0, 1)  # queued behind "second", not past it
+        await anyio.wait_all_tasks_blocked()
+        assert pool.free == frozenset({"1"}) and pool.free_cores == frozenset()
+        assert order == ["first:0:0,1"]
+        waiting.set()
+    assert order == ["first:0:0,1", "second:0:0", "cpu-only::1"]
+
+
+async def test_resource_pool_releases_cores_on_cancellation() -> None:
+    pool = ResourcePool([], [0, 1, 2])
+    with anyio.move_on_after(0.05):
+        async with pool.hold(0, 3), pool.hold(0, 1):  # the second waits: cancelled queued
+            pass
+    assert pool.free_cores == frozenset({0, 1, 2})
+    async with pool.hold(0, 2) as got:
+        assert got.cpus == (0, 1) and got.gpus == ()
+    with pytest.raises(ValueError):
+        async with pool.hold(0, 4):
+            pass
+    with pytest.raises(ValueError):
+        ResourcePool([], [1, 1])

@@ -34,6 +34,7 @@ PURE = [
     "caliban.secretfiles",
     "caliban.secretenv",
     "caliban.output",
+    "caliban.topology",
 ]
 FORBIDDEN = ["aiohttp", "aiodocker", "kubernetes_asyncio", "aiosqlite", "rich", "anyio"]
 
