@@ -15,6 +15,7 @@ import hashlib
 import io
 import os
 import re
+import ssl
 import stat
 import tarfile
 import tempfile
@@ -29,9 +30,10 @@ import anyio
 from aiodocker.exceptions import DockerError
 
 from caliban import dockerfile, secretfiles
+from caliban.config import BuildEnv
 from caliban.dockerignore import DockerIgnore, walk_context
 from caliban.engine import MANAGED_LABEL, error_text, image_exists
-from caliban.errors import BuildError, ConfigError
+from caliban.errors import BuildError, CalibanConfigError, ConfigError
 from caliban.events import (
     BuildFinished,
     BuildLog,
@@ -233,6 +235,11 @@ class _StepTracker:
     def __init__(self) -> None:
         self.step: str | None = None
         self._partial = ""
+        self.tls_failed = False
+
+    def note(self, line: str) -> None:
+        if "CERTIFICATE_VERIFY_FAILED" in line:
+            self.tls_failed = True
 
     def feed(self, text: str) -> list[str]:
         lines = (self._partial + text).split("\n")
@@ -308,12 +315,14 @@ async def build(
                 rm=True,
                 forcerm=True,
                 nocache=no_cache,
+                buildargs=spec.build_args() or None,
                 labels={MANAGED_LABEL: "true", "caliban.digest": ctx.digest, **(labels or {})},
                 stream=True,
             )
             async for chunk in stream:
                 if "stream" in chunk:
                     for line in tracker.feed(_strip_ansi(str(chunk["stream"]))):
+                        tracker.note(line)
                         sink(BuildLog(line))
                 elif "aux" in chunk and isinstance(chunk["aux"], dict):
                     image_id = chunk["aux"].get("ID", image_id)
@@ -341,6 +350,12 @@ async def build(
 def _failure(message: str, tracker: _StepTracker, spec: dockerfile.BuildSpec) -> str:
     where = f" at {tracker.step}" if tracker.step else ""
     text = f"image build failed{where}: {message.strip()}"
+    if tracker.tls_failed:
+        text += (
+            "\nthe build could not verify a server's TLS certificate (CERTIFICATE_VERIFY_FAILED): "
+            "behind a TLS-inspecting proxy, set build_env.ca_bundle in .calibanconfig.json "
+            f"to its CA ({CA_DOCS})"
+        )
     lowered = message.lower()
     if (tracker.step is None or "step 1/" in tracker.step) and any(
         s in lowered for s in ("pull access denied", "dial tcp", "no such host", "not found")
@@ -350,6 +365,42 @@ def _failure(message: str, tracker: _StepTracker, spec: dockerfile.BuildSpec) ->
             "be pulled: set CALIBAN_BASE_IMAGE or base_image in .calibanconfig.json"
         )
     return text
+
+
+CA_DOCS = "see docs/calibanconfig.md, 'Builds behind a proxy'"
+
+
+def read_ca_bundle(folder: Path, written: str) -> str:
+    """The PEM text of ``build_env.ca_bundle``, checked to hold certificates.
+
+    Relative paths are relative to the project folder. Blocking: run it in a thread.
+    """
+    path = folder / Path(written).expanduser()
+    where = f".calibanconfig.json: build_env.ca_bundle {written!r}"
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise CalibanConfigError(f"{where}: cannot read it: {reason}") from None
+    try:
+        text = data.decode("ascii")
+        # The ssl module parses every certificate the way OpenSSL will in the build.
+        ssl.create_default_context(cadata=text)
+    except (UnicodeDecodeError, ssl.SSLError, ValueError):
+        text = ""
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        raise CalibanConfigError(
+            f"{where} is not a PEM file of CA certificates (-----BEGIN CERTIFICATE-----)"
+        )
+    return text
+
+
+def pip_source(folder: Path, env: BuildEnv) -> dockerfile.PipSource | None:
+    """What pip needs from ``build_env``, the CA read and checked. Blocking."""
+    if env.index_url is None and not env.extra_index_urls and env.ca_bundle is None:
+        return None
+    ca = None if env.ca_bundle is None else read_ca_bundle(folder, env.ca_bundle)
+    return dockerfile.PipSource(env.index_url, env.extra_index_urls, ca)
 
 
 async def notice_conda(folder: Path, sink: Sink) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
+from urllib.parse import urlsplit
 
 from caliban.dockerignore import DockerIgnore
 from caliban.errors import CalibanConfigError, ConfigError
@@ -75,6 +76,35 @@ class UvConfig:
 
 
 @dataclass(frozen=True)
+class BuildEnv:
+    """How builds reach a package index: behind a proxy or a TLS-inspecting gateway.
+
+    Nothing here is left in the image (see ``dockerfile.py``). URLs may carry
+    credentials, hence ``repr=False``. ``ca_bundle`` is the path as written;
+    relative paths are relative to the project folder.
+    """
+
+    index_url: str | None = field(default=None, repr=False)
+    extra_index_urls: tuple[str, ...] = field(default=(), repr=False)
+    ca_bundle: str | None = None
+    http_proxy: str | None = field(default=None, repr=False)
+    https_proxy: str | None = field(default=None, repr=False)
+    no_proxy: str | None = None
+
+    def proxies(self) -> dict[str, str]:
+        """The proxy variables as Docker build args, in both spellings tools read."""
+        out: dict[str, str] = {}
+        for name, value in (
+            ("HTTP_PROXY", self.http_proxy),
+            ("HTTPS_PROXY", self.https_proxy),
+            ("NO_PROXY", self.no_proxy),
+        ):
+            if value is not None:
+                out[name] = out[name.lower()] = value
+        return out
+
+
+@dataclass(frozen=True)
 class CalibanConfig:
     """A validated ``.calibanconfig.json``; the defaults are an absent file."""
 
@@ -87,6 +117,7 @@ class CalibanConfig:
     mlflow_config: MlflowConfig | None = None
     uv: UvConfig = UvConfig()
     include_in_image: tuple[str, ...] = ()
+    build_env: BuildEnv = BuildEnv()
 
     def apt_packages_for(self, mode: JobMode) -> tuple[str, ...]:
         """The apt packages of an image in ``mode``, sorted and without repeats."""
@@ -301,6 +332,64 @@ def _include_in_image(r: _Reader, value: object) -> tuple[str, ...]:
     return tuple(out)
 
 
+_BUILD_ENV_KEYS = (
+    "index_url",
+    "extra_index_urls",
+    "ca_bundle",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+)
+_PROXY_SCHEMES = ("http", "https", "socks4", "socks5", "socks5h")
+
+
+def _url(r: _Reader, value: object, key: str, schemes: tuple[str, ...]) -> str:
+    # The message never repeats the URL: it may hold a password.
+    text = r.string(value, key).strip()
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise r.fail(f"key {key!r} is not a valid URL") from None
+    if any(c.isspace() for c in text) or parts.scheme not in schemes or not parts.hostname:
+        raise r.fail(f"key {key!r} must be a URL like {schemes[0]}://host[:port]/...")
+    return text
+
+
+def build_env_from_mapping(value: object, source: str = CONFIG_FILE) -> BuildEnv:
+    """Validate a ``build_env`` object (from the project file or the user config)."""
+    r = _Reader(source)
+    data = r.mapping(value, "build_env", _BUILD_ENV_KEYS)
+    extra = data.get("extra_index_urls")
+    if extra is None:
+        extra = []
+    if isinstance(extra, str):
+        extra = [extra]
+    if not isinstance(extra, list):
+        raise r.fail(f"key 'build_env.extra_index_urls' must be a list of URLs, not {_kind(extra)}")
+
+    def proxy(name: str) -> str | None:
+        got = data.get(name)
+        return None if got is None else _url(r, got, f"build_env.{name}", _PROXY_SCHEMES)
+
+    no_proxy = r.optional_string(data.get("no_proxy"), "build_env.no_proxy")
+    if no_proxy is not None and any(c.isspace() for c in no_proxy.replace(" ", "")):
+        raise r.fail("key 'build_env.no_proxy' must be one line of comma-separated hosts")
+    index = data.get("index_url")
+    ca = r.optional_string(data.get("ca_bundle"), "build_env.ca_bundle")
+    return BuildEnv(
+        index_url=None if index is None else _url(r, index, "build_env.index_url", _WEB),
+        extra_index_urls=tuple(_url(r, u, "build_env.extra_index_urls", _WEB) for u in extra),
+        ca_bundle=None if ca is None else ca.strip(),
+        http_proxy=proxy("http_proxy"),
+        https_proxy=proxy("https_proxy"),
+        no_proxy=None if no_proxy is None else no_proxy.replace(" ", ""),
+    )
+
+
+_WEB = ("https", "http")
+
+
 def _julia(r: _Reader, value: object) -> str:
     return r.string(value, "julia_version").strip()
 
@@ -315,6 +404,7 @@ _KEYS: dict[str, Callable[[_Reader, object], object]] = {
     "mlflow_config": _mlflow,
     "uv": _uv,
     "include_in_image": _include_in_image,
+    "build_env": lambda r, v: build_env_from_mapping(v, r.source),
 }
 
 

@@ -35,7 +35,7 @@ from caliban import baseimage, createjson, engine, experiment, names, project, s
 from caliban import config as calibanconfig
 from caliban.backends import Backend, Update
 from caliban.backends.local import LocalBackend, container_config, rebind, run_options
-from caliban.build import BuiltImage, find_secrets, notice_conda, refuse_secrets
+from caliban.build import BuiltImage, find_secrets, notice_conda, pip_source, refuse_secrets
 from caliban.build import build as build_image
 from caliban.cpus import CpuInventory
 from caliban.cpus import detect as detect_cpus
@@ -368,6 +368,8 @@ class Session:
         if project_opts.shell == "zsh":
             apt.append("zsh")
         spec = BuildSpec(
+            pip=await anyio.to_thread.run_sync(pip_source, folder, cfg.build_env),
+            proxies=tuple(cfg.build_env.proxies().items()),
             base_image=baseimage.resolve(mode, cfg.base_image_for(mode), self.environ),
             user=self.user,
             mode=mode,
@@ -386,6 +388,10 @@ class Session:
         """Key files that stay out of the image wherever they are in the folder."""
         named = [key_file, self.cloud_key, *self._push_keys]
         named.append(calibanconfig.resolve_cloud_key(None, self.environ, prepared.config))
+        # A CA bundle kept in the project folder must not ride into the image with `COPY .`.
+        ca = prepared.config.build_env.ca_bundle
+        if ca:
+            named.append(str(prepared.folder / Path(ca).expanduser()))
         return [k for k in dict.fromkeys(named) if k]
 
     async def check_push(self, prepared: Prepared, *, key_file: str | None = None) -> None:

@@ -73,6 +73,28 @@ CASES = [
         ["run", "--nogpu", "job.py"], {".dockerignore": "*.py\n"}, "excluded by", id="ignored"
     ),
     pytest.param(
+        ["run", "--nogpu", "job.py"],
+        {
+            "requirements.txt": "six\n",
+            "ca.pem": "not a certificate\n",
+            ".calibanconfig.json": '{"build_env": {"ca_bundle": "ca.pem"}}',
+        },
+        "build_env.ca_bundle 'ca.pem' is not a PEM file",
+        id="ca-not-pem",
+    ),
+    pytest.param(
+        ["run", "--nogpu", "job.py"],
+        {".calibanconfig.json": '{"build_env": {"ca_bundle": "missing.pem"}}'},
+        "build_env.ca_bundle 'missing.pem': cannot read it",
+        id="ca-missing",
+    ),
+    pytest.param(
+        ["run", "--nogpu", "job.py"],
+        {".calibanconfig.json": '{"build_env": {"index_url": "pypi.corp/simple"}}'},
+        "key 'build_env.index_url' must be a URL",
+        id="index-url",
+    ),
+    pytest.param(
         ["run", "--nogpu", "--docker_run_args=--privileged", "job.py"],
         {},
         "--privileged",
