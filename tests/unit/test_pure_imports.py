@@ -32,6 +32,8 @@ PURE = [
     "caliban.secretfiles",
     "caliban.secretenv",
     "caliban.output",
+    "caliban.settings",
+    "caliban.userconfig",
 ]
 FORBIDDEN = ["aiohttp", "aiodocker", "kubernetes_asyncio", "aiosqlite", "rich", "anyio"]
 
