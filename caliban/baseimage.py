@@ -2,8 +2,10 @@
 
 Precedence, most specific invocation first: ``CALIBAN_BASE_IMAGE`` in the
 environment (one run, one shell session, CI), then ``base_image`` of the
-project's .calibanconfig.json, then the defaults below. A ``{}`` in either
-value is replaced by the mode (``cpu``/``gpu``), as the original allowed.
+project's .calibanconfig.json, then that of the user file, then the defaults
+below (the commands resolve it through :mod:`caliban.settings`; ``resolve``
+is the same without the user file). A ``{}`` in any value is replaced by the
+mode (``cpu``/``gpu``), as the original allowed.
 """
 
 from __future__ import annotations

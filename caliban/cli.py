@@ -217,11 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow", "-f", action="store_true", help="keep printing while it runs")
     p.add_argument("--verbose", "-v", action="store_true")
     p.set_defaults(handler=cmd_logs)
-    from caliban import cli_cloud, cli_cluster, cli_dev
+    from caliban import cli_cloud, cli_cluster, cli_config, cli_dev
 
     cli_dev.register(sub)
     cli_cloud.register(sub)
     cli_cluster.register(sub)
+    cli_config.register(sub)
     return parser
 
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.lowlevel
 
-from caliban import accelerators, experiment, labels, names, vertexspec
+from caliban import accelerators, experiment, labels, names, settings, vertexspec
 from caliban._limits import RetryPolicy, with_retries
 from caliban.cloud import registry
 from caliban.cloud.auth import _read_key, default_key_file
@@ -34,6 +34,7 @@ from caliban.fanout import Pacing, job_label, submit_all
 from caliban.options import CloudRequest
 from caliban.spec import JobMode, JobRecord, Platform
 from caliban.store import PlanItem, Planned, Store
+from caliban.userconfig import UserConfig
 
 if TYPE_CHECKING:
     from caliban.backends.vertex import VertexSubmitter
@@ -65,19 +66,27 @@ class CloudPlan:
     tpu_topology: str | None = None
 
 
-def _regions(req: CloudRequest, environ: Mapping[str, str]) -> tuple[str, ...]:
+def _regions(
+    req: CloudRequest, environ: Mapping[str, str], user_config: UserConfig | None = None
+) -> tuple[str, ...]:
     for part in req.regions:
         # `--region ""` (an unset shell variable) would silently mean us-central1.
         if not part.strip() or any(not r.strip() for r in part.split(",")):
             raise ValidationError(f"--region {part!r}: empty region name")
-    raw = req.regions or tuple(r for r in [environ.get("REGION", "").strip()] if r)
+    configured = settings.resolve_one(
+        settings.BY_NAME["gcloud.region"], environ=environ, user=user_config
+    )
+    raw = req.regions or (str(configured.value),)
     regions = tuple(dict.fromkeys(r.strip() for part in raw for r in part.split(",") if r.strip()))
     # Regions become part of the API's host name, whatever --force skips.
     return tuple(names.check_region(r) for r in regions) or (DEFAULT_REGION,)
 
 
 def _absolute_key(
-    req: CloudRequest, environ: Mapping[str, str], config: CalibanConfig
+    req: CloudRequest,
+    environ: Mapping[str, str],
+    config: CalibanConfig,
+    user_config: UserConfig | None = None,
 ) -> str | None:
     """The key file as an absolute path: it is recorded with every job, and
     ``caliban status`` may run from another folder. A relative
@@ -86,6 +95,10 @@ def _absolute_key(
     base = Path.cwd()
     if key is None and config.gcloud.cloud_key:
         key, base = config.gcloud.cloud_key, req.project.folder
+    if key is None and user_config is not None:
+        # Already absolute: relative names are anchored at the user file.
+        user_key = user_config.values.get("gcloud.cloud_key")
+        key = str(user_key) if user_key else None
     if key is None:
         return None
     path = Path(key).expanduser()
@@ -99,6 +112,7 @@ def check(
     config: CalibanConfig,
     user: str,
     environ: Mapping[str, str],
+    user_config: UserConfig | None = None,
 ) -> CloudPlan:
     """Validate a cloud request without touching the network."""
     if req.xgroup is not None:
@@ -128,19 +142,25 @@ def check(
         if req.machine_type
         else accelerators.default_machine_type(host_mode, gpu, tpu)
     )
-    regions = _regions(req, environ)
+    regions = _regions(req, environ, user_config)
     for region in regions:
         accelerators.validate_vertex(
             machine_type=machine, gpu=gpu, tpu=tpu, region=region, force=req.force
         )
-    key_file = _absolute_key(req, environ, config)
-    project = req.project_id or environ.get("PROJECT_ID") or config.gcloud.project_id
+    key_file = _absolute_key(req, environ, config, user_config)
+    project = settings.resolve_one(
+        settings.BY_NAME["gcloud.project_id"],
+        flags={"gcloud.project_id": req.project_id},
+        environ=environ,
+        project=settings.project_values(config),
+        user=user_config,
+    ).value
     if not project and key_file:
         project = _read_key(key_file).get("project_id")
     if not project:
         raise ValidationError(
             "no Google Cloud project: pass --project_id, set $PROJECT_ID, or set "
-            "gcloud.project_id in .calibanconfig.json"
+            "gcloud.project_id in .calibanconfig.json or the user file"
         )
     names.check_project_id(str(project), "--project_id" if req.project_id else "project id")
     user_labels = dict(labels.parse_label_flag(f"{k}={v}") for k, v in req.labels)
@@ -218,6 +238,7 @@ async def submit(session: Session, req: CloudRequest) -> RunResult:
         config=prepared.config,
         user=session.user.name,
         environ=session.environ,
+        user_config=session.user_config,
     )
     config = experiment.validate(req.experiments if req.experiments is not None else {})
     total = experiment.check_size(config, req.max_sweep)
@@ -269,7 +290,7 @@ async def submit(session: Session, req: CloudRequest) -> RunResult:
         built = await session.build_prepared(prepared, no_cache=req.project.no_cache)
         targets = registry.region_targets(
             plan.regions,
-            prefix=req.image_registry or session.environ.get(registry.REGISTRY_ENV),
+            prefix=session.text_setting("image_registry", req.image_registry),
             project=plan.project_id,
             repository=req.artifact_repo,
             image=prepared.repo,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import yaml
 
-from caliban import gkespec, k8sversions
+from caliban import gkespec, k8sversions, settings
 from caliban.backends.kubeclient import KubeClient, kubeconfig_paths, read_kubeconfig
 from caliban.cloud.gke_api import GkeApi
 from caliban.cloud.http import GoogleApi
@@ -23,6 +23,7 @@ from caliban.errors import BackendError, ValidationError
 from caliban.events import Document, Notice
 from caliban.k8sspec import ClusterTarget
 from caliban.options import ClusterCreateRequest, ClusterOptions
+from caliban.userconfig import UserConfig
 
 if TYPE_CHECKING:
     from caliban.orchestrator import Session
@@ -30,27 +31,42 @@ if TYPE_CHECKING:
 ConfirmText = Callable[[str], Awaitable[bool]]
 
 
-def key_file(opts: ClusterOptions, environ: Mapping[str, str]) -> str | None:
+def key_file(
+    opts: ClusterOptions, environ: Mapping[str, str], user_config: UserConfig | None = None
+) -> str | None:
     """The credentials file as an absolute path (it is recorded with the jobs)."""
-    key = opts.cloud_key or environ.get("GOOGLE_APPLICATION_CREDENTIALS")
-    return str(Path(key).expanduser().resolve()) if key else None
+    key = settings.resolve_one(
+        settings.BY_NAME["gcloud.cloud_key"],
+        flags={"gcloud.cloud_key": opts.cloud_key},
+        environ=environ,
+        user=user_config,
+    ).value
+    return str(Path(str(key)).expanduser().resolve()) if key else None
 
 
-def uses_kubeconfig(opts: ClusterOptions, environ: Mapping[str, str]) -> bool:
+def uses_kubeconfig(
+    opts: ClusterOptions, environ: Mapping[str, str], user_config: UserConfig | None = None
+) -> bool:
     kube = bool(opts.kubeconfig or opts.context)
     if kube and opts.cluster_name:
         raise ValidationError(
             "--cluster_name names a GKE cluster; --kubeconfig/--context "
             "another cluster: pass one or the other"
         )
-    return kube or (not opts.cluster_name and bool(environ.get("KUBECONFIG")))
+    # A kubeconfig set in the environment or the user file is a standing
+    # choice of cluster, as long as no GKE cluster is named.
+    configured = bool(environ.get("KUBECONFIG", "").strip()) or bool(
+        user_config
+        and (user_config.values.get("kubeconfig") or user_config.values.get("kube_context"))
+    )
+    return kube or (not opts.cluster_name and configured)
 
 
 async def gke(session: Session, opts: ClusterOptions) -> tuple[GkeApi, str]:
     """The GKE API and the project: ``--project_id``, ``$PROJECT_ID``, or the
     credentials' own project."""
-    creds = await session.credentials(key_file(opts, session.environ))
-    project = opts.project_id or session.environ.get("PROJECT_ID") or creds.project_id
+    creds = await session.credentials(key_file(opts, session.environ, session.user_config))
+    project = session.text_setting("gcloud.project_id", opts.project_id) or creds.project_id
     if not project:
         raise ValidationError("no Google Cloud project: pass --project_id or set $PROJECT_ID")
     api = GkeApi(GoogleApi(await session.http(), creds), session.environ, opts.gke_endpoint)
@@ -72,9 +88,10 @@ async def find_cluster(
 async def resolve_target(session: Session, opts: ClusterOptions) -> ClusterTarget:
     """Where jobs go. A kubeconfig is only read (in a thread); a GKE cluster is looked
     up through the GKE API only when its name or location is not given."""
-    if uses_kubeconfig(opts, session.environ):
-        paths = kubeconfig_paths(opts.kubeconfig, session.environ)
-        context, namespace = await anyio.to_thread.run_sync(read_kubeconfig, paths, opts.context)
+    if uses_kubeconfig(opts, session.environ, session.user_config):
+        paths = kubeconfig_paths(session.text_setting("kubeconfig", opts.kubeconfig), {})
+        wanted = session.text_setting("kube_context", opts.context)
+        context, namespace = await anyio.to_thread.run_sync(read_kubeconfig, paths, wanted)
         return ClusterTarget(
             kind="kubeconfig",
             kubeconfig=paths,
@@ -84,8 +101,8 @@ async def resolve_target(session: Session, opts: ClusterOptions) -> ClusterTarge
     if opts.cluster_name and opts.zone:
         gkespec.check_cluster_name(opts.cluster_name)
         location = gkespec.parse_location(opts.zone).name
-        creds = await session.credentials(key_file(opts, session.environ))
-        project = opts.project_id or session.environ.get("PROJECT_ID") or creds.project_id
+        creds = await session.credentials(key_file(opts, session.environ, session.user_config))
+        project = session.text_setting("gcloud.project_id", opts.project_id) or creds.project_id
         if not project:
             raise ValidationError("no Google Cloud project: pass --project_id or set $PROJECT_ID")
         name = opts.cluster_name
@@ -97,7 +114,7 @@ async def resolve_target(session: Session, opts: ClusterOptions) -> ClusterTarge
         project=project,
         location=location,
         cluster=name,
-        cloud_key=key_file(opts, session.environ),
+        cloud_key=key_file(opts, session.environ, session.user_config),
         endpoint=opts.gke_endpoint or session.environ.get("CALIBAN_GKE_ENDPOINT"),
         namespace=opts.namespace or "default",
     )

@@ -101,7 +101,7 @@ async def check(session: Session, req: ClusterJobRequest, prepared: Prepared) ->
         names.check_image_ref(req.image_tag, "--image_tag")
     # Everything local is checked before the cluster is looked up, so a bad flag
     # is not hidden behind a credentials error.
-    kubeconfig = uses_kubeconfig(req.cluster, session.environ)
+    kubeconfig = uses_kubeconfig(req.cluster, session.environ, session.user_config)
     cluster_type = req.cluster_type or ("generic" if kubeconfig else "gke")
     placement = placement_for(req, prepared.mode, cluster_type)
     shape = JobShape(
@@ -111,10 +111,10 @@ async def check(session: Session, req: ClusterJobRequest, prepared: Prepared) ->
     user_labels = dict(labels.parse_label_flag(f"{k}={v}") for k, v in req.labels)
     prefix = names.dns1123_name(req.name or f"caliban-{session.user.name}")
     if (req.dry_run or req.export) and not kubeconfig:
-        target = _offline_target(req.cluster, session.environ)
+        target = _offline_target(req.cluster, session)
     else:
         target = await resolve_target(session, req.cluster)
-    registry_prefix = req.image_registry or session.environ.get(registry.REGISTRY_ENV)
+    registry_prefix = session.text_setting("image_registry", req.image_registry)
     if (
         target.kind == "kubeconfig"
         and not registry_prefix
@@ -123,20 +123,21 @@ async def check(session: Session, req: ClusterJobRequest, prepared: Prepared) ->
     ):
         raise ValidationError(
             "a cluster reached through a kubeconfig needs an image registry it can pull from",
-            hint="pass --image_registry HOST/PATH (or set $CALIBAN_IMAGE_REGISTRY), or "
+            hint="pass --image_registry HOST/PATH (or set $CALIBAN_IMAGE_REGISTRY or "
+            "image_registry in the user file), or "
             "--image_tag IMAGE",
         )
     return ClusterPlan(target, placement, prefix, user_labels, entry)
 
 
-def _offline_target(opts: ClusterOptions, environ: Mapping[str, str]) -> ClusterTarget:
+def _offline_target(opts: ClusterOptions, session: Session) -> ClusterTarget:
     """The GKE cluster as far as the flags name it: a dry run or an export writes
     manifests, and needs neither credentials nor the GKE API to do so."""
     if opts.cluster_name:
         gkespec.check_cluster_name(opts.cluster_name)
     return ClusterTarget(
         kind="gke",
-        project=opts.project_id or environ.get("PROJECT_ID") or "<project>",
+        project=session.text_setting("gcloud.project_id", opts.project_id) or "<project>",
         location=gkespec.parse_location(opts.zone).name if opts.zone else "<location>",
         cluster=opts.cluster_name or "<cluster>",
         namespace=opts.namespace or "default",
@@ -413,7 +414,7 @@ async def _build_and_push(
 ) -> str:
     built = await session.build_prepared(prepared, no_cache=req.project.no_cache)
     tag = built.tag.split(":")[-1]
-    prefix = req.image_registry or session.environ.get(registry.REGISTRY_ENV)
+    prefix = session.text_setting("image_registry", req.image_registry)
     target = plan.target
     if prefix:
         where = registry.custom_registry(prefix, prepared.repo, tag)

@@ -157,8 +157,8 @@ class ClusterOptions:
     A GKE cluster through the GKE API (``cluster_name``, ``zone`` - a zone or a
     region -, ``project_id``, ``cloud_key``), or any cluster through a kubeconfig
     (``kubeconfig``, ``context``). With neither ``kubeconfig`` nor ``context`` nor
-    ``$KUBECONFIG``, it is GKE, and the only cluster of the project when no name is
-    given. ``namespace`` defaults to the context's, else ``default``.
+    ``$KUBECONFIG`` (nor either in the user file), it is GKE, and the only cluster
+    of the project when no name is given. ``namespace`` defaults to the context's, else ``default``.
     ``gke_endpoint`` replaces https://container.googleapis.com (also
     ``$CALIBAN_GKE_ENDPOINT``).
     """

@@ -20,7 +20,7 @@ import os
 import re
 import socket
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,8 +31,9 @@ import aiodocker
 import anyio
 import anyio.lowlevel
 
-from caliban import baseimage, createjson, engine, experiment, names, project, secretenv
 from caliban import config as calibanconfig
+from caliban import createjson, engine, experiment, names, project, secretenv, userconfig
+from caliban import settings as settingslib
 from caliban.backends import Backend, Update
 from caliban.backends.local import LocalBackend, container_config, rebind, run_options
 from caliban.build import BuiltImage, find_secrets, notice_conda, pip_source, refuse_secrets
@@ -50,7 +51,7 @@ from caliban.local_run import LEASE, execute, slots
 from caliban.options import NotebookRequest, ProjectOptions, RunRequest, ShellRequest
 from caliban.runflags import deep_merge
 from caliban.spec import JobMode, JobRecord, JobState, Platform
-from caliban.store import PlanItem, Planned, RunOwner, Store, default_home
+from caliban.store import PlanItem, Planned, RunOwner, Store
 
 if TYPE_CHECKING:
     import aiohttp
@@ -162,14 +163,7 @@ LABELS_ENV = "CALIBAN_LABELS"
 
 def _labels_from_env(environ: Mapping[str, str]) -> dict[str, str]:
     """``CALIBAN_LABELS="team=vision,cost=q3"`` labels everything a session creates."""
-    out: dict[str, str] = {}
-    for part in environ.get(LABELS_ENV, "").split(","):
-        if part.strip():
-            key, sep, value = part.partition("=")
-            if not sep or not key.strip():
-                raise ValidationError(f"{LABELS_ENV}: {part!r} is not key=value")
-            out[key.strip()] = value.strip()
-    return out
+    return settingslib.parse_labels(LABELS_ENV, environ.get(LABELS_ENV, ""))
 
 
 def _safe_path_part(name: str) -> str:
@@ -212,11 +206,18 @@ class Session:
         environ: Mapping[str, str] | None = None,
         labels: Mapping[str, str] | None = None,
     ) -> None:
-        self.home = Path(home) if home is not None else default_home()
+        self.environ: Mapping[str, str] = os.environ if environ is None else environ
+        # The user file is read once, here, so a bad one stops every command
+        # (exit 2) before anything is built or recorded.
+        self.user_config = userconfig.load(self.environ)
+        home_setting = str(self.setting("caliban_home"))
+        self.home = Path(home) if home is not None else Path(home_setting).expanduser()
         # Extra labels on every image and container this session creates
         # (cost tracking, or a test run cleaning up after itself).
-        self.environ: Mapping[str, str] = os.environ if environ is None else environ
-        self.labels = dict(labels) if labels is not None else _labels_from_env(self.environ)
+        configured = self.setting("labels")
+        if labels is None and isinstance(configured, Mapping):
+            labels = {str(k): str(v) for k, v in configured.items()}
+        self.labels = dict(labels or {})
         self.sink = sink
         self.docker_url = docker_url
         self.user = user or host_user()
@@ -314,7 +315,7 @@ class Session:
                 await self.http(),
                 key_file=key_file,
                 environ=self.environ,
-                quota_project=self.quota_project,
+                quota_project=self.text_setting("gcloud.quota_project", self.quota_project),
             )
             self._stack.push_async_callback(creds.aclose)
             self._credentials[key_file] = creds
@@ -335,6 +336,56 @@ class Session:
             await self.docker(), store_id=store.store_id, sink=self.sink, force=self.force
         )
 
+    # -- settings ----------------------------------------------------------------------
+
+    def settings(
+        self,
+        project_config: calibanconfig.CalibanConfig | None = None,
+        folder: Path | None = None,
+        *,
+        flags: Mapping[str, object] | None = None,
+        names: Iterable[str] | None = None,
+    ) -> dict[str, settingslib.Resolved]:
+        """Effective settings and their sources (see :mod:`caliban.settings`)."""
+        return settingslib.resolve(
+            flags=flags,
+            environ=self.environ,
+            project=settingslib.project_values(project_config)
+            if project_config is not None
+            else None,
+            project_path=settingslib.project_path_for(str(folder)) if folder is not None else None,
+            user=self.user_config,
+            names=names,
+        )
+
+    def setting(
+        self,
+        name: str,
+        flag: object = None,
+        project_config: calibanconfig.CalibanConfig | None = None,
+    ) -> object:
+        """One effective setting's value; ``flag`` is the command line's, if it has one."""
+        def_ = settingslib.BY_NAME[name]
+        return settingslib.resolve_one(
+            def_,
+            flags={name: flag},
+            environ=self.environ,
+            project=settingslib.project_values(project_config)
+            if project_config is not None
+            else None,
+            user=self.user_config,
+        ).value
+
+    def text_setting(
+        self,
+        name: str,
+        flag: str | None = None,
+        project_config: calibanconfig.CalibanConfig | None = None,
+    ) -> str | None:
+        """A setting whose value is a string, or None when nothing sets it."""
+        value = self.setting(name, flag, project_config)
+        return None if value is None else str(value)
+
     # -- build -------------------------------------------------------------------------
 
     async def prepare(
@@ -352,7 +403,11 @@ class Session:
             project.inspect, folder, tuple(project_opts.extra_dirs)
         )
         cfg = await anyio.to_thread.run_sync(calibanconfig.load, folder)
-        mode = resolve_mode(project_opts.use_gpu, gpu_spec, tpu_spec, default=cfg.default_mode)
+        configured = self.settings(
+            cfg, folder, names=("default_mode", "base_image.cpu", "base_image.gpu")
+        )
+        default_mode = JobMode.parse(str(configured["default_mode"].value))
+        mode = resolve_mode(project_opts.use_gpu, gpu_spec, tpu_spec, default=default_mode)
         entry = None
         if project_opts.entry is not None:
             entry = await anyio.to_thread.run_sync(
@@ -370,7 +425,7 @@ class Session:
         spec = BuildSpec(
             pip=await anyio.to_thread.run_sync(pip_source, folder, cfg.build_env),
             proxies=tuple(cfg.build_env.proxies().items()),
-            base_image=baseimage.resolve(mode, cfg.base_image_for(mode), self.environ),
+            base_image=str(configured[f"base_image.{mode.value}"].value),
             user=self.user,
             mode=mode,
             apt_packages=tuple(sorted(set(apt))),
@@ -387,7 +442,7 @@ class Session:
     def _key_files(self, prepared: Prepared, key_file: str | None = None) -> list[str]:
         """Key files that stay out of the image wherever they are in the folder."""
         named = [key_file, self.cloud_key, *self._push_keys]
-        named.append(calibanconfig.resolve_cloud_key(None, self.environ, prepared.config))
+        named.append(self.text_setting("gcloud.cloud_key", None, prepared.config))
         # A CA bundle kept in the project folder must not ride into the image with `COPY .`.
         ca = prepared.config.build_env.ca_bundle
         if ca:

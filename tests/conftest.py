@@ -139,8 +139,11 @@ def env(base_image: str, home: Path) -> dict[str, str]:
         CALIBAN_BASE_IMAGE=base_image,
         CALIBAN_LABELS=f"{TEST_LABEL}={RUN_ID}",
         COLUMNS="200",
+        # The developer's own ~/.config/caliban/config.json must not change the tests.
+        XDG_CONFIG_HOME=str(home.parent / "xdg-config"),
     )
     out.pop("CALIBAN_SIMULATED_GPUS", None)
+    out.pop("CALIBAN_CONFIG", None)
     return out
 
 

@@ -352,7 +352,9 @@ class LocalBackend:
         A running container means RUNNING. An exited container that nobody
         removed belongs to a caliban process that was killed: its exit code is
         recorded, its full output saved to the job's log file, and it is
-        removed. A job that was started but has no container left is FAILED.
+        removed. A container created but never started is removed and its job
+        STOPPED (resubmit runs it). A job that was started but has no container
+        left is FAILED.
         PLANNED jobs without a container may still be queued in a live run and
         are left alone.
         """
@@ -379,6 +381,18 @@ class LocalBackend:
                 state = JobState.SUCCEEDED if code == 0 else JobState.FAILED
                 updates.append(Update(job.job_id, state, exit_code=code, platform_id=info["Id"]))
                 await self._remove(container)
+            elif status == "created" and job.state is not JobState.PLANNED:
+                # Made, recorded, never started: the run that would have started it is
+                # gone (live runs' jobs are not refreshed here), so nothing ever will.
+                updates.append(
+                    Update(
+                        job.job_id,
+                        JobState.STOPPED,
+                        message="never started: the run that created it ended",
+                        platform_id=info["Id"],
+                    )
+                )
+                await self._remove(info["container"])
         return updates
 
     async def cancel(self, jobs: Sequence[JobRecord]) -> list[Update]:

@@ -11,7 +11,7 @@ from caliban import events as ev
 from caliban.errors import BuildError
 from caliban.options import ProjectOptions
 from caliban.orchestrator import Session
-from tests.conftest import MakeProject, docker_cli
+from tests.conftest import RUN_ID, MakeProject, docker_cli
 
 pytestmark = [pytest.mark.docker]
 
@@ -29,7 +29,9 @@ def _in_image(tag: str, *command: str) -> str:
 async def test_second_build_is_skipped_and_edits_change_the_tag(
     session: Session, make_project: MakeProject
 ) -> None:
-    folder = make_project()
+    # Content unique to this test run: an image another run left behind with the same
+    # content hash would otherwise make the "first" build a skipped one.
+    folder = make_project({"run_marker.txt": RUN_ID})
     opts = ProjectOptions(folder=folder, entry="job.py")
     seen = _collect(session)
     first = await session.build(opts)

@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CALIBAN, MakeProject, labelled_containers, run_cli
+from tests.conftest import (
+    CALIBAN,
+    RUN_ID,
+    TEST_LABEL,
+    MakeProject,
+    docker_cli,
+    labelled_containers,
+    run_cli,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -39,10 +47,26 @@ def _wait_running(home: Path, count: int, timeout: float = 120) -> str:
                 store = _store_id(home)
             except sqlite3.Error:
                 store = ""
-            if store and len(labelled_containers(**{"caliban.store": store})) >= count:
+            running = docker_cli(
+                "ps", "-q", "--filter", f"label=caliban.store={store}", "--filter", "status=running"
+            ).split()
+            if store and len(running) >= count:
                 return store
         time.sleep(0.2)
     raise AssertionError(f"{count} containers never started")
+
+
+def _wait_exited(store: str, timeout: float = 120) -> None:
+    """Until no container of the store is running (they end on their own, at the engine's pace)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        running = docker_cli(
+            "ps", "-q", "--filter", f"label=caliban.store={store}", "--filter", "status=running"
+        ).split()
+        if not running:
+            return
+        time.sleep(0.2)
+    raise AssertionError("the orphaned containers never ended")
 
 
 def _start_sweep(
@@ -152,7 +176,7 @@ def test_kill_9_then_status_and_rerun_lose_nothing(
     assert _states(home, "crash").count("RUNNING") == 2
     assert len(labelled_containers(**{"caliban.store": store})) == 2
 
-    time.sleep(4)  # the orphans finish on their own
+    _wait_exited(store)  # the orphans finish on their own
     status = run_cli(["status", "--xgroup", "crash", "--json"], cwd=folder, env=env)
     assert status.returncode == 0, status.stderr
     jobs = json.loads(status.stdout)
@@ -186,4 +210,38 @@ def test_stop_from_another_terminal(
     # The run saw its jobs stopped (not failed) and ended without starting the queued one.
     assert _states(home, "stopme") == ["STOPPED"] * 3, out
     assert proc.returncode == 1
+    assert labelled_containers(**{"caliban.store": store}) == []
+
+
+def test_a_container_created_but_never_started_is_settled_by_status(
+    make_project: MakeProject, env: dict[str, str], home: Path, base_image: str
+) -> None:
+    """The window a kill -9 can hit between create and start: the job was recorded
+    RUNNING, its container exists but never ran. `status` records it STOPPED (so the
+    same command runs it again) and removes the container."""
+    folder = make_project()
+    done = run_cli(["run", "--xgroup", "gate", "job.py"], cwd=folder, env=env)
+    assert done.returncode == 0, done.stderr
+    store = _store_id(home)
+    with sqlite3.connect(home / "caliban.db") as db:
+        (job_id,) = db.execute("SELECT id FROM jobs").fetchone()
+        db.execute("UPDATE jobs SET state = 'RUNNING', claimed_by = NULL WHERE id = ?", (job_id,))
+    docker_cli(
+        "create",
+        "--name",
+        f"caliban-{job_id}",
+        "--label",
+        f"caliban.store={store}",
+        "--label",
+        f"caliban.job={job_id}",
+        "--label",
+        f"{TEST_LABEL}={RUN_ID}",
+        base_image,
+        "true",
+    )
+    status = run_cli(["status", "--xgroup", "gate", "--json"], cwd=folder, env=env)
+    assert status.returncode == 0, status.stderr
+    (job,) = json.loads(status.stdout)
+    assert job["state"] == "STOPPED"
+    assert "never started" in str(job["message"])
     assert labelled_containers(**{"caliban.store": store}) == []

@@ -183,3 +183,42 @@ def test_rebind_gives_a_recorded_body_a_new_job_id() -> None:
     env = new["jobSpec"]["workerPoolSpecs"][0]["containerSpec"]["env"]
     assert env == [{"name": "CALIBAN_JOB_ID", "value": "new"}, {"name": "X", "value": "old"}]
     assert body["labels"]["caliban_job"] == "old"  # type: ignore[index]  # a copy
+
+
+def test_user_file_supplies_project_region_and_key_after_flags_env_and_project() -> None:
+    from caliban.userconfig import UserConfig
+
+    user = UserConfig(
+        {
+            "gcloud.project_id": "user-proj",
+            "gcloud.region": "europe-west4,us-east1",
+            "gcloud.cloud_key": "/keys/user.json",
+        },
+        "/u/config.json",
+    )
+    req = CloudRequest(project=ProjectOptions(folder=Path("/project")))
+
+    def plan(environ: dict[str, str], config: CalibanConfig = CONFIG) -> cloud_run.CloudPlan:
+        return cloud_run.check(
+            req, mode=JobMode.GPU, config=config, user="ada", environ=environ, user_config=user
+        )
+
+    mine = plan({})
+    assert mine.project_id == "user-proj"
+    assert mine.regions == ("europe-west4", "us-east1")
+    assert mine.key_file == "/keys/user.json"
+    overridden = plan(
+        {
+            "PROJECT_ID": "env-proj",
+            "REGION": "asia-east1",
+            "GOOGLE_APPLICATION_CREDENTIALS": "/e.json",
+        }
+    )
+    assert (overridden.project_id, overridden.regions, overridden.key_file) == (
+        "env-proj",
+        ("asia-east1",),
+        "/e.json",
+    )
+    project_file = CalibanConfig(gcloud=GcloudConfig(project_id="cfg-proj", cloud_key="k.json"))
+    from_project = plan({}, project_file)
+    assert (from_project.project_id, from_project.key_file) == ("cfg-proj", "/project/k.json")

@@ -35,6 +35,8 @@ PURE = [
     "caliban.secretenv",
     "caliban.output",
     "caliban.topology",
+    "caliban.settings",
+    "caliban.userconfig",
 ]
 FORBIDDEN = ["aiohttp", "aiodocker", "kubernetes_asyncio", "aiosqlite", "rich", "anyio"]
 
