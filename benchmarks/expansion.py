@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from caliban import experiment
+from caliban.core import experiment
 
 
 def sweep(exponent: int) -> dict[str, Any]:

@@ -156,7 +156,8 @@ class Server:
 
 
 def manifests(n: int) -> list[dict[str, Any]]:
-    from caliban import k8sspec, names
+    from caliban.core import names
+    from caliban.platforms.kubernetes import spec as k8sspec
 
     shape = k8sspec.JobShape(image=IMAGE, xgroup="seq")
     out = []
@@ -261,9 +262,9 @@ async def main(n: int, latency: float, faults: bool, controller: bool) -> None:
     default_inflight = ClusterJobRequest.__dataclass_fields__["max_inflight"].default
     # Import everything both sides use before any clock starts: the figures are about
     # submitting, not about interpreter start-up.
-    import caliban.backends.gke
-    import caliban.cluster_run
-    import caliban.orchestrator  # noqa: F401
+    import caliban.platforms.kubernetes.jobs
+    import caliban.platforms.kubernetes.submit
+    import caliban.session  # noqa: F401
 
     with tempfile.TemporaryDirectory(prefix="caliban-bench-") as tmp:
         home = Path(tmp)

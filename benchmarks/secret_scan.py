@@ -1,6 +1,6 @@
 """Benchmark: the pre-push key scan of a 5,000-file build context.
 
-The scan (``caliban.build.find_secrets``) walks the context with the credential
+The scan (``caliban.adapters.build.find_secrets``) walks the context with the credential
 rules and reads the first 16 KiB of every file that would be sent. Measured in
 the same run: the plain walk with ``.dockerignore`` only (what the scan adds
 over listing the files), and the content hash every build already computes
@@ -25,10 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from caliban import dockerfile
-from caliban.build import find_secrets, scan_context
-from caliban.dockerignore import DockerIgnore, walk_context
-from caliban.project import resolve_entrypoint
+from caliban.adapters.build import find_secrets, scan_context
+from caliban.core import dockerfile
+from caliban.core.dockerignore import DockerIgnore, walk_context
+from caliban.core.project import resolve_entrypoint
 from caliban.spec import JobMode
 
 

@@ -26,8 +26,8 @@ from typing import Any
 __version__ = "0.5.0.dev0"
 
 _EXPORTS = {
-    "Session": "caliban.orchestrator",
-    "RunResult": "caliban.orchestrator",
+    "Session": "caliban.session",
+    "RunResult": "caliban.session",
     "ProjectOptions": "caliban.options",
     "RunRequest": "caliban.options",
     "CloudRequest": "caliban.options",

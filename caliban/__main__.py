@@ -4,6 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from caliban.cli import main
+from caliban.cli.main import main
 
 sys.exit(main())

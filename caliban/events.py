@@ -101,7 +101,7 @@ class JobStateChanged(Event):
 
 @dataclass(frozen=True)
 class JobOutput(Event):
-    """One line of a job's output, made safe to print (see :mod:`caliban.output`).
+    """One line of a job's output, made safe to print (see :mod:`caliban.core.output`).
 
     Not every line becomes an event: a flood is thinned out to a readable rate
     (:class:`JobOutputSkipped` says how much was left out); the job's log file

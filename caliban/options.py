@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from caliban.dockerfile import Jupyter
-from caliban.experiment import DEFAULT_MAX_SWEEP
+from caliban.core.dockerfile import Jupyter
+from caliban.core.experiment import DEFAULT_MAX_SWEEP
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class RunRequest:
     """A local run: one job, or a sweep when ``experiments`` is given.
 
     ``experiments`` is a validated experiment config (see
-    :func:`caliban.experiment.validate`); ``script_args`` go before each
+    :func:`caliban.core.experiment.validate`); ``script_args`` go before each
     experiment's flags. ``max_parallel`` None means one job per free GPU slot
     in GPU mode and one per CPU core otherwise. A config that expands to more
     than ``max_sweep`` jobs is refused before anything happens (also for the

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from caliban.orchestrator import Session
+from caliban.session import Session
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_ID = uuid.uuid4().hex[:10]

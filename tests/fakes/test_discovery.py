@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from caliban import cloud_run, gkespec
-from caliban.accelerators import catalog
-from caliban.config import CalibanConfig
+from caliban.core.accelerators import catalog
+from caliban.core.config import CalibanConfig
 from caliban.options import CloudRequest, ProjectOptions
+from caliban.platforms.kubernetes import gkespec
+from caliban.platforms.vertex import submit as cloud_run
 from caliban.spec import JobMode
 
 from . import discovery

@@ -10,7 +10,7 @@ import pytest
 from caliban import events as ev
 from caliban.errors import BuildError
 from caliban.options import ProjectOptions
-from caliban.orchestrator import Session
+from caliban.session import Session
 from tests.conftest import RUN_ID, MakeProject, docker_cli
 
 pytestmark = [pytest.mark.docker]
@@ -112,7 +112,7 @@ async def test_user_matches_the_host(session: Session, make_project: MakeProject
 async def test_non_root_user_is_created(
     env: dict[str, str], home: Path, make_project: MakeProject
 ) -> None:
-    from caliban.dockerfile import ImageUser
+    from caliban.core.dockerfile import ImageUser
 
     async with Session(home=home, environ=env, user=ImageUser(4321, 4322, "alice")) as s:
         built = await s.build(ProjectOptions(folder=make_project(), entry="job.py"))

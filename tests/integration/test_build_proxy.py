@@ -29,7 +29,7 @@ import pytest
 from caliban import events as ev
 from caliban.errors import BuildError
 from caliban.options import ProjectOptions
-from caliban.orchestrator import Session
+from caliban.session import Session
 from tests.conftest import MakeProject, docker_cli
 
 x509 = pytest.importorskip("cryptography.x509")

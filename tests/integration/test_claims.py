@@ -12,13 +12,13 @@ import anyio
 import pytest
 
 from caliban import events as ev
-from caliban.backends.local import LocalBackend, container_config
-from caliban.local_run import execute
-from caliban.names import new_job_id
+from caliban.adapters.store import PlanItem
+from caliban.core.names import new_job_id
 from caliban.options import ProjectOptions, RunRequest
-from caliban.orchestrator import Session
+from caliban.platforms.local.containers import LocalBackend, container_config
+from caliban.platforms.local.run import execute
+from caliban.session import Session
 from caliban.spec import JobState, Platform
-from caliban.store import PlanItem
 from tests.conftest import (
     CALIBAN,
     RUN_ID,

@@ -11,7 +11,7 @@ import pytest
 from caliban.errors import AuthError, ValidationError
 from caliban.events import Document
 from caliban.options import ProjectOptions
-from caliban.orchestrator import Session
+from caliban.session import Session
 from caliban.spec import JobState, Platform
 from tests.conftest import MakeProject
 from tests.fakes.oauth import FakeOAuth, make_service_account, write_credentials

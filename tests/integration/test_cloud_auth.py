@@ -10,8 +10,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from caliban.cloud.auth import Credentials
-from caliban.cloud.http import GoogleApi
+from caliban.adapters.cloud.auth import Credentials
+from caliban.adapters.cloud.http import GoogleApi
 from caliban.errors import AuthError, ConfigError
 from tests.conftest import MakeProject
 from tests.fakes.federation import FakeFederation

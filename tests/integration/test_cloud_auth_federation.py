@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from caliban.cloud.auth import Credentials
+from caliban.adapters.cloud.auth import Credentials
 from caliban.errors import AuthError, ConfigError
 from tests.fakes.federation import (
     AWS_SUBJECT,

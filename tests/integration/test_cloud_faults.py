@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from caliban import cloud_run
-from caliban._limits import RetryPolicy
 from caliban.events import Event, JobStateChanged, RetryScheduled
-from caliban.orchestrator import Session
+from caliban.limits import RetryPolicy
+from caliban.platforms.vertex import submit as cloud_run
+from caliban.session import Session
 from caliban.spec import JobState
 from tests.conftest import MakeProject
 from tests.fakes.vertex import FakeVertex

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from caliban import cloud_run
-from caliban._limits import RetryPolicy
-from caliban.orchestrator import Session
+from caliban.limits import RetryPolicy
+from caliban.platforms.vertex import submit as cloud_run
+from caliban.session import Session
 from caliban.spec import JobRecord, JobState
 from tests.conftest import MakeProject
 from tests.fakes.vertex import FakeVertex

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from caliban.cloud import registry
+from caliban.adapters.cloud import registry
 from caliban.errors import ValidationError
 from tests.conftest import MakeProject, docker_cli
 from tests.fakes.google_http import FakeServer

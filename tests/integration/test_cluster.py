@@ -10,13 +10,13 @@ from typing import Any
 import anyio
 import pytest
 
-from caliban import k8sversions
-from caliban.backends.gke import KubeSubmitter
+from caliban.adapters.store import Planned
 from caliban.errors import BackendError
 from caliban.options import ClusterOptions, ProjectOptions
-from caliban.orchestrator import Session
+from caliban.platforms.kubernetes import versions as k8sversions
+from caliban.platforms.kubernetes.jobs import KubeSubmitter
+from caliban.session import Session
 from caliban.spec import JobState
-from caliban.store import Planned
 from tests.conftest import MakeProject
 from tests.fakes.k8s import FakeKubernetes
 from tests.fakes.k8s_schema import validate
@@ -398,7 +398,7 @@ async def test_planned_jobs_left_by_a_crash_are_looked_up_not_duplicated(
     cenv: dict[str, str],
 ) -> None:
     """The store says PLANNED (the process died before recording), the cluster has some."""
-    from caliban import cluster_run
+    from caliban.platforms.kubernetes import submit as cluster_run
 
     project = make_project()
     async with Session(home=tmp_path / "home", environ=cenv) as s:
@@ -432,7 +432,8 @@ async def test_export_writes_manifests_that_parse_back_to_the_same_objects(
 ) -> None:
     import yaml
 
-    from caliban import cluster_admin, names
+    from caliban.core import names
+    from caliban.platforms.kubernetes import admin as cluster_admin
 
     project = make_project()
     sweep = {"lr": [0.1, 0.2, 0.3]}

@@ -12,7 +12,7 @@ import pytest
 
 from caliban.errors import BackendError, ValidationError
 from caliban.options import ClusterJobRequest, ClusterOptions, ProjectOptions
-from caliban.orchestrator import Session
+from caliban.session import Session
 from caliban.spec import JobState
 from tests.conftest import MakeProject
 from tests.fakes.fixtures import oauth_server, service_account, service_account_file  # noqa: F401

@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 
 from caliban.options import ClusterJobRequest, ClusterOptions, ProjectOptions
-from caliban.orchestrator import Session
+from caliban.session import Session
 from tests.conftest import MakeProject
 from tests.fakes.k8s import FakeKubernetes
 

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from caliban import k8sspec, names
+from caliban.core import names
 from caliban.errors import ValidationError
-from caliban.k8sversions import NEWEST, OLDEST, OLDEST_INDEXED
-from caliban.orchestrator import Session
+from caliban.platforms.kubernetes import spec as k8sspec
+from caliban.platforms.kubernetes.versions import NEWEST, OLDEST, OLDEST_INDEXED
+from caliban.session import Session
 from caliban.spec import JobState
 from tests.conftest import MakeProject
 from tests.fakes.k8s import FakeKubernetes
@@ -225,9 +226,9 @@ async def test_a_job_refused_for_good_takes_its_configmap_with_it(
 async def test_the_fake_answers_an_invalid_object_like_the_apiserver(
     kube: FakeKubernetes, kubeconfig: Path, tmp_path: Path, cenv: dict[str, str]
 ) -> None:
-    from caliban.backends.kubeclient import KubeClient, _kubeconfig_client
     from caliban.errors import BackendError
-    from caliban.k8sspec import ClusterTarget, JobShape
+    from caliban.platforms.kubernetes.client import KubeClient, _kubeconfig_client
+    from caliban.platforms.kubernetes.spec import ClusterTarget, JobShape
 
     kube.git_version = f"v1.{OLDEST}.2"  # the knob can change while it serves
     job = k8sspec.job_manifest(JobShape(image="img"), name="bad-1", job_id="1", args=[], labels={})

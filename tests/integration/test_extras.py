@@ -142,11 +142,11 @@ def test_the_core_commands_work_without_the_extras(
     assert expansion.stdout.splitlines()[0] == "--lr 0.1 --deep"
 
     library = subprocess.run(
-        [sys.executable, "-c", "import caliban, caliban.orchestrator; print(caliban.Session)"],
+        [sys.executable, "-c", "import caliban, caliban.session; print(caliban.Session)"],
         env=core_env,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
-    assert library.returncode == 0 and "caliban.orchestrator.Session" in library.stdout
+    assert library.returncode == 0 and "caliban.session.Session" in library.stdout

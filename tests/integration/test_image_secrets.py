@@ -11,7 +11,7 @@ import pytest
 from caliban import events as ev
 from caliban.errors import ConfigError
 from caliban.options import ClusterJobRequest, ClusterOptions, ProjectOptions
-from caliban.orchestrator import Session
+from caliban.session import Session
 from tests.conftest import MakeProject, docker_cli
 from tests.fakes.k8s import FakeKubernetes
 from tests.fakes.vertex import FakeVertex

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from pexpect.popen_spawn import PopenSpawn
 
-from caliban.notebook import port_free
+from caliban.dev.notebook import port_free
 from tests.conftest import CALIBAN, MakeProject, docker_cli, labelled_containers, run_cli
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

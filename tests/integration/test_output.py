@@ -14,7 +14,7 @@ import pytest
 
 from caliban import events as ev
 from caliban.options import ProjectOptions, RunRequest
-from caliban.orchestrator import Session
+from caliban.session import Session
 from caliban.spec import JobState
 from tests.conftest import MakeProject
 

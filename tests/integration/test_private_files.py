@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from caliban import events as ev
-from caliban import filemodes
+from caliban.adapters import filemodes
+from caliban.adapters.store import Store
 from caliban.options import ProjectOptions, RunRequest
-from caliban.orchestrator import Session
-from caliban.store import Store
+from caliban.session import Session
 from tests.conftest import MakeProject
 from tests.integration.cloud_helpers import caliban
 

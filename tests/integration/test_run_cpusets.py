@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from caliban.core.topology import parse_cpu_list
 from caliban.options import ProjectOptions, RunRequest
-from caliban.orchestrator import Session
+from caliban.session import Session
 from caliban.spec import JobState
-from caliban.topology import parse_cpu_list
 from tests.conftest import CALIBAN, MakeProject, job_reports
 
 pytestmark = [pytest.mark.docker]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from caliban.options import ProjectOptions, RunRequest
-from caliban.orchestrator import Session
+from caliban.session import Session
 from caliban.spec import JobState
 from tests.conftest import MakeProject, run_cli
 

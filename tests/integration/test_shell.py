@@ -20,7 +20,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from caliban.orchestrator import host_user
+from caliban.session import host_user
 from tests.conftest import CALIBAN, MakeProject, docker_cli, labelled_containers
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

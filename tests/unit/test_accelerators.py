@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from caliban.accelerators import (
+from caliban.core.accelerators import (
     CPU_MACHINE_TYPE,
     DEFAULT_GPU,
     GPU_TYPES,

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from caliban import expansion, experiment, names, project
-from caliban.cli_args import positive_float
+from caliban.cli import expansion
+from caliban.cli.args import positive_float
+from caliban.core import experiment, names, project
 from caliban.errors import ExperimentConfigError, ValidationError
-from caliban.orchestrator import _safe_path_part
+from caliban.session import _safe_path_part
 
 # -- experiment configs ---------------------------------------------------------------------
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from caliban import config as cc
-from caliban.build import pip_source, read_ca_bundle
-from caliban.dockerfile import DEPS_ROOT, DEPS_STAGE, BuildSpec, ImageUser, PipSource, render
+from caliban.adapters.build import pip_source, read_ca_bundle
+from caliban.core import config as cc
+from caliban.core.dockerfile import DEPS_ROOT, DEPS_STAGE, BuildSpec, ImageUser, PipSource, render
 from caliban.errors import CalibanConfigError
 from caliban.spec import EntryKind, Entrypoint, JobMode
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from caliban import config as cc
+from caliban.core import config as cc
 from caliban.errors import EXIT_USAGE, CalibanConfigError
 from caliban.spec import JobMode
 

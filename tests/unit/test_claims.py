@@ -14,11 +14,11 @@ from pathlib import Path
 import anyio
 import pytest
 
-from caliban.backends.local import Outcome
-from caliban.local_run import execute
-from caliban.orchestrator import RunResult, skip_notices
+from caliban.adapters.store import MIGRATIONS, SCHEMA_VERSION, RunOwner, Store
+from caliban.platforms.local.containers import Outcome
+from caliban.platforms.local.run import execute
+from caliban.session import RunResult, skip_notices
 from caliban.spec import JobRecord, JobState, Platform
-from caliban.store import MIGRATIONS, SCHEMA_VERSION, RunOwner, Store
 from tests.unit.test_store import _items, _plan
 
 

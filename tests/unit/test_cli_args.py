@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from caliban import cli_args
+from caliban.cli import args as cli_args
 
 
 @pytest.mark.parametrize(

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from caliban import cloud_run
-from caliban.accelerators import AcceleratorSpec
-from caliban.config import CalibanConfig, GcloudConfig
+from caliban.core.accelerators import AcceleratorSpec
+from caliban.core.config import CalibanConfig, GcloudConfig
 from caliban.errors import ConfigError, ValidationError
 from caliban.options import CloudRequest, ProjectOptions
+from caliban.platforms.vertex import submit as cloud_run
 from caliban.spec import JobMode
 
 CONFIG = CalibanConfig()
@@ -186,7 +186,7 @@ def test_rebind_gives_a_recorded_body_a_new_job_id() -> None:
 
 
 def test_user_file_supplies_project_region_and_key_after_flags_env_and_project() -> None:
-    from caliban.userconfig import UserConfig
+    from caliban.core.userconfig import UserConfig
 
     user = UserConfig(
         {

@@ -8,7 +8,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from caliban.cloud.http import parse_retry_after, status_error
+from caliban.adapters.cloud.http import parse_retry_after, status_error
 from caliban.errors import AuthError, BackendError, NotFound, QuotaError
 
 

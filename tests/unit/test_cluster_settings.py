@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from caliban.cluster_admin import key_file, uses_kubeconfig
+from caliban.core.userconfig import UserConfig
 from caliban.errors import ValidationError
 from caliban.options import ClusterOptions
-from caliban.userconfig import UserConfig
+from caliban.platforms.kubernetes.admin import key_file, uses_kubeconfig
 
 KUBE_USER = UserConfig({"kubeconfig": "/home/u/lab.yaml"}, "/u/config.json")
 CONTEXT_USER = UserConfig({"kube_context": "lab"}, "/u/config.json")

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from caliban import createjson
+from caliban.core import createjson
 from caliban.errors import ValidationError
 
 SCHEMA = createjson.schema_for("1.41")

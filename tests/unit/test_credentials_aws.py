@@ -8,7 +8,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from caliban.cloud.credentials_aws import AwsKeys, sign, subject_token
+from caliban.adapters.cloud.credentials_aws import AwsKeys, sign, subject_token
 
 # The example identity of AWS's Signature Version 4 test suite and documentation.
 KEYS = AwsKeys("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")

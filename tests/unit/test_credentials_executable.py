@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from caliban.cloud.credentials_executable import _parse, check_allowed, check_shape
+from caliban.adapters.cloud.credentials_executable import _parse, check_allowed, check_shape
 from caliban.errors import AuthError, ConfigError
 
 JWT = "urn:ietf:params:oauth:token-type:jwt"

@@ -8,7 +8,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from caliban.cloud.credentials_refresh import EARLY, Issued, Refreshing, parse_rfc3339
+from caliban.adapters.cloud.credentials_refresh import EARLY, Issued, Refreshing, parse_rfc3339
 from caliban.errors import AuthError
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from caliban.dockerargs import (
+from caliban.core.dockerargs import (
     SUPPORTED_FLAGS,
     PortBinding,
     RunOptions,

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from caliban.baseimage import DEFAULTS, resolve
-from caliban.dockerfile import BuildSpec, ImageUser, Jupyter, render
+from caliban.core.baseimage import DEFAULTS, resolve
+from caliban.core.dockerfile import BuildSpec, ImageUser, Jupyter, render
+from caliban.core.project import inspect, resolve_entrypoint
 from caliban.errors import ValidationError
-from caliban.project import inspect, resolve_entrypoint
 from caliban.spec import EntryKind, Entrypoint, JobMode
 
 ALICE = ImageUser(1000, 1000, "alice")

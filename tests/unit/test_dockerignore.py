@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from caliban.dockerignore import DockerIgnore, go_clean, walk_context
+from caliban.core.dockerignore import DockerIgnore, go_clean, walk_context
 from caliban.errors import ConfigError
 
 # (dockerignore text, relative path, excluded?)

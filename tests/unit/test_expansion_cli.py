@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from caliban.expansion import main
+from caliban.cli.expansion import main
 
 from .test_experiment import CASE_10, CASE_11, CASES
 
 
 def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "caliban.expansion", *args],
+        [sys.executable, "-m", "caliban.cli.expansion", *args],
         input=stdin,
         capture_output=True,
         text=True,
@@ -167,7 +167,7 @@ def test_usage(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_version_is_the_installed_distribution() -> None:
-    from caliban.cli import __version__
+    from caliban.cli.main import __version__
 
     result = run("--version")
     assert result.returncode == 0

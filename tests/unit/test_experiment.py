@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from caliban import experiment as ex
+from caliban.core import experiment as ex
 from caliban.errors import EXIT_USAGE, ExperimentConfigError
 
 

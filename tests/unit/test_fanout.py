@@ -8,12 +8,12 @@ from pathlib import Path
 import anyio
 import pytest
 
-from caliban._limits import RetryPolicy
+from caliban.adapters.store import PlanItem, Planned, Store
 from caliban.errors import AuthError, OutcomeUnknown, QuotaError
 from caliban.events import Event, RetryScheduled
-from caliban.fanout import Accepted, Pacing, submit_all
+from caliban.limits import RetryPolicy
 from caliban.spec import JobRecord, JobState, Platform
-from caliban.store import PlanItem, Planned, Store
+from caliban.sweep.fanout import Accepted, Pacing, submit_all
 
 
 class MemoryPlatform:

@@ -1,11 +1,11 @@
-"""GKE cluster rules (caliban.gkespec), with the original's test cases ported."""
+"""GKE cluster rules (caliban.platforms.kubernetes.gkespec), with the original's cases ported."""
 
 from __future__ import annotations
 
 import pytest
 
-from caliban import gkespec
 from caliban.errors import ValidationError
+from caliban.platforms.kubernetes import gkespec
 
 
 def quotas(**limits: float) -> list[dict[str, object]]:

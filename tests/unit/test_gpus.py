@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from caliban import gpus
 from caliban.errors import ValidationError
-from caliban.gpus import GpuDevice
+from caliban.platforms.local import gpus
+from caliban.platforms.local.gpus import GpuDevice
 
 SAMPLES = Path(__file__).parent.parent / "fixtures" / "nvidia_smi"
 MIG0 = "MIG-c6d4f1ef-42e4-5de3-91c7-45d71c87eb3f"

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from caliban import interactive as ia
-from caliban import notebook as nb
-from caliban import terminal as term
-from caliban.dockerargs import parse_docker_run_args
-from caliban.dockerfile import ImageUser
+from caliban.core.dockerargs import parse_docker_run_args
+from caliban.core.dockerfile import ImageUser
+from caliban.dev import notebook as nb
+from caliban.dev import shell as ia
+from caliban.dev import terminal as term
 from caliban.errors import ValidationError
 
 ALICE = ImageUser(1000, 1000, "alice")
@@ -305,7 +305,7 @@ def test_notebook_port_must_be_a_port(port: str) -> None:
 
 
 def test_parser_knows_the_original_flags() -> None:
-    from caliban.cli import build_parser
+    from caliban.cli.main import build_parser
 
     parser = build_parser()
     ns = parser.parse_args(

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from caliban.backends import joboutput
 from caliban.errors import BackendError
+from caliban.platforms.local import joboutput
 
 
 def test_log_is_private_and_appended(tmp_path: Path) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from caliban.core.jobmode import resolve_mode
 from caliban.errors import EXIT_USAGE, ValidationError
-from caliban.jobmode import resolve_mode
 from caliban.spec import JobMode
 
 GPU_SPEC = "1xT4"

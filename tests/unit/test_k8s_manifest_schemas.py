@@ -10,10 +10,16 @@ from typing import Any
 
 import pytest
 
-from caliban import k8sspec
-from caliban.accelerators import AcceleratorSpec, catalog
-from caliban.k8sspec import IndexEntry, JobShape, Placement
-from caliban.k8sversions import NEWEST, OLDEST, OLDEST_INDEXED, ServerVersion, check_server
+from caliban.core.accelerators import AcceleratorSpec, catalog
+from caliban.platforms.kubernetes import spec as k8sspec
+from caliban.platforms.kubernetes.spec import IndexEntry, JobShape, Placement
+from caliban.platforms.kubernetes.versions import (
+    NEWEST,
+    OLDEST,
+    OLDEST_INDEXED,
+    ServerVersion,
+    check_server,
+)
 from tests.fakes.k8s_schema import schema_causes, validate
 
 JOB_ID = "01hzzzzzzzzzzzzzzzzzzzzzzz"

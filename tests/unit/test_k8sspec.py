@@ -1,4 +1,4 @@
-"""Kubernetes manifests, labels, names and state mapping (caliban.k8sspec)."""
+"""Kubernetes manifests, labels, names and state mapping (caliban.platforms.kubernetes.spec)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from caliban import k8sspec
-from caliban.accelerators import AcceleratorSpec
+from caliban.core.accelerators import AcceleratorSpec
 from caliban.errors import ValidationError
-from caliban.k8sspec import ClusterTarget, JobShape, Placement
+from caliban.platforms.kubernetes import spec as k8sspec
+from caliban.platforms.kubernetes.spec import ClusterTarget, JobShape, Placement
 from caliban.spec import JobState
 
 JOB_ID = "01m8bbj04stmkjmx04qqx89saz"

@@ -1,4 +1,4 @@
-"""Which server versions caliban's Jobs need (caliban.k8sversions, pure)."""
+"""Which server versions caliban's Jobs need (caliban.platforms.kubernetes.versions, pure)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from caliban import k8sspec
 from caliban.errors import ValidationError
-from caliban.k8sspec import JobShape
-from caliban.k8sversions import (
+from caliban.platforms.kubernetes import spec as k8sspec
+from caliban.platforms.kubernetes.spec import JobShape
+from caliban.platforms.kubernetes.versions import (
     NEWEST,
     OLDEST,
     OLDEST_INDEXED,

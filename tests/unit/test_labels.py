@@ -6,8 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from caliban.errors import ValidationError
-from caliban.labels import (
+from caliban.core.labels import (
     KEY_RE,
     MAX_LABELS,
     VALUE_RE,
@@ -19,6 +18,7 @@ from caliban.labels import (
     sanitize_labels,
     sanitize_value,
 )
+from caliban.errors import ValidationError
 
 
 @pytest.mark.parametrize(

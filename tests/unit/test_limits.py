@@ -8,9 +8,9 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from caliban._limits import GpuPool, ResourcePool, RetryPolicy, TokenBucket, with_retries
+from caliban.core.topology import GpuAffinity
 from caliban.errors import BackendError, QuotaError
-from caliban.topology import GpuAffinity
+from caliban.limits import GpuPool, ResourcePool, RetryPolicy, TokenBucket, with_retries
 
 
 class FakeClock:

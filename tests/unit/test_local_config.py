@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from caliban.backends.local import DEFAULT_SHM_SIZE, container_config, rebind, with_gpus
-from caliban.cli import _split_script_args
-from caliban.dockerargs import parse_docker_run_args
+from caliban.cli.main import _split_script_args
+from caliban.core.dockerargs import parse_docker_run_args
 from caliban.errors import ValidationError
-from caliban.gpus import GpuInventory, detect, parse_ids
-from caliban.orchestrator import _labels_from_env
+from caliban.platforms.local.containers import DEFAULT_SHM_SIZE, container_config, rebind, with_gpus
+from caliban.platforms.local.gpus import GpuInventory, detect, parse_ids
+from caliban.session import _labels_from_env
 
 
 def test_container_config_labels_and_defaults() -> None:

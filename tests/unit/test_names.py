@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from caliban.labels import VALUE_RE
-from caliban.names import (
+from caliban.core.labels import VALUE_RE
+from caliban.core.names import (
     JOB_ID_LENGTH,
     JobIdFactory,
     default_xgroup_name,

@@ -10,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
 
+from caliban.cli.ui import ConsoleSink
+from caliban.core.output import OutputView, sanitize, sanitize_text, visible
 from caliban.events import JobOutput, JobOutputSkipped
-from caliban.output import OutputView, sanitize, sanitize_text, visible
-from caliban.ui import ConsoleSink
 
 # Anything a terminal could act on: C0 but TAB, DEL, C1, bidi overrides.
 CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")

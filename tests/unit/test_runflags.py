@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from caliban import createjson
-from caliban.dockerargs import parse_docker_run_args
+from caliban.core import createjson
+from caliban.core.dockerargs import parse_docker_run_args
+from caliban.core.runflags import deep_merge, flag_table, parse_duration
 from caliban.errors import ValidationError
-from caliban.runflags import deep_merge, flag_table, parse_duration
 
 DOCKER = "/usr/bin/docker"
 ROOT = Path(__file__).resolve().parents[2]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from caliban import secretenv
-from caliban.dockerargs import parse_docker_run_args
+from caliban.core import secretenv
+from caliban.core.dockerargs import parse_docker_run_args
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from caliban import config as calibanconfig
-from caliban.dockerignore import DockerIgnore, walk_context
+from caliban.core import config as calibanconfig
+from caliban.core.dockerignore import DockerIgnore, walk_context
+from caliban.core.secretfiles import CredentialRules, credential_file, left_out_text, secret_in
 from caliban.errors import CalibanConfigError
-from caliban.secretfiles import CredentialRules, credential_file, left_out_text, secret_in
 
 PEM = b"-----BEGIN RSA PRIVATE KEY-----\nMIIEow...\n-----END RSA PRIVATE KEY-----\n"
 OPENSSH = b"-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n"

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from caliban import config as cc
-from caliban import settings
+from caliban.core import config as cc
+from caliban.core import settings
+from caliban.core.userconfig import UserConfig
 from caliban.errors import ValidationError
-from caliban.userconfig import UserConfig
 
 PROJECT_PATH = "/p/.calibanconfig.json"
 USER = UserConfig(

@@ -8,9 +8,9 @@ from pathlib import Path
 import anyio
 import pytest
 
+from caliban.adapters.store import SCHEMA_VERSION, PlanItem, Store
 from caliban.errors import StoreError
 from caliban.spec import JobState, Platform
-from caliban.store import SCHEMA_VERSION, PlanItem, Store
 
 
 def _items(n: int, prefix: str = "j") -> list[PlanItem]:

@@ -12,9 +12,9 @@ from pathlib import Path
 import anyio
 import pytest
 
+from caliban.adapters.store import PlanItem, Store
 from caliban.errors import StoreError, StoreUnwritable
 from caliban.spec import JobState, Platform
-from caliban.store import PlanItem, Store
 
 
 def _item(i: int) -> PlanItem:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from caliban import topology
-from caliban.topology import GpuAffinity, choose, format_cpu_list, parse_cpu_list
+from caliban.core import topology
+from caliban.core.topology import GpuAffinity, choose, format_cpu_list, parse_cpu_list
 
 SAMPLES = Path(__file__).parent.parent / "fixtures" / "nvidia_smi"
 

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from caliban import events as ev
+from caliban.cli.ui import ConsoleSink, _LineEnds, jobs_table, make_console
 from caliban.spec import JobRecord, JobState, Platform
-from caliban.ui import ConsoleSink, _LineEnds, jobs_table, make_console
 
 
 @pytest.fixture(autouse=True)

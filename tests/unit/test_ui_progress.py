@@ -6,9 +6,9 @@ import io
 
 from rich.console import Console
 
+from caliban.cli.ui import ConsoleSink
 from caliban.events import JobsPlanned, JobStateChanged, PushProgress, RetryScheduled
 from caliban.spec import JobState
-from caliban.ui import ConsoleSink
 
 URL = "https://console.cloud.google.com/vertex-ai/locations/us-central1/training/1?project=p"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from caliban import userconfig
+from caliban.core import userconfig
 from caliban.errors import CalibanConfigError, ConfigError
 
 SRC = "/home/u/.config/caliban/config.json"
@@ -116,7 +116,7 @@ def test_load_reads_comments_and_reports_bad_json(tmp_path: Path) -> None:
 
 
 def test_session_takes_home_labels_and_quota_project_from_the_user_file(tmp_path: Path) -> None:
-    from caliban.orchestrator import Session
+    from caliban.session import Session
 
     path = tmp_path / "config.json"
     path.write_text(

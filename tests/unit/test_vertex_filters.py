@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from caliban import vertexspec
-from caliban.backends.vertex import label_filter, list_filter
+from caliban.platforms.vertex import spec as vertexspec
+from caliban.platforms.vertex.client import label_filter, list_filter
 from caliban.spec import JobRecord, JobState, Platform
 from tests.fakes.vertex_filter import _tokenize, compile_filter
 

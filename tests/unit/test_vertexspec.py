@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from caliban import vertexspec
-from caliban.accelerators import AcceleratorSpec
+from caliban.core.accelerators import AcceleratorSpec
+from caliban.platforms.vertex import spec as vertexspec
 from caliban.spec import JobState
 
 

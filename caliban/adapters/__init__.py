@@ -1,0 +1,1 @@
+"""I/O adapters: the Docker engine, image builds, the SQLite store, Google APIs."""

@@ -1,0 +1,835 @@
+"""The history of every build, experiment and job, in one SQLite file.
+
+aiosqlite runs each connection on its own thread, and every task using a
+connection shares its transaction. So the store keeps exactly one connection
+and one lock: every write is a short ``BEGIN IMMEDIATE ... COMMIT`` under that
+lock, with COMMIT/ROLLBACK shielded from cancellation so a Ctrl-C can never
+leave a transaction half open. Other processes (a second ``caliban status``)
+are fine: WAL lets them read while we write, and BEGIN IMMEDIATE plus the busy
+timeout makes writers queue instead of failing.
+
+The schema is versioned with ``PRAGMA user_version``; :data:`MIGRATIONS` only
+ever grows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import sqlite3
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import aiosqlite
+import anyio
+
+from caliban.adapters import filemodes
+from caliban.errors import StoreError, StoreUnwritable
+from caliban.spec import JobRecord, JobState, Platform
+
+MIGRATIONS: list[list[str]] = [
+    # 1: the first schema.
+    [
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        """CREATE TABLE xgroups (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            user TEXT NOT NULL,
+            created TEXT NOT NULL)""",
+        """CREATE TABLE container_specs (
+            id INTEGER PRIMARY KEY,
+            key TEXT NOT NULL UNIQUE,
+            image TEXT NOT NULL,
+            spec TEXT NOT NULL,
+            user TEXT NOT NULL,
+            created TEXT NOT NULL)""",
+        """CREATE TABLE experiments (
+            id INTEGER PRIMARY KEY,
+            xgroup_id INTEGER NOT NULL REFERENCES xgroups(id),
+            container_spec_id INTEGER NOT NULL REFERENCES container_specs(id),
+            idx INTEGER NOT NULL,
+            args TEXT NOT NULL,
+            kwargs TEXT NOT NULL,
+            key TEXT NOT NULL,
+            created TEXT NOT NULL,
+            UNIQUE (xgroup_id, container_spec_id, key))""",
+        """CREATE TABLE jobs (
+            id TEXT PRIMARY KEY,
+            experiment_id INTEGER NOT NULL REFERENCES experiments(id),
+            platform TEXT NOT NULL,
+            state TEXT NOT NULL,
+            image TEXT NOT NULL,
+            spec TEXT NOT NULL,
+            details TEXT NOT NULL DEFAULT '{}',
+            platform_id TEXT,
+            exit_code INTEGER,
+            message TEXT,
+            log_path TEXT,
+            user TEXT NOT NULL,
+            created TEXT NOT NULL,
+            updated TEXT NOT NULL)""",
+        "CREATE INDEX jobs_by_experiment ON jobs (experiment_id, platform, created)",
+        "CREATE INDEX jobs_by_state ON jobs (state)",
+        "CREATE INDEX jobs_by_created ON jobs (created)",
+        """CREATE TABLE job_events (
+            id INTEGER PRIMARY KEY,
+            job_id TEXT NOT NULL REFERENCES jobs(id),
+            at TEXT NOT NULL,
+            state TEXT NOT NULL,
+            detail TEXT)""",
+        "CREATE INDEX job_events_by_job ON job_events (job_id, id)",
+    ],
+    # 2: runs own the jobs they launch, so two processes never run the same job.
+    [
+        """CREATE TABLE runs (
+            id TEXT PRIMARY KEY,
+            pid INTEGER NOT NULL,
+            host TEXT NOT NULL,
+            started TEXT NOT NULL,
+            lease_until TEXT NOT NULL,
+            ended TEXT)""",
+        "ALTER TABLE jobs ADD COLUMN claimed_by TEXT REFERENCES runs(id)",
+        "CREATE INDEX jobs_by_claim ON jobs (claimed_by)",
+    ],
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _later(seconds: float) -> str:
+    return (datetime.now(timezone.utc) + timedelta(seconds=seconds)).isoformat(
+        timespec="microseconds"
+    )
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    return True
+
+
+def default_home() -> Path:
+    home = os.environ.get("CALIBAN_HOME")
+    return Path(home).expanduser() if home else Path.home() / ".caliban"
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    """One expanded experiment and the job that would run it."""
+
+    index: int
+    args: tuple[str, ...]
+    kwargs: dict[str, object]
+    job_id: str
+    image: str
+    spec: dict[str, object]
+    details: dict[str, object]
+    log_path: str | None = None
+
+    @classmethod
+    def again(
+        cls,
+        old: JobRecord,
+        *,
+        job_id: str,
+        spec: dict[str, object],
+        details: dict[str, object],
+        log_path: str | None = None,
+    ) -> PlanItem:
+        """A new job for the experiment ``old`` ran (resubmit), with its spec
+        re-addressed to ``job_id``."""
+        return cls(
+            index=old.index,
+            args=old.args,
+            kwargs=old.kwargs,
+            job_id=job_id,
+            image=old.image,
+            spec=spec,
+            details=details,
+            log_path=log_path,
+        )
+
+
+Action = Literal["new", "reconcile", "active", "done"]
+
+
+@dataclass(frozen=True)
+class Planned:
+    """What planning decided for one experiment.
+
+    ``new``: a fresh PLANNED job to launch. ``reconcile``: a PLANNED job left by
+    an earlier run that may or may not exist on its platform. ``active`` and
+    ``done``: already submitted or succeeded, nothing to do.
+    """
+
+    action: Action
+    job: JobRecord
+
+
+@dataclass(frozen=True)
+class RunOwner:
+    """A live process that holds claims on jobs: who, where, since when."""
+
+    run_id: str
+    pid: int
+    host: str
+    started: str
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What :meth:`Store.claim` got: the jobs now ours, and the live owners of the rest."""
+
+    claimed: frozenset[str]
+    held: dict[str, RunOwner]
+
+
+_JOB_COLUMNS = """
+    j.id, j.platform, j.state, x.name, e.id, e.idx, e.args, e.kwargs, j.image, j.spec,
+    j.details, j.platform_id, j.exit_code, j.message, j.log_path, j.user, j.created,
+    j.updated, e.container_spec_id
+"""
+_JOB_FROM = """
+    FROM jobs j JOIN experiments e ON e.id = j.experiment_id JOIN xgroups x ON x.id = e.xgroup_id
+"""
+
+
+def _record(row: Sequence[Any]) -> JobRecord:
+    return JobRecord(
+        job_id=row[0],
+        platform=Platform(row[1]),
+        state=JobState(row[2]),
+        xgroup=row[3],
+        experiment_id=row[4],
+        index=row[5],
+        args=tuple(json.loads(row[6])),
+        kwargs=dict(json.loads(row[7])),
+        image=row[8],
+        spec=json.loads(row[9]),
+        details=json.loads(row[10]),
+        platform_id=row[11],
+        exit_code=row[12],
+        message=row[13],
+        log_path=row[14],
+        user=row[15],
+        created=row[16],
+        updated=row[17],
+        container_spec_id=row[18],
+    )
+
+
+class Store:
+    """Async context manager around the history database."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._db: aiosqlite.Connection | None = None
+        self._lock = anyio.Lock()
+        self.store_id = ""
+
+    async def __aenter__(self) -> Store:
+        try:
+            await anyio.to_thread.run_sync(filemodes.secure_store, self.path)
+            self._db = await aiosqlite.connect(self.path, isolation_level=None, timeout=30)
+            for pragma in (
+                "journal_mode=WAL",
+                "synchronous=NORMAL",
+                "busy_timeout=30000",
+                "foreign_keys=ON",
+            ):
+                await self._db.execute(f"PRAGMA {pragma}")
+            await self._migrate()
+            self.store_id = await self._ensure_store_id()
+        except (sqlite3.Error, OSError) as exc:
+            await self.aclose()
+            raise StoreError(f"cannot open the history store {self.path}: {exc}") from exc
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            with anyio.CancelScope(shield=True):
+                await db.close()
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StoreError("the history store is not open")
+        return self._db
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            db = self.db
+            try:
+                # Shielded: a cancelled await would not stop the statement on
+                # aiosqlite's thread, and the transaction would stay open with
+                # nobody to end it. The cancellation lands right after instead,
+                # inside the body, where ROLLBACK handles it.
+                with anyio.CancelScope(shield=True):
+                    await db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot write to {self.path}: {exc}") from exc
+            try:
+                yield db
+            except BaseException as exc:
+                with anyio.CancelScope(shield=True), contextlib.suppress(sqlite3.Error):
+                    await db.execute("ROLLBACK")
+                # A statement that fails mid-transaction (disk full, the file made
+                # read-only under a running sweep) is the store's error, not a traceback.
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"cannot write to {self.path}: {exc}") from exc
+                raise
+            else:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await db.execute("COMMIT")
+                    except sqlite3.Error as exc:
+                        await db.execute("ROLLBACK")
+                        raise StoreError(f"cannot write to {self.path}: {exc}") from exc
+
+    async def _migrate(self) -> None:
+        async with self.db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        version = int(row[0]) if row else 0
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} was written by a newer caliban (schema {version}, "
+                f"this one knows {SCHEMA_VERSION}); upgrade caliban"
+            )
+        for number in range(version, SCHEMA_VERSION):
+            async with self._tx() as db:
+                for statement in MIGRATIONS[number]:
+                    await db.execute(statement)
+                # PRAGMA takes no parameters; the value is our own integer.
+                await db.execute(f"PRAGMA user_version = {number + 1}")
+
+    async def _ensure_store_id(self) -> str:
+        async with self._tx() as db:
+            async with db.execute("SELECT value FROM meta WHERE key = 'store_id'") as cur:
+                row = await cur.fetchone()
+            if row:
+                return str(row[0])
+            store_id = uuid.uuid4().hex[:12]
+            await db.execute("INSERT INTO meta (key, value) VALUES ('store_id', ?)", (store_id,))
+            return store_id
+
+    # -- writes -------------------------------------------------------------------------
+
+    async def xgroup(self, name: str, user: str) -> int:
+        async with self._tx() as db:
+            await db.execute(
+                "INSERT OR IGNORE INTO xgroups (name, user, created) VALUES (?, ?, ?)",
+                (name, user, now()),
+            )
+            async with db.execute("SELECT id FROM xgroups WHERE name = ?", (name,)) as cur:
+                row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async def container_spec(self, key: str, image: str, spec: dict[str, object], user: str) -> int:
+        async with self._tx() as db:
+            await db.execute(
+                "INSERT OR IGNORE INTO container_specs (key, image, spec, user, created)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (key, image, json.dumps(spec, sort_keys=True), user, now()),
+            )
+            async with db.execute("SELECT id FROM container_specs WHERE key = ?", (key,)) as cur:
+                row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async def plan(
+        self,
+        *,
+        xgroup_id: int,
+        container_spec_id: int,
+        platform: Platform,
+        user: str,
+        items: Iterable[PlanItem],
+        batch: int = 500,
+    ) -> list[Planned]:
+        """Record intent for every experiment before anything is launched.
+
+        Re-planning the same experiments in the same group is how a crashed or
+        interrupted sweep resumes: succeeded and active jobs are left alone,
+        failed and stopped ones get a new job, PLANNED ones are handed back for
+        reconciliation. Batches are written one transaction each, and a
+        cancellation (Ctrl-C, SIGTERM) lands between them; whatever stops the
+        planning, the jobs it recorded become STOPPED, not PLANNED jobs that
+        nothing would launch, so resubmit (or the same command) runs them.
+        """
+        seen: list[str] = []
+
+        def noted(source: Iterable[PlanItem]) -> Iterator[PlanItem]:
+            for item in source:
+                seen.append(item.job_id)
+                yield item
+
+        try:
+            return await self._plan_items(
+                xgroup_id=xgroup_id,
+                container_spec_id=container_spec_id,
+                platform=platform,
+                user=user,
+                items=noted(items),
+                batch=batch,
+            )
+        except BaseException:
+            if seen:
+                # Ids never written match no row: harmless.
+                stopped = [
+                    (job_id, JobState.STOPPED, None, "interrupted while planning", None, None)
+                    for job_id in seen
+                ]
+                # A store too broken to record this must not hide the first error.
+                with anyio.CancelScope(shield=True), suppress(StoreError, sqlite3.Error):
+                    await self.transitions(stopped)
+            raise
+
+    async def _plan_items(
+        self,
+        *,
+        xgroup_id: int,
+        container_spec_id: int,
+        platform: Platform,
+        user: str,
+        items: Iterable[PlanItem],
+        batch: int = 500,
+    ) -> list[Planned]:
+        """:meth:`plan` without the clean-up when interrupted."""
+        out: list[Planned] = []
+        pending: list[tuple[str, PlanItem]] = []
+        # A config may list the same experiment twice on purpose (repeats):
+        # the n-th copy is its own experiment, and stays so on a re-run.
+        occurrences: Counter[str] = Counter()
+        for item in items:
+            base = hashlib.sha256(
+                _dumps([list(item.args), list(item.kwargs.items())]).encode()
+            ).hexdigest()
+            occurrences[base] += 1
+            n = occurrences[base]
+            pending.append((base if n == 1 else f"{base}#{n}", item))
+            if len(pending) >= batch:
+                out.extend(
+                    await self._plan_batch(xgroup_id, container_spec_id, platform, user, pending)
+                )
+                pending = []
+        if pending:
+            out.extend(
+                await self._plan_batch(xgroup_id, container_spec_id, platform, user, pending)
+            )
+        return out
+
+    async def check_writable(self) -> None:
+        """Fail now, before a long build, if the history cannot be written later."""
+        async with self._lock:
+            db = self.db
+            with anyio.CancelScope(shield=True):
+                try:
+                    await db.execute("BEGIN IMMEDIATE")
+                except sqlite3.Error as exc:
+                    raise StoreUnwritable(
+                        f"cannot write to the history store {self.path}: {exc}"
+                    ) from None
+                try:
+                    # BEGIN alone succeeds on a read-only file; a real write does not.
+                    await db.execute("UPDATE meta SET value = value WHERE key = 'store_id'")
+                except sqlite3.Error as exc:
+                    raise StoreUnwritable(
+                        f"cannot write to the history store {self.path}: {exc}",
+                        hint="make it writable, or point $CALIBAN_HOME at a writable folder",
+                    ) from None
+                finally:
+                    await db.execute("ROLLBACK")
+
+    async def _plan_batch(
+        self,
+        xgroup_id: int,
+        container_spec_id: int,
+        platform: Platform,
+        user: str,
+        items: list[tuple[str, PlanItem]],
+    ) -> list[Planned]:
+        # Set-based: a handful of statements per batch instead of several per
+        # job, since every statement is a round trip to aiosqlite's thread.
+        stamp = now()
+        keys = [key for key, _ in items]
+        marks = ",".join("?" * len(keys))
+        scope = (xgroup_id, container_spec_id)
+        async with self._tx() as db:
+            await db.executemany(
+                "INSERT OR IGNORE INTO experiments"
+                " (xgroup_id, container_spec_id, idx, args, kwargs, key, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (*scope, item.index, _dumps(list(item.args)), _dumps(item.kwargs), key, stamp)
+                    for key, item in items
+                ],
+            )
+            async with db.execute(
+                "SELECT key, id FROM experiments WHERE xgroup_id = ? AND container_spec_id = ?"
+                f" AND key IN ({marks})",
+                (*scope, *keys),
+            ) as cur:
+                experiment_of = {str(k): int(i) for k, i in await cur.fetchall()}
+            # The latest job of each experiment on this platform, if any.
+            latest: dict[int, tuple[str, JobState]] = {}
+            async with db.execute(
+                "SELECT experiment_id, id, state FROM jobs"
+                f" WHERE platform = ? AND experiment_id IN ({marks})"
+                " ORDER BY created, rowid",
+                (platform.value, *experiment_of.values()),
+            ) as cur:
+                for experiment_id, job_id, state in await cur.fetchall():
+                    latest[int(experiment_id)] = (str(job_id), JobState(state))
+            decided: list[tuple[Action, str]] = []
+            fresh: list[tuple[PlanItem, int]] = []
+            for key, item in items:
+                experiment_id = experiment_of[key]
+                job_id, state = latest.get(experiment_id, (item.job_id, None))
+                if state is None or state in (JobState.FAILED, JobState.STOPPED):
+                    fresh.append((item, experiment_id))
+                    decided.append(("new", item.job_id))
+                elif state is JobState.PLANNED:
+                    decided.append(("reconcile", job_id))
+                elif state is JobState.SUCCEEDED:
+                    decided.append(("done", job_id))
+                else:
+                    decided.append(("active", job_id))
+            await self._insert_jobs(db, fresh, platform, user, stamp)
+        records = {r.job_id: r for r in await self.jobs(job_ids=[j for _, j in decided])}
+        return [Planned(action, records[job_id]) for action, job_id in decided]
+
+    @staticmethod
+    async def _insert_jobs(
+        db: aiosqlite.Connection,
+        jobs: Sequence[tuple[PlanItem, int]],
+        platform: Platform,
+        user: str,
+        stamp: str,
+    ) -> None:
+        if not jobs:
+            return
+        await db.executemany(
+            "INSERT INTO jobs (id, experiment_id, platform, state, image, spec, details,"
+            " log_path, user, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    item.job_id,
+                    experiment_id,
+                    platform.value,
+                    JobState.PLANNED.value,
+                    item.image,
+                    _dumps(item.spec),
+                    _dumps(item.details),
+                    item.log_path,
+                    user,
+                    stamp,
+                    stamp,
+                )
+                for item, experiment_id in jobs
+            ],
+        )
+        await db.executemany(
+            "INSERT INTO job_events (job_id, at, state, detail) VALUES (?, ?, ?, ?)",
+            [(item.job_id, stamp, JobState.PLANNED.value, None) for item, _ in jobs],
+        )
+
+    async def add_jobs(
+        self, jobs: Iterable[tuple[JobRecord, PlanItem]], *, user: str
+    ) -> list[JobRecord]:
+        """Record new PLANNED jobs for existing experiments (used by resubmit)."""
+        stamp = now()
+        by_platform: dict[Platform, list[tuple[PlanItem, int]]] = {}
+        ids: list[str] = []
+        for old, item in jobs:
+            by_platform.setdefault(old.platform, []).append((item, old.experiment_id))
+            ids.append(item.job_id)
+        async with self._tx() as db:
+            for platform, group in by_platform.items():
+                await self._insert_jobs(db, group, platform, user, stamp)
+        by_id = {r.job_id: r for r in await self.jobs(job_ids=ids)}
+        return [by_id[i] for i in ids]
+
+    async def transition(
+        self,
+        job_id: str,
+        state: JobState,
+        *,
+        exit_code: int | None = None,
+        message: str | None = None,
+        platform_id: str | None = None,
+        details: dict[str, object] | None = None,
+        force: bool = False,
+    ) -> bool:
+        """Move a job to ``state`` and append the change to its event log.
+
+        A terminal state is sticky unless ``force``: when ``caliban stop`` has
+        recorded STOPPED, the exit code the killed container reports afterwards
+        must not turn it into FAILED. Returns whether anything changed.
+        """
+        return (
+            await self.transitions(
+                [(job_id, state, exit_code, message, platform_id, details)], force=force
+            )
+        ) == 1
+
+    async def transitions(
+        self,
+        changes: Sequence[
+            tuple[str, JobState, int | None, str | None, str | None, dict[str, object] | None]
+        ],
+        *,
+        force: bool = False,
+    ) -> int:
+        """Apply many transitions in one transaction (status refreshes of big sweeps)."""
+        stamp = now()
+        changed = 0
+        terminal = tuple(s.value for s in JobState if s.terminal)
+        async with self._tx() as db:
+            for job_id, state, exit_code, message, platform_id, details in changes:
+                guard = "" if force else f" AND state NOT IN ({','.join('?' * len(terminal))})"
+                params: list[object] = [state.value, stamp, exit_code, message, platform_id]
+                sql = (
+                    "UPDATE jobs SET state = ?, updated = ?,"
+                    " exit_code = COALESCE(?, exit_code), message = COALESCE(?, message),"
+                    " platform_id = COALESCE(?, platform_id)"
+                )
+                if details is not None:
+                    sql += ", details = json_patch(details, ?)"
+                    params.append(_dumps(details))
+                sql += " WHERE id = ? AND (state != ? OR ? IS NOT NULL OR ? IS NOT NULL)" + guard
+                params += [job_id, state.value, platform_id, exit_code]
+                if not force:
+                    params += list(terminal)
+                cur = await db.execute(sql, params)
+                if cur.rowcount:
+                    changed += 1
+                    await db.execute(
+                        "INSERT INTO job_events (job_id, at, state, detail) VALUES (?, ?, ?, ?)",
+                        (job_id, stamp, state.value, message),
+                    )
+        return changed
+
+    # -- reads --------------------------------------------------------------------------
+
+    async def jobs(
+        self,
+        *,
+        xgroup: str | None = None,
+        job_ids: Sequence[str] | None = None,
+        platform: Platform | None = None,
+        states: Iterable[JobState] | None = None,
+        limit: int | None = None,
+    ) -> list[JobRecord]:
+        """Jobs, oldest first; ``limit`` keeps the most recent ones."""
+        where: list[str] = []
+        params: list[object] = []
+        if xgroup is not None:
+            where.append("x.name = ?")
+            params.append(xgroup)
+        if platform is not None:
+            where.append("j.platform = ?")
+            params.append(platform.value)
+        if states is not None:
+            wanted = [s.value for s in states]
+            where.append(f"j.state IN ({','.join('?' * len(wanted))})")
+            params += wanted
+        if job_ids is not None:
+            job_ids = list(dict.fromkeys(job_ids))
+            if not job_ids:
+                return []
+            # SQLite caps bound parameters; look big id lists up in chunks.
+            if len(job_ids) > 500:
+                out: list[JobRecord] = []
+                for start in range(0, len(job_ids), 500):
+                    out += await self.jobs(
+                        xgroup=xgroup,
+                        job_ids=job_ids[start : start + 500],
+                        platform=platform,
+                        states=states,
+                    )
+                return out
+            where.append(f"j.id IN ({','.join('?' * len(job_ids))})")
+            params += list(job_ids)
+        sql = f"SELECT {_JOB_COLUMNS} {_JOB_FROM}"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY j.created DESC, j.rowid DESC"
+        if limit is not None and limit > 0:
+            sql += f" LIMIT {int(limit)}"
+        async with self.db.execute(sql, params) as cur:
+            rows = await cur.fetchall()
+        return [_record(r) for r in reversed(list(rows))]
+
+    async def job(self, job_id: str) -> JobRecord | None:
+        """A job by its full id or by a unique suffix of it (the short id)."""
+        found = await self.jobs(job_ids=[job_id])
+        if found:
+            return found[0]
+        async with self.db.execute(
+            "SELECT id FROM jobs WHERE id LIKE ? LIMIT 2", (f"%{job_id}",)
+        ) as cur:
+            rows = list(await cur.fetchall())
+        if len(rows) == 1:
+            return (await self.jobs(job_ids=[str(rows[0][0])]))[0]
+        return None
+
+    async def latest_per_experiment(self, xgroup: str) -> list[JobRecord]:
+        """The most recent job of every experiment of a group (what resubmit acts on)."""
+        sql = f"""
+            SELECT {_JOB_COLUMNS} {_JOB_FROM}
+            WHERE x.name = ? AND j.rowid = (
+                SELECT j2.rowid FROM jobs j2 WHERE j2.experiment_id = e.id
+                ORDER BY j2.created DESC, j2.rowid DESC LIMIT 1)
+            ORDER BY e.idx, e.id
+        """
+        async with self.db.execute(sql, (xgroup,)) as cur:
+            rows = await cur.fetchall()
+        return [_record(r) for r in rows]
+
+    async def has_xgroup(self, name: str) -> bool:
+        async with self.db.execute("SELECT 1 FROM xgroups WHERE name = ?", (name,)) as cur:
+            return await cur.fetchone() is not None
+
+    async def container_spec_of(self, spec_id: int) -> dict[str, Any] | None:
+        async with self.db.execute(
+            "SELECT spec, image FROM container_specs WHERE id = ?", (spec_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        spec: dict[str, Any] = json.loads(row[0])
+        spec.setdefault("image", row[1])
+        return spec
+
+    async def events(self, job_id: str) -> list[tuple[str, str, str | None]]:
+        async with self.db.execute(
+            "SELECT at, state, detail FROM job_events WHERE job_id = ? ORDER BY id", (job_id,)
+        ) as cur:
+            rows = await cur.fetchall()
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    # -- runs and claims ----------------------------------------------------------------
+    #
+    # A run claims the jobs it is about to launch; a job claimed by a live run is
+    # never launched by another. Liveness is a lease the run renews while it works,
+    # and on this host also its pid: a run killed with -9 releases its jobs at
+    # once here, and after its lease elsewhere (the store may be on a shared disk).
+
+    async def open_run(self, *, lease: float) -> str:
+        run_id = uuid.uuid4().hex
+        stamp = now()
+        async with self._tx() as db:
+            await db.execute(
+                "INSERT INTO runs (id, pid, host, started, lease_until) VALUES (?, ?, ?, ?, ?)",
+                (run_id, os.getpid(), socket.gethostname(), stamp, _later(lease)),
+            )
+        return run_id
+
+    async def renew_run(self, run_id: str, *, lease: float) -> None:
+        async with self._tx() as db:
+            await db.execute(
+                "UPDATE runs SET lease_until = ? WHERE id = ? AND ended IS NULL",
+                (_later(lease), run_id),
+            )
+
+    async def close_run(self, run_id: str) -> None:
+        """The run is over: whatever it still holds is free (it is recorded STOPPED)."""
+        async with self._tx() as db:
+            await db.execute("UPDATE runs SET ended = ? WHERE id = ?", (now(), run_id))
+
+    @staticmethod
+    async def _live_owners(db: aiosqlite.Connection, run_ids: Iterable[str]) -> dict[str, RunOwner]:
+        ids = list(dict.fromkeys(run_ids))
+        if not ids:
+            return {}
+        here = socket.gethostname()
+        stamp = now()
+        async with db.execute(
+            "SELECT id, pid, host, started FROM runs WHERE ended IS NULL AND lease_until > ?"
+            f" AND id IN ({','.join('?' * len(ids))})",
+            (stamp, *ids),
+        ) as cur:
+            rows = await cur.fetchall()
+        return {
+            str(r[0]): RunOwner(str(r[0]), int(r[1]), str(r[2]), str(r[3]))
+            for r in rows
+            if r[2] != here or _pid_exists(int(r[1]))
+        }
+
+    async def claim(self, run_id: str, job_ids: Sequence[str]) -> Claim:
+        """Make ``job_ids`` this run's, except those a live run holds, in one
+        transaction: of two runs claiming the same job, exactly one gets it."""
+        claimed: set[str] = set()
+        held: dict[str, RunOwner] = {}
+        ids = list(dict.fromkeys(job_ids))
+        async with self._tx() as db:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                async with db.execute(
+                    f"SELECT id, claimed_by FROM jobs WHERE id IN ({marks})", chunk
+                ) as cur:
+                    current = {str(r[0]): r[1] for r in await cur.fetchall()}
+                others = {str(o) for o in current.values() if o is not None and o != run_id}
+                live = await self._live_owners(db, others)
+                free = [j for j, owner in current.items() if owner not in live]
+                held.update({j: live[o] for j, o in current.items() if o in live})
+                if free:
+                    await db.execute(
+                        f"UPDATE jobs SET claimed_by = ? WHERE id IN ({','.join('?' * len(free))})",
+                        (run_id, *free),
+                    )
+                    claimed.update(free)
+        return Claim(frozenset(claimed), held)
+
+    async def owners(self, job_ids: Sequence[str]) -> dict[str, RunOwner]:
+        """The live run holding each of ``job_ids``, for those a live run holds."""
+        out: dict[str, RunOwner] = {}
+        ids = list(dict.fromkeys(job_ids))
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            async with self.db.execute(
+                f"SELECT id, claimed_by FROM jobs WHERE claimed_by IS NOT NULL"
+                f" AND id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ) as cur:
+                current = {str(r[0]): str(r[1]) for r in await cur.fetchall()}
+            live = await self._live_owners(self.db, current.values())
+            out.update({j: live[o] for j, o in current.items() if o in live})
+        return out
+
+    async def holds(self, run_id: str, job_id: str) -> bool:
+        async with self.db.execute(
+            "SELECT 1 FROM jobs WHERE id = ? AND claimed_by = ?", (job_id, run_id)
+        ) as cur:
+            return await cur.fetchone() is not None

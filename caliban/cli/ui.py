@@ -1,0 +1,363 @@
+"""Turning core events into terminal output with rich. The only module that prints.
+
+On a terminal a live line shows the sweep's progress (queued, running,
+succeeded, failed, retrying) while job output scrolls above it, each line
+prefixed with a short job label. Piped or redirected, output is plain lines
+with no cursor tricks, so logs stay readable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from typing import IO, Any, cast
+
+from rich.console import Console, Group, RenderableType
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from caliban import events as ev
+from caliban.core.output import sanitize_text
+from caliban.spec import JobRecord, JobState
+
+_STATE_STYLE = {
+    JobState.PLANNED: "dim",
+    JobState.SUBMITTED: "cyan",
+    JobState.RUNNING: "blue",
+    JobState.SUCCEEDED: "green",
+    JobState.FAILED: "bold red",
+    JobState.STOPPED: "yellow",
+    JobState.UNKNOWN: "magenta",
+    JobState.CANCELLING: "yellow",
+}
+# Wide enough that a piped table never folds a cell, small enough to lay out quickly.
+_PIPED_WIDTH = 1 << 15
+_TRAILING_BLANKS = re.compile(r" +\n")
+_LABEL_STYLES = ("cyan", "magenta", "green", "yellow", "blue", "bright_cyan", "bright_magenta")
+
+
+def make_console(file: IO[str] | None = None, *, stderr: bool = False) -> Console:
+    """The one place caliban's consoles are made.
+
+    On a terminal rich wraps to its width. Piped or redirected, the reader is a
+    program or a log file: lines are never wrapped (``soft_wrap``), tables get all
+    the width they want, and trailing blanks of table cells are dropped.
+    """
+    console = Console(file=file, stderr=stderr, highlight=False)
+    if not console.is_terminal:
+        console.soft_wrap = True
+        if "COLUMNS" not in os.environ:
+            console.width = _PIPED_WIDTH
+        console.file = cast("IO[str]", _LineEnds(console.file))
+    return console
+
+
+class _LineEnds:
+    """A text stream that drops blanks at the end of each line written to it.
+
+    A run of blanks at the end of one write is held back until the next write
+    shows whether a line break follows it.
+    """
+
+    def __init__(self, target: IO[str]) -> None:
+        self._target = target
+        self._held = ""
+
+    def write(self, text: str) -> int:
+        pending = self._held + text
+        body = pending.rstrip(" ")
+        self._held = pending[len(body) :]
+        self._target.write(_TRAILING_BLANKS.sub("\n", body))
+        return len(text)
+
+    def flush(self) -> None:
+        self._target.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self._target, "encoding", None) or "utf-8"
+
+
+class ConsoleSink:
+    """An event sink that renders to a rich console."""
+
+    def __init__(
+        self,
+        console: Console | None = None,
+        *,
+        verbose: bool = False,
+        show_build_log: bool = True,
+        show_output: bool = True,
+    ) -> None:
+        self.console = console or make_console()
+        self.err = make_console(stderr=True) if console is None else console
+        self.verbose = verbose
+        self.show_build_log = show_build_log
+        self.show_output = show_output
+        self.counts: Counter[str] = Counter()
+        self.total = 0
+        # Where each job is counted, so that every state change moves exactly one
+        # job between counts whatever order events come in.
+        self._bucket: dict[str, str] = {}
+        # Jobs waiting to retry a platform call, until their next state change.
+        self._retrying: set[str] = set()
+        # Remote jobs (Vertex, GKE): being accepted is as far as the bar follows them.
+        self.remote = False
+        self._progress: Progress | None = None
+        self._task: Any = None
+        self._live = self.console.is_terminal
+
+    # -- the live progress line ------------------------------------------------------
+
+    @property
+    def accepted(self) -> int:
+        c = self.counts
+        return c["submitted"] + c["running"] + c["succeeded"]
+
+    def _summary(self) -> str:
+        c = self.counts
+        if self.remote:
+            parts = [f"[green]{self.accepted} accepted[/]", f"[dim]{c['queued']} queued[/]"]
+        else:
+            parts = [
+                f"[dim]{c['queued']} queued[/]",
+                f"[blue]{c['running']} running[/]",
+                f"[green]{c['succeeded']} succeeded[/]",
+            ]
+            if c["submitted"]:
+                parts.insert(2, f"[cyan]{c['submitted']} submitted[/]")
+        if self._retrying:
+            parts.append(f"[magenta]{len(self._retrying)} retrying[/]")
+        if c["failed"]:
+            parts.append(f"[red]{c['failed']} failed[/]")
+        if c["stopped"]:
+            parts.append(f"[yellow]{c['stopped']} stopped[/]")
+        if c["unknown"]:
+            parts.append(f"[magenta]{c['unknown']} unknown[/]")
+        return " · ".join(parts)
+
+    def start_progress(self, total: int, title: str = "jobs") -> None:
+        self.total = total
+        self.counts["queued"] = total
+        if not self._live or total == 0:
+            return
+        self._progress = Progress(
+            TextColumn(f"[bold]{escape(title)}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self._task = self._progress.add_task(self._summary(), total=total)
+        self._progress.start()
+
+    def _update(self) -> None:
+        if self._progress is not None:
+            c = self.counts
+            if self.remote:
+                done = self.total - c["queued"]
+            else:
+                done = c["succeeded"] + c["failed"] + c["stopped"]
+            self._progress.update(self._task, completed=done, description=self._summary())
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._update()
+            self._progress.stop()
+            self._progress = None
+
+    # -- events --------------------------------------------------------------------------
+
+    def __call__(self, event: ev.Event) -> None:
+        handler = getattr(self, "_on_" + type(event).__name__, None)
+        if handler is not None:
+            handler(event)
+
+    def _on_Notice(self, e: ev.Notice) -> None:
+        style = {"warning": "yellow", "error": "bold red", "debug": "dim"}.get(e.level, "")
+        if e.level == "debug" and not self.verbose:
+            return
+        target = self.err if e.level in ("warning", "error", "status") else self.console
+        target.print(Text(e.text, style=style))
+
+    def _on_Document(self, e: ev.Document) -> None:
+        # Verbatim: no markup, highlighting or wrapping, on a terminal too.
+        self.console.out(e.text.rstrip("\n"), highlight=False)
+
+    def _on_BuildStarted(self, e: ev.BuildStarted) -> None:
+        size = e.context_bytes / 1e6
+        self.console.print(
+            Text(
+                f"building {e.tag} ({e.context_files} files, {size:.1f} MB of context)",
+                style="bold",
+            )
+        )
+
+    def _on_ContextLeftOut(self, e: ev.ContextLeftOut) -> None:
+        self.err.print(Text(e.text, style="yellow"))
+
+    def _on_BuildLog(self, e: ev.BuildLog) -> None:
+        if self.show_build_log and e.line.strip():
+            # A RUN step's output is the user's code talking: no escape sequences.
+            self.console.print(Text("  " + sanitize_text(e.line), style="dim"))
+
+    def _on_BuildSkipped(self, e: ev.BuildSkipped) -> None:
+        self.console.print(Text(f"image {e.tag} is up to date; build skipped", style="green"))
+
+    def _on_BuildFinished(self, e: ev.BuildFinished) -> None:
+        self.console.print(Text(f"built {e.tag} in {e.seconds:.1f}s", style="green"))
+
+    def _on_PushProgress(self, e: ev.PushProgress) -> None:
+        if e.layer is None:
+            self.console.print(Text(f"  {e.status}", style="dim"))
+        elif self.verbose:
+            self.console.print(Text(f"  {e.layer}: {e.status}", style="dim"))
+
+    def _on_JobsPlanned(self, e: ev.JobsPlanned) -> None:
+        self.console.print(
+            f"[bold]{e.total}[/] job(s) in experiment group [bold]{escape(e.xgroup)}[/]"
+            + (f", {e.skipped} already done or running" if e.skipped else "")
+        )
+        if self._progress is not None:
+            self.close()
+        self.remote = e.remote
+        self._bucket.clear()
+        self._retrying.clear()
+        self.counts.clear()
+        self.start_progress(e.to_run)
+
+    def _move(self, job_id: str, state: JobState) -> None:
+        old = self._bucket.get(job_id, "queued")
+        new = state.value.lower() if state is not JobState.PLANNED else "queued"
+        if old != new:
+            if self.counts[old] > 0:
+                self.counts[old] -= 1
+            self.counts[new] += 1
+            self._bucket[job_id] = new
+
+    def _on_JobStateChanged(self, e: ev.JobStateChanged) -> None:
+        state = e.state
+        self._move(e.job_id, state)
+        self._retrying.discard(e.job_id)
+        if state is JobState.RUNNING:
+            if self.verbose and e.detail:
+                self.console.print(Text(f"[{e.label}] started on {e.detail}", style="dim"))
+        elif state is JobState.SUBMITTED:
+            if self.verbose and e.detail:
+                self.console.print(Text(f"[{e.label}] submitted: {e.detail}", style="dim"))
+        elif (state.terminal or state is JobState.UNKNOWN) and (
+            state is not JobState.SUCCEEDED or self.verbose
+        ):
+            why = f" (exit code {e.exit_code})" if e.exit_code not in (None, 0) else ""
+            if e.detail and not why:
+                why = f" ({e.detail})"
+            args = " ".join(e.argv)
+            self.console.print(
+                Text(f"[{e.label}] {state.value}{why} {args}".rstrip(), style=_STATE_STYLE[state])
+            )
+        self._update()
+
+    def _on_JobOutput(self, e: ev.JobOutput) -> None:
+        if not self.show_output:
+            return
+        style = _LABEL_STYLES[hash(e.job_id) % len(_LABEL_STYLES)]
+        line = Text()
+        line.append(f"[{e.label}] ", style=style)
+        # Lines from caliban's own backends are clean already; a library user's
+        # events may not be, and the terminal must not take orders from a job.
+        line.append(sanitize_text(e.line))
+        self.console.print(line)
+
+    def _on_JobOutputSkipped(self, e: ev.JobOutputSkipped) -> None:
+        if not self.show_output:
+            return
+        where = f", see {e.log_path}" if e.log_path else ""
+        style = _LABEL_STYLES[hash(e.job_id) % len(_LABEL_STYLES)]
+        line = Text()
+        line.append(f"[{e.label}] ", style=style)
+        line.append(f"… {e.count:,} lines not shown{where}", style="dim")
+        self.console.print(line)
+
+    def _on_RetryScheduled(self, e: ev.RetryScheduled) -> None:
+        self.counts["retries"] += 1
+        if e.job_id is not None:
+            self._retrying.add(e.job_id)
+        if self.verbose:
+            self.err.print(
+                Text(f"retry {e.attempt} in {e.delay:.1f}s: {e.reason}", style="magenta")
+            )
+        self._update()
+
+
+def print_error(message: str, *, file: IO[str] | None = None) -> None:
+    console = make_console(file or sys.stderr)
+    console.print(Text(f"caliban: {message}", style="bold red"), soft_wrap=True)
+
+
+def jobs_table(jobs: Sequence[JobRecord]) -> RenderableType:
+    """Jobs grouped by experiment group, in the order given (oldest first)."""
+    parts: list[RenderableType] = []
+    table: Table | None = None
+    group = None
+    for job in jobs:
+        if job.xgroup != group or table is None:
+            group = job.xgroup
+            parts.append(Text(f"xgroup {group}", style="bold"))
+            table = Table(box=None, header_style="dim", show_edge=False, padding=(0, 1))
+            for name, justify in (
+                ("job", "left"),
+                ("#", "right"),
+                ("platform", "left"),
+                ("state", "left"),
+                ("exit", "right"),
+                ("created", "left"),
+            ):
+                table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+            table.add_column("args", overflow="fold")
+            parts.append(table)
+        table.add_row(
+            job.short_id,
+            str(job.index + 1),
+            job.platform.value,
+            Text(job.state.value, style=_STATE_STYLE[job.state]),
+            "" if job.exit_code is None else str(job.exit_code),
+            job.created[:19].replace("T", " "),
+            " ".join(job.args),
+        )
+    return Group(*parts)
+
+
+def job_json(job: JobRecord) -> dict[str, object]:
+    return {
+        "job_id": job.job_id,
+        "xgroup": job.xgroup,
+        "index": job.index,
+        "platform": job.platform.value,
+        "state": job.state.value,
+        "exit_code": job.exit_code,
+        "message": job.message,
+        "image": job.image,
+        "args": list(job.args),
+        "kwargs": job.kwargs,
+        "platform_id": job.platform_id,
+        "details": job.details,
+        "log_path": job.log_path,
+        "user": job.user,
+        "created": job.created,
+        "updated": job.updated,
+    }
+
+
+def dumps_jobs(jobs: Sequence[JobRecord]) -> str:
+    return json.dumps([job_json(j) for j in jobs], indent=2)

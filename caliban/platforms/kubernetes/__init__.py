@@ -1,0 +1,1 @@
+"""Kubernetes Jobs, on GKE or any cluster reached through a kubeconfig."""

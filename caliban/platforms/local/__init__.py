@@ -1,0 +1,1 @@
+"""Containers on this machine's Docker engine, each job pinned to its own GPUs."""

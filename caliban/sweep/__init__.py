@@ -1,0 +1,1 @@
+"""The sweep lifecycle, written once for every platform."""
