@@ -437,7 +437,7 @@ def cmd_pods(ns: argparse.Namespace) -> int:
 
 def cmd_jobs(ns: argparse.Namespace) -> int:
     from caliban.platforms.kubernetes import admin as cluster_admin
-    from caliban.platforms.kubernetes.submit import describe
+    from caliban.platforms.kubernetes.plan import describe
 
     async def work(session: Session) -> list[tuple[str, ...]]:
         return [describe(j) for j in await cluster_admin.jobs(session, _options(ns))]
