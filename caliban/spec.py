@@ -41,6 +41,8 @@ class JobMode(StrEnum):
 
 
 class Platform(StrEnum):
+    """Where a job runs: this machine's Docker engine, Vertex AI, or a Kubernetes cluster."""
+
     LOCAL = "local"
     VERTEX = "vertex"
     GKE = "gke"
