@@ -416,6 +416,43 @@ class Session:
 
         return await admin.create_cluster(self, req)
 
+    async def cluster_list(self, opts: ClusterOptions) -> list[dict[str, Any]]:
+        """GKE clusters of the project (of ``opts.zone`` if given)."""
+        from caliban.platforms.kubernetes import admin
+
+        return await admin.list_clusters(self, opts)
+
+    async def cluster_delete(
+        self,
+        opts: ClusterOptions,
+        *,
+        confirm: Callable[[str], Awaitable[bool]] | None = None,
+        timeout_s: float = 1800.0,
+    ) -> bool:
+        """Delete a GKE cluster once ``confirm`` agrees; whether it was deleted."""
+        from caliban.platforms.kubernetes import admin
+
+        return await admin.delete_cluster(self, opts, confirm=confirm, timeout_s=timeout_s)
+
+    async def cluster_node_pools(self, opts: ClusterOptions) -> list[tuple[str, str, str, str]]:
+        """NAME, MACHINE TYPE, ACCELERATORS, MAX NODES of each node pool."""
+        from caliban.platforms.kubernetes import admin
+
+        return list(await admin.node_pools(self, opts))
+
+    async def cluster_pods(self, opts: ClusterOptions) -> list[dict[str, Any]]:
+        """Pods of ``opts.namespace``, else of every namespace but kube-system."""
+        from caliban.platforms.kubernetes import admin
+
+        return await admin.pods(self, opts)
+
+    async def cluster_jobs(self, opts: ClusterOptions) -> list[tuple[str, str, str, str]]:
+        """NAMESPACE/NAME, STATE, COMPLETIONS, start of each Job (of ``opts.namespace``)."""
+        from caliban.platforms.kubernetes import admin
+        from caliban.platforms.kubernetes.plan import describe
+
+        return [describe(j) for j in await admin.jobs(self, opts)]
+
     # -- history -----------------------------------------------------------------------
 
     async def refresh(self, jobs: Sequence[JobRecord]) -> list[JobRecord]:

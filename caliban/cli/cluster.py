@@ -330,10 +330,8 @@ def _run_listing(ns: argparse.Namespace, work: Any, headers: list[str], empty: s
 
 
 def cmd_ls(ns: argparse.Namespace) -> int:
-    from caliban.platforms.kubernetes import admin as cluster_admin
-
     async def work(session: Session) -> list[tuple[str, ...]]:
-        found = await cluster_admin.list_clusters(session, _options(ns))
+        found = await session.cluster_list(_options(ns))
         return [
             (
                 str(c.get("name")),
@@ -374,8 +372,6 @@ def cmd_create(ns: argparse.Namespace) -> int:
 
 
 def cmd_delete(ns: argparse.Namespace) -> int:
-    from caliban.platforms.kubernetes import admin as cluster_admin
-
     async def confirm(question: str) -> bool:
         import anyio
 
@@ -385,8 +381,8 @@ def cmd_delete(ns: argparse.Namespace) -> int:
         return answer.strip().lower() in ("y", "yes")
 
     async def work(session: Session) -> bool:
-        return await cluster_admin.delete_cluster(
-            session, _options(ns), confirm=confirm, timeout_s=float(ns.timeout)
+        return await session.cluster_delete(
+            _options(ns), confirm=confirm, timeout_s=float(ns.timeout)
         )
 
     sink = running.make_sink(ns)
@@ -399,10 +395,8 @@ def cmd_delete(ns: argparse.Namespace) -> int:
 
 
 def cmd_node_pools(ns: argparse.Namespace) -> int:
-    from caliban.platforms.kubernetes import admin as cluster_admin
-
     async def work(session: Session) -> list[tuple[str, ...]]:
-        return list(await cluster_admin.node_pools(session, _options(ns)))
+        return list(await session.cluster_node_pools(_options(ns)))
 
     return _run_listing(
         ns, work, ["NAME", "MACHINE TYPE", "ACCELERATORS", "MAX NODES"], "no node pools"
@@ -410,10 +404,8 @@ def cmd_node_pools(ns: argparse.Namespace) -> int:
 
 
 def cmd_pods(ns: argparse.Namespace) -> int:
-    from caliban.platforms.kubernetes import admin as cluster_admin
-
     async def work(session: Session) -> list[tuple[str, ...]]:
-        found = await cluster_admin.pods(session, _options(ns))
+        found = await session.cluster_pods(_options(ns))
         return [
             (
                 str(p["metadata"].get("namespace")),
@@ -428,11 +420,8 @@ def cmd_pods(ns: argparse.Namespace) -> int:
 
 
 def cmd_jobs(ns: argparse.Namespace) -> int:
-    from caliban.platforms.kubernetes import admin as cluster_admin
-    from caliban.platforms.kubernetes.plan import describe
-
     async def work(session: Session) -> list[tuple[str, ...]]:
-        return [describe(j) for j in await cluster_admin.jobs(session, _options(ns))]
+        return list(await session.cluster_jobs(_options(ns)))
 
     return _run_listing(ns, work, ["JOB", "STATE", "SUCCEEDED", "STARTED"], "no jobs")
 
