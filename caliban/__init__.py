@@ -23,7 +23,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.5.0.dev0"
+from caliban.version import __version__ as __version__
 
 _EXPORTS = {
     "Session": "caliban.session",

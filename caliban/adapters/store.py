@@ -34,7 +34,7 @@ import anyio
 
 from caliban.adapters import filemodes
 from caliban.errors import StoreError, StoreUnwritable
-from caliban.spec import JobRecord, JobState, Platform
+from caliban.spec import JobRecord, JobState, Platform, Update
 
 MIGRATIONS: list[list[str]] = [
     # 1: the first schema.
@@ -601,6 +601,12 @@ class Store:
                 [(job_id, state, exit_code, message, platform_id, details)], force=force
             )
         ) == 1
+
+    async def record(self, updates: Sequence[Update], *, force: bool = False) -> int:
+        """Record what platforms reported (see :meth:`transitions`); how many changed."""
+        if not updates:
+            return 0
+        return await self.transitions([u.row() for u in updates], force=force)
 
     async def transitions(
         self,

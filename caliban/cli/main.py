@@ -18,11 +18,11 @@ import os
 import sys
 from collections.abc import Sequence
 
-from caliban import __version__
 from caliban.cli.args import non_negative_int, positive_int
 from caliban.cli.flags import Parser, building_flags, executing_flags, split_script_args
 from caliban.cli.running import report
 from caliban.errors import EXIT_FAILURE, EXIT_INTERRUPTED, CalibanError
+from caliban.version import __version__
 
 # -- parsing --------------------------------------------------------------------------------
 

@@ -297,7 +297,7 @@ class StoreLaunch:
     async def record(self, updates: Sequence[Update], *, force: bool = False) -> int:
         if not updates:
             return 0
-        return await self._store.transitions([u.row() for u in updates], force=force)
+        return await self._store.record(updates, force=force)
 
     async def current(self, job: JobRecord) -> JobRecord | None:
         found = await self._store.job(job.job_id)
@@ -430,7 +430,7 @@ async def refresh(host: Host, jobs: Sequence[JobRecord]) -> list[JobRecord]:
                 Notice(f"could not refresh {kind.value} jobs: {exc.message}", level="warning")
             )
     if updates:
-        await store.transitions([u.row() for u in updates])
+        await store.record(updates)
     fresh = {j.job_id: j for j in await store.jobs(job_ids=[j.job_id for j in jobs])}
     return [fresh.get(j.job_id, j) for j in jobs]
 
@@ -461,15 +461,15 @@ async def stop(
         if not platform.remote:
             # Recorded first: a launch still waiting on these jobs must see
             # STOPPED, not turn the kill into FAILED.
-            await store.transitions(
+            await store.record(
                 [
-                    Update(j.job_id, JobState.STOPPED, message="stopped by caliban stop").row()
+                    Update(j.job_id, JobState.STOPPED, message="stopped by caliban stop")
                     for j in group
                 ]
             )
             await platform.cancel(group)
         else:
-            await store.transitions([u.row() for u in await platform.cancel(group)])
+            await store.record(await platform.cancel(group))
     await remove_leftovers(host, xgroup, dry_run=False)
     return await store.jobs(job_ids=[j.job_id for j in jobs])
 

@@ -25,6 +25,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "vocabulary",
         (
             "caliban.errors",
+            "caliban.version",
             "caliban.events",
             "caliban.spec",
             "caliban.options",

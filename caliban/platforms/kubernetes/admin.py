@@ -15,6 +15,10 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import yaml
 
+# First: without the [cluster] extra, its missing client is what the user must hear of.
+from caliban.platforms.kubernetes.client import KubeClient, kubeconfig_paths, read_kubeconfig
+
+# isort: split
 from caliban.adapters.cloud.gke_api import GkeApi
 from caliban.adapters.cloud.http import GoogleApi
 from caliban.core import settings
@@ -24,7 +28,6 @@ from caliban.events import Document, Notice
 from caliban.options import ClusterCreateRequest, ClusterOptions
 from caliban.platforms.kubernetes import gkespec
 from caliban.platforms.kubernetes import versions as k8sversions
-from caliban.platforms.kubernetes.client import KubeClient, kubeconfig_paths, read_kubeconfig
 from caliban.platforms.kubernetes.spec import ClusterTarget
 
 if TYPE_CHECKING:
