@@ -41,7 +41,7 @@ def test_array_script_throttles_names_and_routes_output() -> None:
     opts = _sbatch_lines(script)
     assert "--array=0-11%3" in opts
     assert f"--job-name=caliban-{'0' * 26}" in opts
-    assert "--comment=caliban store=store123" in opts
+    assert "--comment=caliban:store=store123" in opts
     assert "--output=/shared/caliban/b1/logs/%a.log" in opts
 
 
@@ -192,13 +192,13 @@ SQUEUE = {
     "errors": [],
     "jobs": [
         {"job_id": 2, "array_job_id": 1, "array_task_id": 0, "array_task_string": "",
-         "job_state": "RUNNING", "exit_code": 0, "name": "caliban-B", "comment": "caliban store=s",
+         "job_state": "RUNNING", "exit_code": 0, "name": "caliban-B", "comment": "caliban:store=s",
          "state_reason": "None"},
         {"job_id": 1, "array_job_id": 1, "array_task_id": None, "array_task_string": "2-3%2",
-         "job_state": "PENDING", "exit_code": 0, "name": "caliban-B", "comment": "caliban store=s",
+         "job_state": "PENDING", "exit_code": 0, "name": "caliban-B", "comment": "caliban:store=s",
          "state_reason": "JobArrayTaskLimit"},
         {"job_id": 3, "array_job_id": 1, "array_task_id": 1, "array_task_string": "",
-         "job_state": "FAILED", "exit_code": 768, "name": "caliban-B", "comment": "caliban store=s",
+         "job_state": "FAILED", "exit_code": 768, "name": "caliban-B", "comment": "caliban:store=s",
          "state_reason": "NonZeroExitCode"},
         {"job_id": 12, "array_job_id": 0, "array_task_id": None, "array_task_string": "",
          "job_state": "CANCELLED", "exit_code": 36608, "name": "wrap", "comment": "",
@@ -215,7 +215,7 @@ def test_parse_squeue_json_expands_pending_tasks_and_reads_raw_exit_codes() -> N
     assert seen["1_2"].task == 2 and seen["1_2"].array_job_id == "1"
     assert (seen["1_1"].status.state, seen["1_1"].status.exit_code) == (JobState.FAILED, 3)
     assert seen["12"].status.state is JobState.STOPPED
-    assert seen["1_0"].name == "caliban-B" and seen["1_0"].comment == "caliban store=s"
+    assert seen["1_0"].name == "caliban-B" and seen["1_0"].comment == "caliban:store=s"
 
 
 def test_parse_squeue_json_newer_number_objects() -> None:
@@ -254,7 +254,7 @@ def test_parse_jobcomp_lines() -> None:
 def test_parse_scontrol_show_job() -> None:
     line = (
         "JobId=1 ArrayJobId=1 ArrayTaskId=2-3%2 ArrayTaskThrottle=2 JobName=caliban-B "
-        "JobState=PENDING Reason=JobArrayTaskLimit ExitCode=0:0 Comment=caliban store=s"
+        "JobState=PENDING Reason=JobArrayTaskLimit ExitCode=0:0 Comment=caliban:store=s"
     )
     seen = list(spec.parse_records(line))
     assert [s.key for s in seen] == ["1_2", "1_3"]

@@ -31,7 +31,7 @@ MANAGED_LABEL = "caliban.managed"
 JOB_LABEL = "caliban.job"
 XGROUP_LABEL = "caliban.xgroup"
 STORE_LABEL = "caliban.store"
-COMMENT_PREFIX = "caliban store="
+COMMENT_PREFIX = "caliban:store="
 SCRIPT = "batch.sh"
 ARGS = "args"
 # Output of task i of a batch (``%a`` is Slurm's array task id).
