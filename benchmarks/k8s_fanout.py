@@ -263,7 +263,7 @@ async def main(n: int, latency: float, faults: bool, controller: bool) -> None:
     # Import everything both sides use before any clock starts: the figures are about
     # submitting, not about interpreter start-up.
     import caliban.platforms.kubernetes.jobs
-    import caliban.platforms.kubernetes.submit
+    import caliban.platforms.kubernetes.plan
     import caliban.session  # noqa: F401
 
     with tempfile.TemporaryDirectory(prefix="caliban-bench-") as tmp:

@@ -11,7 +11,7 @@ import random
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import anyio
@@ -254,3 +254,27 @@ class GpuPool(ResourcePool):
             raise ValueError(f"cannot hold {count} of {len(self.ids)} GPUs")
         async with self.hold(count) as choice:
             yield choice.gpus
+
+
+@dataclass(frozen=True)
+class Pacing:
+    """``rate_per_minute`` per quota key; ``max_inflight`` requests at once."""
+
+    rate_per_minute: float = 60.0
+    max_inflight: int = 16
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+
+    @property
+    def burst(self) -> float:
+        # Two requests absorb a late wake-up without losing pace; a larger
+        # burst only buys a faster first second at the cost of the quota.
+        return 2.0 if self.rate_per_minute >= 120 else 1.0
+
+    @property
+    def rate_per_second(self) -> float:
+        """The bucket's refill rate. Google counts a per-minute quota over any 60 s
+        (a sliding window), and a bucket that starts full hands out ``burst`` more
+        than its rate in the first minute: refill slower by that much, so that
+        ``burst + 60 * rate <= rate_per_minute`` and no window ever goes over."""
+        per_minute = self.rate_per_minute
+        return max(per_minute - self.burst, per_minute / 2) / 60.0

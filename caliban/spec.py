@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import enum
 import sys
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 if sys.version_info >= (3, 11):
     from enum import StrEnum
@@ -40,6 +41,8 @@ class JobMode(StrEnum):
 
 
 class Platform(StrEnum):
+    """Where a job runs: this machine's Docker engine, Vertex AI, or a Kubernetes cluster."""
+
     LOCAL = "local"
     VERTEX = "vertex"
     GKE = "gke"
@@ -148,3 +151,34 @@ class JobRecord:
     @property
     def short_id(self) -> str:
         return self.job_id[-8:]
+
+
+@dataclass(frozen=True)
+class Update:
+    """One change of a job's state, as a platform reports it and the store records it.
+
+    Every platform answers launches, lookups, refreshes and cancels with these.
+    ``details`` are merged into the job's recorded details (where it went, a
+    console link); ``url`` is only shown to the user.
+    """
+
+    job_id: str
+    state: JobState
+    exit_code: int | None = None
+    message: str | None = None
+    platform_id: str | None = None
+    details: Mapping[str, object] = field(default_factory=dict)
+    url: str | None = None
+
+    def row(
+        self,
+    ) -> tuple[str, JobState, int | None, str | None, str | None, dict[str, object] | None]:
+        """The store's transition row for this update."""
+        return (
+            self.job_id,
+            self.state,
+            self.exit_code,
+            self.message,
+            self.platform_id,
+            dict(self.details) if self.details else None,
+        )

@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
+from caliban.cli import inputs, running
 from caliban.cli.args import key_value, positive_float, positive_int
-from caliban.cli.main import _execute, _executing, _experiments, _project, _sink, _summary
+from caliban.cli.flags import executing_flags
 from caliban.errors import EXIT_FAILURE, EXIT_OK
 
 if TYPE_CHECKING:
@@ -23,7 +24,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         description="Build and push the project's image, then submit one Vertex AI custom "
         "job per experiment, paced to the quota, retried on transient errors, never twice.",
     )
-    _executing(p)
+    executing_flags(p)
     p.add_argument("--image_tag", help="submit this image instead of building and pushing one")
     p.add_argument(
         "--project_id",
@@ -105,8 +106,8 @@ def cmd_cloud(ns: argparse.Namespace) -> int:
     from caliban.options import CloudRequest
 
     request = CloudRequest(
-        project=_project(ns, entry=ns.module),
-        experiments=_experiments(ns),
+        project=inputs.project_options(ns, entry=ns.module),
+        experiments=inputs.experiments(ns),
         script_args=tuple(ns.script_args),
         xgroup=ns.xgroup,
         project_id=ns.project_id,
@@ -129,13 +130,13 @@ def cmd_cloud(ns: argparse.Namespace) -> int:
         image_registry=ns.image_registry,
         max_sweep=ns.max_sweep,
     )
-    sink = _sink(ns, show_output=False)
+    sink = running.make_sink(ns, show_output=False)
 
     async def work(session: Session) -> RunResult:
         return await session.cloud(request)
 
-    result, code = _execute(ns, work, sink)
+    result, code = running.execute(ns, work, sink)
     if result is None or result.dry_run:
         return code if code is not None else (EXIT_OK if result else EXIT_FAILURE)
-    summary = _summary(sink, result)
+    summary = running.summary(sink, result)
     return code if code is not None else summary

@@ -11,17 +11,9 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
+from caliban.cli import inputs, running
 from caliban.cli.args import key_value, non_negative_int, positive_int
-from caliban.cli.main import (
-    _ask,
-    _execute,
-    _executing,
-    _experiments,
-    _Parser,
-    _project,
-    _sink,
-    _summary,
-)
+from caliban.cli.flags import Parser, executing_flags
 from caliban.errors import EXIT_FAILURE, EXIT_OK
 
 if TYPE_CHECKING:
@@ -82,7 +74,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "any cluster in a kubeconfig.",
     )
     commands = cluster.add_subparsers(
-        dest="cluster_command", metavar="COMMAND", required=True, parser_class=_Parser
+        dest="cluster_command", metavar="COMMAND", required=True, parser_class=Parser
     )
 
     p = commands.add_parser("ls", help="list the project's GKE clusters")
@@ -131,7 +123,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
     pools = commands.add_parser("node_pool", help="node pools of a GKE cluster")
     pool_commands = pools.add_subparsers(
-        dest="node_pool_command", metavar="COMMAND", required=True, parser_class=_Parser
+        dest="node_pool_command", metavar="COMMAND", required=True, parser_class=Parser
     )
     p = pool_commands.add_parser("ls", help="list node pools")
     _cluster_flags(p, kube=False)
@@ -140,7 +132,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
     pods = commands.add_parser("pod", help="pods on a cluster")
     pod_commands = pods.add_subparsers(
-        dest="pod_command", metavar="COMMAND", required=True, parser_class=_Parser
+        dest="pod_command", metavar="COMMAND", required=True, parser_class=Parser
     )
     p = pod_commands.add_parser("ls", help="list pods (every namespace but kube-system)")
     _cluster_flags(p)
@@ -149,7 +141,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
     jobs = commands.add_parser("job", help="Kubernetes Jobs: list, submit")
     job_commands = jobs.add_subparsers(
-        dest="job_command", metavar="COMMAND", required=True, parser_class=_Parser
+        dest="job_command", metavar="COMMAND", required=True, parser_class=Parser
     )
     p = job_commands.add_parser("ls", help="list Jobs (every namespace unless --namespace)")
     _cluster_flags(p)
@@ -174,7 +166,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def _submit_flags(p: argparse.ArgumentParser) -> None:
-    _executing(p)  # --nogpu --cloud_key --extras --no_cache -v -d module --experiment_config
+    executing_flags(p)  # --nogpu --cloud_key --extras --no_cache -v -d module --experiment_config
     _cluster_flags(p, cloud_key=False)
     p.add_argument("--image_tag", help="submit this image instead of building and pushing one")
     p.add_argument(
@@ -326,8 +318,8 @@ def _table(sink: ConsoleSink, headers: list[str], rows: list[tuple[str, ...]]) -
 
 
 def _run_listing(ns: argparse.Namespace, work: Any, headers: list[str], empty: str) -> int:
-    sink = _sink(ns)
-    rows, code = _execute(ns, work, sink)
+    sink = running.make_sink(ns)
+    rows, code = running.execute(ns, work, sink)
     if rows is None:
         return code if code is not None else EXIT_FAILURE
     if rows:
@@ -338,10 +330,8 @@ def _run_listing(ns: argparse.Namespace, work: Any, headers: list[str], empty: s
 
 
 def cmd_ls(ns: argparse.Namespace) -> int:
-    from caliban.platforms.kubernetes import admin as cluster_admin
-
     async def work(session: Session) -> list[tuple[str, ...]]:
-        found = await cluster_admin.list_clusters(session, _options(ns))
+        found = await session.cluster_list(_options(ns))
         return [
             (
                 str(c.get("name")),
@@ -365,12 +355,12 @@ def cmd_create(ns: argparse.Namespace) -> int:
         dry_run=ns.dry_run,
         timeout_s=float(ns.timeout),
     )
-    sink = _sink(ns)
+    sink = running.make_sink(ns)
 
     async def work(session: Session) -> dict[str, Any]:
         return await session.cluster_create(request)
 
-    result, code = _execute(ns, work, sink)
+    result, code = running.execute(ns, work, sink)
     if result is None:
         return code if code is not None else EXIT_FAILURE
     if ns.dry_run:
@@ -382,23 +372,21 @@ def cmd_create(ns: argparse.Namespace) -> int:
 
 
 def cmd_delete(ns: argparse.Namespace) -> int:
-    from caliban.platforms.kubernetes import admin as cluster_admin
-
     async def confirm(question: str) -> bool:
         import anyio
 
         if ns.yes:
             return True
-        answer: str = await anyio.to_thread.run_sync(_ask, question, abandon_on_cancel=True)
+        answer: str = await anyio.to_thread.run_sync(running.ask, question, abandon_on_cancel=True)
         return answer.strip().lower() in ("y", "yes")
 
     async def work(session: Session) -> bool:
-        return await cluster_admin.delete_cluster(
-            session, _options(ns), confirm=confirm, timeout_s=float(ns.timeout)
+        return await session.cluster_delete(
+            _options(ns), confirm=confirm, timeout_s=float(ns.timeout)
         )
 
-    sink = _sink(ns)
-    deleted, code = _execute(ns, work, sink)
+    sink = running.make_sink(ns)
+    deleted, code = running.execute(ns, work, sink)
     if code is not None:
         return code
     if not deleted:
@@ -407,10 +395,8 @@ def cmd_delete(ns: argparse.Namespace) -> int:
 
 
 def cmd_node_pools(ns: argparse.Namespace) -> int:
-    from caliban.platforms.kubernetes import admin as cluster_admin
-
     async def work(session: Session) -> list[tuple[str, ...]]:
-        return list(await cluster_admin.node_pools(session, _options(ns)))
+        return list(await session.cluster_node_pools(_options(ns)))
 
     return _run_listing(
         ns, work, ["NAME", "MACHINE TYPE", "ACCELERATORS", "MAX NODES"], "no node pools"
@@ -418,10 +404,8 @@ def cmd_node_pools(ns: argparse.Namespace) -> int:
 
 
 def cmd_pods(ns: argparse.Namespace) -> int:
-    from caliban.platforms.kubernetes import admin as cluster_admin
-
     async def work(session: Session) -> list[tuple[str, ...]]:
-        found = await cluster_admin.pods(session, _options(ns))
+        found = await session.cluster_pods(_options(ns))
         return [
             (
                 str(p["metadata"].get("namespace")),
@@ -436,11 +420,8 @@ def cmd_pods(ns: argparse.Namespace) -> int:
 
 
 def cmd_jobs(ns: argparse.Namespace) -> int:
-    from caliban.platforms.kubernetes import admin as cluster_admin
-    from caliban.platforms.kubernetes.submit import describe
-
     async def work(session: Session) -> list[tuple[str, ...]]:
-        return [describe(j) for j in await cluster_admin.jobs(session, _options(ns))]
+        return list(await session.cluster_jobs(_options(ns)))
 
     return _run_listing(ns, work, ["JOB", "STATE", "SUCCEEDED", "STARTED"], "no jobs")
 
@@ -455,9 +436,9 @@ def cmd_submit(ns: argparse.Namespace) -> int:
             "caliban: --tpu_driver is ignored: GKE TPU VMs come with their runtime", file=sys.stderr
         )
     request = ClusterJobRequest(
-        project=_project(ns, entry=ns.module),
+        project=inputs.project_options(ns, entry=ns.module),
         cluster=_options(ns),
-        experiments=_experiments(ns),
+        experiments=inputs.experiments(ns),
         script_args=tuple(ns.script_args),
         xgroup=ns.xgroup,
         name=ns.name,
@@ -484,15 +465,15 @@ def cmd_submit(ns: argparse.Namespace) -> int:
         artifact_repo=ns.artifact_repo,
         max_sweep=ns.max_sweep,
     )
-    sink = _sink(ns, show_output=False)
+    sink = running.make_sink(ns, show_output=False)
 
     async def work(session: Session) -> RunResult:
         return await session.cluster_submit(request)
 
-    result, code = _execute(ns, work, sink)
+    result, code = running.execute(ns, work, sink)
     if result is None or result.dry_run:
         return code if code is not None else (EXIT_OK if result else EXIT_FAILURE)
-    summary = _summary(sink, result)
+    summary = running.summary(sink, result)
     return code if code is not None else summary
 
 
@@ -500,7 +481,7 @@ def cmd_submit_file(ns: argparse.Namespace) -> int:
     async def work(session: Session) -> list[dict[str, Any]]:
         return await session.cluster_submit_file(_options(ns), ns.job_file, dry_run=ns.dry_run)
 
-    created, code = _execute(ns, work, _sink(ns))
+    created, code = running.execute(ns, work, running.make_sink(ns))
     if created is None:
         return code if code is not None else EXIT_FAILURE
     return EXIT_OK

@@ -11,8 +11,9 @@ import argparse
 import os
 from typing import TYPE_CHECKING, Any
 
+from caliban.cli import inputs, running
 from caliban.cli.args import port
-from caliban.cli.main import _base, _docker_create_json, _docker_run_args, _execute, _project, _sink
+from caliban.cli.flags import base_flags
 from caliban.errors import EXIT_FAILURE, EXIT_USAGE
 
 if TYPE_CHECKING:
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    _base(p)
+    base_flags(p)
     p.add_argument(
         "--docker_run_args",
         metavar="ARGS",
@@ -107,18 +108,18 @@ def cmd_shell(ns: argparse.Namespace) -> int:
         print_error(NO_TTY)
         return EXIT_USAGE
     request = ShellRequest(
-        project=_project(ns, entry=None),
+        project=inputs.project_options(ns, entry=None),
         shell=ns.shell,
         bare=ns.bare,
         gpu_ids=_gpu_ids(ns),
-        docker_run_args=_docker_run_args(ns.docker_run_args),
-        docker_create_json=_docker_create_json(ns.docker_create_json),
+        docker_run_args=inputs.docker_run_args(ns.docker_run_args),
+        docker_create_json=inputs.docker_create_json(ns.docker_create_json),
     )
 
     async def work(session: Session) -> int:
         return await session.shell(request)
 
-    code, failed = _execute(ns, work, _sink(ns))
+    code, failed = running.execute(ns, work, running.make_sink(ns))
     if failed is not None:
         return failed
     return code if code is not None else EXIT_FAILURE
@@ -128,20 +129,20 @@ def cmd_notebook(ns: argparse.Namespace) -> int:
     from caliban.options import NotebookRequest
 
     request = NotebookRequest(
-        project=_project(ns, entry=None),
+        project=inputs.project_options(ns, entry=None),
         port=ns.port,
         lab=ns.lab,
         jupyter_version=ns.jupyter_version,
         bare=ns.bare,
         gpu_ids=_gpu_ids(ns),
-        docker_run_args=_docker_run_args(ns.docker_run_args),
-        docker_create_json=_docker_create_json(ns.docker_create_json),
+        docker_run_args=inputs.docker_run_args(ns.docker_run_args),
+        docker_create_json=inputs.docker_create_json(ns.docker_create_json),
     )
 
     async def work(session: Session) -> int:
         return await session.notebook(request)
 
-    code, failed = _execute(ns, work, _sink(ns))
+    code, failed = running.execute(ns, work, running.make_sink(ns))
     if failed is not None:
         return failed
     return code if code is not None else EXIT_FAILURE

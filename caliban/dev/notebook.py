@@ -43,7 +43,7 @@ from caliban.platforms.local.containers import LocalBackend, with_gpus
 if TYPE_CHECKING:
     import aiodocker
 
-    from caliban.session import Session
+    from caliban.dev.host import DevHost as Session
 
 FIRST_PORT = 8888
 # How many ports from FIRST_PORT to try before giving up.

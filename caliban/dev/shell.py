@@ -48,7 +48,8 @@ from caliban.spec import JobMode
 if TYPE_CHECKING:
     import aiodocker
 
-    from caliban.session import Prepared, Session
+    from caliban.dev.host import DevHost as Session
+    from caliban.platforms.base import Prepared
 
 KIND_LABEL = "caliban.kind"
 # Who owns a shell or notebook container: the caliban process and its host.

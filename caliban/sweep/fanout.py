@@ -19,74 +19,27 @@ responses, crashes and Ctrl-C.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
 
 import anyio
 
 from caliban.adapters.store import Planned, Store
 from caliban.errors import AuthError, BackendError, CalibanError, OutcomeUnknown, QuotaError
 from caliban.events import JobStateChanged, RetryScheduled, Sink
-from caliban.limits import RetryPolicy, TokenBucket, with_retries
-from caliban.spec import JobRecord, JobState
+from caliban.limits import Pacing, RetryPolicy, TokenBucket, with_retries
+from caliban.platforms.base import Submitter, job_label
+from caliban.spec import JobRecord, JobState, Update
 
 if sys.version_info < (3, 11):  # the builtin arrived in 3.11; anyio brings the backport
     from exceptiongroup import BaseExceptionGroup
 
 
-@dataclass(frozen=True)
-class Accepted:
-    """A job the platform knows: its name there and where it went."""
-
-    platform_id: str
-    details: dict[str, object] = field(default_factory=dict)
-    state: JobState = JobState.SUBMITTED
-    url: str | None = None
-
-
-class Submitter(Protocol):
-    def quota_key(self, job: JobRecord) -> str: ...
-
-    async def create(self, job: JobRecord) -> Accepted: ...
-
-    async def find(self, job: JobRecord) -> Accepted | None: ...
-
-
-@dataclass(frozen=True)
-class Pacing:
-    """``rate_per_minute`` per quota key; ``max_inflight`` requests at once."""
-
-    rate_per_minute: float = 60.0
-    max_inflight: int = 16
-    policy: RetryPolicy = field(default_factory=RetryPolicy)
-
-    @property
-    def burst(self) -> float:
-        # Two requests absorb a late wake-up without losing pace; a larger
-        # burst only buys a faster first second at the cost of the quota.
-        return 2.0 if self.rate_per_minute >= 120 else 1.0
-
-    @property
-    def rate_per_second(self) -> float:
-        """The bucket's refill rate. Google counts a per-minute quota over any 60 s
-        (a sliding window), and a bucket that starts full hands out ``burst`` more
-        than its rate in the first minute: refill slower by that much, so that
-        ``burst + 60 * rate <= rate_per_minute`` and no window ever goes over."""
-        per_minute = self.rate_per_minute
-        return max(per_minute - self.burst, per_minute / 2) / 60.0
-
-
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     first = group.exceptions[0]
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
-
-
-def job_label(job: JobRecord, total: int) -> str:
-    width = len(str(total))
-    return f"{job.index + 1:>{width}}/{total} {job.short_id}"
 
 
 async def submit_all(
@@ -106,7 +59,7 @@ async def submit_all(
         send.send_nowait(p)
     send.close()
 
-    # Accepted jobs are recorded by one recorder task, in one transaction for all
+    # Update jobs are recorded by one recorder task, in one transaction for all
     # that arrived since its last write: workers never wait on SQLite, so a fast
     # platform (hundreds of creates a second) is not slowed by the store, and a slow
     # one still has each job recorded at once. A job not yet recorded when the
@@ -149,7 +102,7 @@ async def submit_all(
         # Set after a create timed out: the server may still be working on it.
         settle: float | None = None
 
-        async def attempt() -> Accepted:
+        async def attempt() -> Update:
             nonlocal uncertain, settle
             if uncertain:
                 found = await submitter.find(job)
@@ -189,7 +142,7 @@ async def submit_all(
             # submission. Jobs not sent stay PLANNED for the next attempt.
             raise
         except BackendError as exc:
-            found: Accepted | None = None
+            found: Update | None = None
             if uncertain:
                 try:
                     found = await with_retries(
@@ -214,9 +167,7 @@ async def submit_all(
                 )
                 return
             accepted = found
-        unrecorded.append(
-            (job.job_id, accepted.state, None, None, accepted.platform_id, accepted.details)
-        )
+        unrecorded.append(dataclasses.replace(accepted, job_id=job.job_id).row())
         wake.set()
         sink(
             JobStateChanged(

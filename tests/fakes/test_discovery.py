@@ -13,7 +13,7 @@ from caliban.core.accelerators import catalog
 from caliban.core.config import CalibanConfig
 from caliban.options import CloudRequest, ProjectOptions
 from caliban.platforms.kubernetes import gkespec
-from caliban.platforms.vertex import submit as cloud_run
+from caliban.platforms.vertex import plan as cloud_run
 from caliban.spec import JobMode
 
 from . import discovery

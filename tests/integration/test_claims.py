@@ -19,6 +19,7 @@ from caliban.platforms.local.containers import LocalBackend, container_config
 from caliban.platforms.local.run import execute
 from caliban.session import Session
 from caliban.spec import JobState, Platform
+from caliban.sweep.engine import StoreLaunch
 from tests.conftest import (
     CALIBAN,
     RUN_ID,
@@ -159,8 +160,11 @@ async def test_a_failed_create_fails_that_job_only(
                                platform=Platform.LOCAL, user="tester", items=items)  # fmt: skip
     seen: list[ev.Event] = []
     backend = LocalBackend(await session.docker(), store_id=store.store_id, sink=seen.append)
-    jobs = await execute(planned, backend=backend, store=store, sink=seen.append, total=3,
-                         max_parallel=1, inventory=None, gpus_per_job=0)  # fmt: skip
+    run_id = await store.open_run(lease=60)
+    await store.claim(run_id, [p.job.job_id for p in planned])
+    await execute(planned, backend=backend, run=StoreLaunch(store, seen.append, 3, run_id),
+                  max_parallel=1, inventory=None, gpus_per_job=0)  # fmt: skip
+    jobs = await store.jobs(job_ids=[p.job.job_id for p in planned])
     assert [j.state for j in jobs] == [JobState.SUCCEEDED, JobState.FAILED, JobState.SUCCEEDED]
     assert jobs[1].message is not None and "no such image" in jobs[1].message.lower()
     assert labelled_containers(**{"caliban.store": store.store_id}) == []

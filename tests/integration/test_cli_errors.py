@@ -131,8 +131,8 @@ def test_help_is_fast_and_lists_every_command(plain_env: dict[str, str], tmp_pat
         assert command in result.stdout
     # Nothing heavy is imported just to print help.
     probe = (
-        "import sys, caliban.cli.main as c\n"
-        "try:\n    c.main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "import sys\nfrom caliban.cli.main import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
         "heavy = {'aiohttp', 'aiodocker', 'rich', 'aiosqlite', 'kubernetes_asyncio', 'anyio'}\n"
         "print(sorted(heavy & set(sys.modules)))\n"
     )

@@ -12,7 +12,7 @@ import pytest
 
 from caliban.events import Event, JobStateChanged, RetryScheduled
 from caliban.limits import RetryPolicy
-from caliban.platforms.vertex import submit as cloud_run
+from caliban.platforms.vertex import plan as cloud_run
 from caliban.session import Session
 from caliban.spec import JobState
 from tests.conftest import MakeProject

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from caliban.limits import RetryPolicy
-from caliban.platforms.vertex import submit as cloud_run
+from caliban.platforms.vertex import plan as cloud_run
 from caliban.session import Session
 from caliban.spec import JobRecord, JobState
 from tests.conftest import MakeProject

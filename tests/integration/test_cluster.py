@@ -14,6 +14,7 @@ from caliban.adapters.store import Planned
 from caliban.errors import BackendError
 from caliban.options import ClusterOptions, ProjectOptions
 from caliban.platforms.kubernetes import versions as k8sversions
+from caliban.platforms.kubernetes.client import connections
 from caliban.platforms.kubernetes.jobs import KubeSubmitter
 from caliban.session import Session
 from caliban.spec import JobState
@@ -120,7 +121,7 @@ async def test_a_409_is_adopted_when_the_label_matches_and_refused_otherwise(
             request(make_project(), kubeconfig, experiments={"i": [1, 2]})
         )
         first, second = result.jobs
-        submitter = KubeSubmitter(await s.kube())
+        submitter = KubeSubmitter(await connections(s))
         # Created again without looking first (as after a crash between create and record).
         adopted = await submitter.create(first)
         assert adopted.platform_id == first.platform_id and kube.conflicts == 1
@@ -323,7 +324,7 @@ async def test_stopping_part_of_an_indexed_sweep_marks_its_indexes(
         name = str(result.jobs[0].details["k8s_job"])
         kube.set_job_running("default", name)
         (before,) = kube.configmaps("default")
-        backend = await s._backend(result.jobs[0].platform, result.jobs)
+        backend = await s.platform(result.jobs[0].platform)
         some = [j for j in result.jobs if j.details["completion_index"] in (1, 3)]
         updates = await backend.cancel(some)
     assert {u.state for u in updates} == {JobState.STOPPED}
@@ -398,7 +399,10 @@ async def test_planned_jobs_left_by_a_crash_are_looked_up_not_duplicated(
     cenv: dict[str, str],
 ) -> None:
     """The store says PLANNED (the process died before recording), the cluster has some."""
-    from caliban.platforms.kubernetes import submit as cluster_run
+    from caliban.limits import Pacing
+    from caliban.platforms.kubernetes.platform import KubeSettings
+    from caliban.spec import Platform
+    from caliban.sweep.engine import launch
 
     project = make_project()
     async with Session(home=tmp_path / "home", environ=cenv) as s:
@@ -414,7 +418,9 @@ async def test_planned_jobs_left_by_a_crash_are_looked_up_not_duplicated(
             kube.store.remove("jobs", "default", str(job.platform_id))
         before = kube.creates_received
         planned = [Planned("reconcile", j) for j in await store.jobs(xgroup="crash")]
-        jobs = await cluster_run.submit_planned(s, planned, pacing=cluster_run.Pacing(1e9), total=6)
+        platform = await s.platform(Platform.GKE)
+        settings = KubeSettings(Pacing(1e9))
+        jobs = (await launch(s, platform, planned, settings, xgroup="crash", total=6)).jobs
     assert kube.creates_received - before == 3
     assert {j.state for j in jobs} == {JobState.SUBMITTED}
     assert len(kube.jobs("default")) == 6

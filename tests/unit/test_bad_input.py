@@ -11,7 +11,7 @@ from caliban.cli import expansion
 from caliban.cli.args import positive_float
 from caliban.core import experiment, names, project
 from caliban.errors import ExperimentConfigError, ValidationError
-from caliban.session import _safe_path_part
+from caliban.sweep.engine import safe_path_part as _safe_path_part
 
 # -- experiment configs ---------------------------------------------------------------------
 

@@ -15,10 +15,9 @@ import anyio
 import pytest
 
 from caliban.adapters.store import MIGRATIONS, SCHEMA_VERSION, RunOwner, Store
-from caliban.platforms.local.containers import Outcome
 from caliban.platforms.local.run import execute
-from caliban.session import RunResult, skip_notices
-from caliban.spec import JobRecord, JobState, Platform
+from caliban.spec import JobRecord, JobState, Platform, Update
+from caliban.sweep.engine import RunResult, StoreLaunch, skip_notices
 from tests.unit.test_store import _items, _plan
 
 
@@ -182,9 +181,9 @@ class _Engine:
     def __init__(self) -> None:
         self.ran: list[str] = []
 
-    async def run(self, job: JobRecord, **_: object) -> Outcome:
+    async def run(self, job: JobRecord, **_: object) -> Update:
         self.ran.append(job.job_id)
-        return Outcome(JobState.SUCCEEDED, 0)
+        return Update(job.job_id, JobState.SUCCEEDED, 0)
 
     async def remove(self, container: object) -> None:
         raise AssertionError("nothing to remove")
@@ -206,9 +205,10 @@ async def test_jobs_taken_over_while_queued_are_neither_run_nor_stopped(tmp_path
         assert (await store.claim(second, ["j1", "j2"])).claimed == {"j1", "j2"}
         await store.renew_run(first, lease=60)
         engine = _Engine()
-        jobs = await execute(planned, backend=engine, store=store, sink=lambda e: None,  # type: ignore[arg-type]
-                             total=3, max_parallel=1, inventory=None, gpus_per_job=0,
-                             run_id=first, claimed=mine)  # fmt: skip
+        run = StoreLaunch(store, lambda e: None, 3, first)
+        await execute([p for p in planned if p.job.job_id in mine], backend=engine, run=run,  # type: ignore[arg-type]
+                      max_parallel=1, inventory=None, gpus_per_job=0)  # fmt: skip
+        jobs = await store.jobs(job_ids=[p.job.job_id for p in planned])
         assert engine.ran == ["j0"]
         assert [j.state for j in jobs] == [JobState.SUCCEEDED, JobState.PLANNED, JobState.PLANNED]
         assert await store.holds(second, "j1") and await store.holds(second, "j2")

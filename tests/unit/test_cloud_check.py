@@ -12,7 +12,7 @@ from caliban.core.accelerators import AcceleratorSpec
 from caliban.core.config import CalibanConfig, GcloudConfig
 from caliban.errors import ConfigError, ValidationError
 from caliban.options import CloudRequest, ProjectOptions
-from caliban.platforms.vertex import submit as cloud_run
+from caliban.platforms.vertex import plan as cloud_run
 from caliban.spec import JobMode
 
 CONFIG = CalibanConfig()

@@ -11,9 +11,9 @@ import pytest
 from caliban.adapters.store import PlanItem, Planned, Store
 from caliban.errors import AuthError, OutcomeUnknown, QuotaError
 from caliban.events import Event, RetryScheduled
-from caliban.limits import RetryPolicy
-from caliban.spec import JobRecord, JobState, Platform
-from caliban.sweep.fanout import Accepted, Pacing, submit_all
+from caliban.limits import Pacing, RetryPolicy
+from caliban.spec import JobRecord, JobState, Platform, Update
+from caliban.sweep.fanout import submit_all
 
 
 class MemoryPlatform:
@@ -27,7 +27,7 @@ class MemoryPlatform:
     def quota_key(self, job: JobRecord) -> str:
         return "p/r"
 
-    async def create(self, job: JobRecord) -> Accepted:
+    async def create(self, job: JobRecord) -> Update:
         self.log.append(("create", job.index, anyio.current_time()))
         step = (self.script.get(job.index) or ["ok"]).pop(0)
         if step == "lost":  # created, but the answer never came (a timeout)
@@ -38,12 +38,12 @@ class MemoryPlatform:
         if step == "auth":
             raise AuthError("refused", status=403)
         self.jobs[job.job_id] = f"name-{job.index}"
-        return Accepted(self.jobs[job.job_id])
+        return Update(job.job_id, JobState.SUBMITTED, platform_id=self.jobs[job.job_id])
 
-    async def find(self, job: JobRecord) -> Accepted | None:
+    async def find(self, job: JobRecord) -> Update | None:
         self.log.append(("find", job.index, anyio.current_time()))
         name = self.jobs.get(job.job_id)
-        return Accepted(name) if name else None
+        return Update(job.job_id, JobState.SUBMITTED, platform_id=name) if name else None
 
 
 async def _planned(store: Store, n: int) -> list[Planned]:
@@ -161,13 +161,17 @@ async def test_a_timed_out_create_is_looked_up_twice_before_it_is_sent_again(
         def quota_key(self, job: JobRecord) -> str:
             return "q"
 
-        async def create(self, job: JobRecord) -> Accepted:
+        async def create(self, job: JobRecord) -> Update:
             self.creates += 1
             raise OutcomeUnknown("timed out", settle=0.05)
 
-        async def find(self, job: JobRecord) -> Accepted | None:
+        async def find(self, job: JobRecord) -> Update | None:
             self.finds += 1
-            return Accepted("remote/1") if self.finds >= 2 else None
+            return (
+                Update(job.job_id, JobState.SUBMITTED, platform_id="remote/1")
+                if self.finds >= 2
+                else None
+            )
 
     submitter = Slow()
     async with Store(tmp_path / "c.db") as store:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from caliban.cli.main import _split_script_args
+from caliban.cli.flags import split_script_args
 from caliban.core.dockerargs import parse_docker_run_args
 from caliban.errors import ValidationError
 from caliban.platforms.local.containers import DEFAULT_SHM_SIZE, container_config, rebind, with_gpus
@@ -84,11 +84,11 @@ def test_gpu_id_parsing() -> None:
 
 
 def test_script_args_split_at_the_first_double_dash() -> None:
-    assert _split_script_args(["run", "t.py", "--", "--a", "--", "b"]) == (
+    assert split_script_args(["run", "t.py", "--", "--a", "--", "b"]) == (
         ["run", "t.py"],
         ["--a", "--", "b"],
     )
-    assert _split_script_args(["status"]) == (["status"], [])
+    assert split_script_args(["status"]) == (["status"], [])
 
 
 def test_labels_from_the_environment() -> None:

@@ -28,7 +28,7 @@ from caliban.platforms.kubernetes.client import KubeClient, kubeconfig_paths, re
 from caliban.platforms.kubernetes.spec import ClusterTarget
 
 if TYPE_CHECKING:
-    from caliban.session import Session
+    from caliban.platforms.base import Context
 
 ConfirmText = Callable[[str], Awaitable[bool]]
 
@@ -64,7 +64,7 @@ def uses_kubeconfig(
     return kube or (not opts.cluster_name and configured)
 
 
-async def gke(session: Session, opts: ClusterOptions) -> tuple[GkeApi, str]:
+async def gke(session: Context, opts: ClusterOptions) -> tuple[GkeApi, str]:
     """The GKE API and the project: ``--project_id``, ``$PROJECT_ID``, or the
     credentials' own project."""
     creds = await session.credentials(key_file(opts, session.environ, session.user_config))
@@ -76,7 +76,7 @@ async def gke(session: Session, opts: ClusterOptions) -> tuple[GkeApi, str]:
 
 
 async def find_cluster(
-    session: Session, opts: ClusterOptions
+    session: Context, opts: ClusterOptions
 ) -> tuple[GkeApi, str, dict[str, Any]]:
     api, project = await gke(session, opts)
     location = gkespec.parse_location(opts.zone).name if opts.zone else "-"
@@ -87,7 +87,7 @@ async def find_cluster(
     return api, project, dict(found)
 
 
-async def resolve_target(session: Session, opts: ClusterOptions) -> ClusterTarget:
+async def resolve_target(session: Context, opts: ClusterOptions) -> ClusterTarget:
     """Where jobs go. A kubeconfig is only read (in a thread); a GKE cluster is looked
     up through the GKE API only when its name or location is not given."""
     if uses_kubeconfig(opts, session.environ, session.user_config):
@@ -122,20 +122,22 @@ async def resolve_target(session: Session, opts: ClusterOptions) -> ClusterTarge
     )
 
 
-async def client(session: Session, opts: ClusterOptions) -> KubeClient:
-    return await (await session.kube()).client(await resolve_target(session, opts))
+async def client(session: Context, opts: ClusterOptions) -> KubeClient:
+    from caliban.platforms.kubernetes.client import connections
+
+    return await (await connections(session)).client(await resolve_target(session, opts))
 
 
 # -- GKE clusters ------------------------------------------------------------------------------
 
 
-async def list_clusters(session: Session, opts: ClusterOptions) -> list[dict[str, Any]]:
+async def list_clusters(session: Context, opts: ClusterOptions) -> list[dict[str, Any]]:
     api, project = await gke(session, opts)
     location = gkespec.parse_location(opts.zone).name if opts.zone else "-"
     return await api.clusters(project, location)
 
 
-async def create_cluster(session: Session, req: ClusterCreateRequest) -> dict[str, Any]:
+async def create_cluster(session: Context, req: ClusterCreateRequest) -> dict[str, Any]:
     """Create a GKE cluster and wait for it; with ``dry_run``, return the request body."""
     opts = req.cluster
     name = gkespec.check_cluster_name(opts.cluster_name or gkespec.DEFAULT_CLUSTER_NAME)
@@ -175,7 +177,7 @@ async def create_cluster(session: Session, req: ClusterCreateRequest) -> dict[st
 
 
 async def delete_cluster(
-    session: Session,
+    session: Context,
     opts: ClusterOptions,
     *,
     confirm: ConfirmText | None,
@@ -196,7 +198,7 @@ async def delete_cluster(
     return True
 
 
-async def node_pools(session: Session, opts: ClusterOptions) -> list[tuple[str, str, str, str]]:
+async def node_pools(session: Context, opts: ClusterOptions) -> list[tuple[str, str, str, str]]:
     api, project, cluster = await find_cluster(session, opts)
     pools = await api.node_pools(project, str(cluster["location"]), str(cluster["name"]))
     return gkespec.node_pool_rows(pools)
@@ -205,14 +207,14 @@ async def node_pools(session: Session, opts: ClusterOptions) -> list[tuple[str, 
 # -- what runs on a cluster ---------------------------------------------------------------------
 
 
-async def pods(session: Session, opts: ClusterOptions) -> list[dict[str, Any]]:
+async def pods(session: Context, opts: ClusterOptions) -> list[dict[str, Any]]:
     """Pods of ``--namespace``, else of every namespace but kube-system."""
     kube = await client(session, opts)
     found = await kube.list_pods(opts.namespace)
     return [p for p in found if p["metadata"].get("namespace") != "kube-system"]
 
 
-async def jobs(session: Session, opts: ClusterOptions) -> list[dict[str, Any]]:
+async def jobs(session: Context, opts: ClusterOptions) -> list[dict[str, Any]]:
     """Jobs of ``--namespace``, else of every namespace."""
     return await (await client(session, opts)).list_jobs(opts.namespace)
 
@@ -253,7 +255,7 @@ def read_manifests(path: str) -> list[dict[str, Any]]:
 
 
 async def submit_file(
-    session: Session, opts: ClusterOptions, path: str, *, dry_run: bool = False
+    session: Context, opts: ClusterOptions, path: str, *, dry_run: bool = False
 ) -> list[dict[str, Any]]:
     """Create the objects of a manifest file as they are (not recorded in the history)."""
     objects = await anyio.to_thread.run_sync(read_manifests, path)

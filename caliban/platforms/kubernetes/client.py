@@ -63,7 +63,7 @@ from caliban.platforms.kubernetes.spec import ClusterTarget
 from caliban.platforms.kubernetes.versions import ServerVersion, parse_version
 
 if TYPE_CHECKING:
-    from caliban.session import Session
+    from caliban.platforms.base import Context
 
 DEFAULT_KUBECONFIG = "~/.kube/config"
 _PAGE = 500
@@ -467,11 +467,21 @@ class KubeClient:
 # -- connections ---------------------------------------------------------------------------------
 
 
+async def connections(ctx: Context) -> KubeConnections:
+    """The session's Kubernetes connections, one per cluster, closed with it."""
+
+    async def make() -> KubeConnections:
+        return KubeConnections(ctx)
+
+    found: KubeConnections = await ctx.resource("kubernetes.connections", make)
+    return found
+
+
 class KubeConnections:
     """One KubeClient per cluster for a whole session; closed with it."""
 
-    def __init__(self, session: Session) -> None:
-        self.session = session
+    def __init__(self, ctx: Context) -> None:
+        self.session = ctx
         self._clients: dict[str, KubeClient] = {}
         self._lock = anyio.Lock()
         self._tmp: tempfile.TemporaryDirectory[str] | None = None

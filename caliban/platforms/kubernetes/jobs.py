@@ -18,18 +18,16 @@ from typing import Any
 
 import anyio
 
-from caliban.adapters.store import Store
 from caliban.errors import BackendError, CalibanError, OutcomeUnknown
 from caliban.events import JobStateChanged, Notice, RetryScheduled, Sink, discard
 from caliban.limits import RetryPolicy, with_retries
-from caliban.platforms.base import Update
+from caliban.platforms.base import Launch, Update, job_label
 from caliban.platforms.kubernetes import gkespec
 from caliban.platforms.kubernetes import spec as k8sspec
 from caliban.platforms.kubernetes import versions as k8sversions
 from caliban.platforms.kubernetes.client import KubeClient, KubeConnections
 from caliban.platforms.kubernetes.spec import ClusterTarget
 from caliban.spec import JobRecord, JobState
-from caliban.sweep.fanout import Accepted, job_label
 
 
 def target_of(job: JobRecord) -> ClusterTarget:
@@ -122,7 +120,7 @@ class KubeSubmitter:
         target = self._target(job)
         return f"{target.key}/{target.namespace}"
 
-    def _accepted(self, job: JobRecord, obj: dict[str, Any]) -> Accepted:
+    def _accepted(self, job: JobRecord, obj: dict[str, Any]) -> Update:
         target = self._target(job)
         name = str(obj["metadata"]["name"])
         state, _ = k8sspec.job_state(obj)
@@ -130,14 +128,15 @@ class KubeSubmitter:
         details: dict[str, object] = {"k8s_job": name}
         if url:
             details["console_url"] = url
-        return Accepted(
+        return Update(
+            job.job_id,
             platform_id=name,
             details=details,
             state=JobState.SUBMITTED if state is JobState.SUBMITTED else state,
             url=url,
         )
 
-    async def create(self, job: JobRecord) -> Accepted:
+    async def create(self, job: JobRecord) -> Update:
         target = self._target(job)
         client = await self.connections.client(target)
         try:
@@ -152,7 +151,7 @@ class KubeSubmitter:
             return found
         return self._accepted(job, {"metadata": {"name": name_of(job)}})
 
-    async def find(self, job: JobRecord) -> Accepted | None:
+    async def find(self, job: JobRecord) -> Update | None:
         target = self._target(job)
         client = await self.connections.client(target)
         name = name_of(job)
@@ -161,6 +160,30 @@ class KubeSubmitter:
             return None
         _adopt(found, job.job_id, name)
         return self._accepted(job, found)
+
+    async def find_many(self, jobs: Sequence[JobRecord]) -> dict[str, Update]:
+        """Which of ``jobs`` exist, with one list call per cluster and namespace
+        (the Jobs of this store, by label) instead of one read per job."""
+        groups: dict[tuple[str, str], list[JobRecord]] = {}
+        for job in jobs:
+            target = self._target(job)
+            groups.setdefault((target.key, target.namespace), []).append(job)
+        out: dict[str, Update] = {}
+        for (_, namespace), group in groups.items():
+            meta = group[0].spec.get("metadata")
+            labels = meta.get("labels") if isinstance(meta, dict) else None
+            store_id = str(labels.get(k8sspec.STORE_LABEL, "")) if isinstance(labels, dict) else ""
+            if not store_id:
+                continue
+            client = await self.connections.client(self._target(group[0]))
+            listed = await client.list_jobs(namespace, f"{k8sspec.STORE_LABEL}={store_id}")
+            by_name = {str(j["metadata"]["name"]): j for j in listed}
+            for job in group:
+                found = by_name.get(name_of(job))
+                if found is not None:
+                    _adopt(found, job.job_id, name_of(job))
+                    out[job.job_id] = self._accepted(job, found)
+        return out
 
 
 # -- indexed sweeps ------------------------------------------------------------------------------
@@ -182,11 +205,9 @@ async def submit_indexed(
     *,
     parallelism: int | None,
     reconcile: bool,
-    store: Store,
-    sink: Sink = discard,
-    total: int | None = None,
+    run: Launch,
     policy: RetryPolicy | None = None,
-) -> list[JobRecord]:
+) -> None:
     """Create (or adopt) the ConfigMap of ``group`` and then its Indexed Job; record
     every experiment SUBMITTED with its final completion index.
 
@@ -203,6 +224,7 @@ async def submit_indexed(
     if an older caliban left none, and sets the owner.
     """
     first = group[0]
+    sink, total = run.sink, run.total
     target = target_of(first)
     ns = target.namespace
     name = name_of(first)
@@ -289,15 +311,15 @@ async def submit_indexed(
             raise
     await _own(client, ns, name, existing, policy, sink)
     url = console_url(target, name)
-    changes: list[
-        tuple[str, JobState, int | None, str | None, str | None, dict[str, object] | None]
-    ] = []
+    changes: list[Update] = []
     for i, job in enumerate(group):
         details: dict[str, object] = {"completion_index": i, "k8s_job": name}
         if url:
             details["console_url"] = url
-        changes.append((job.job_id, JobState.SUBMITTED, None, None, f"{name}/{i}", details))
-    await store.transitions(changes)
+        changes.append(
+            Update(job.job_id, JobState.SUBMITTED, platform_id=f"{name}/{i}", details=details)
+        )
+    await run.record(changes)
     sink(Notice(f"Indexed Job {name}: {len(group)} experiment(s) in one Job ({label})"))
     for job in group:
         sink(
@@ -309,7 +331,6 @@ async def submit_indexed(
                 argv=job.args,
             )
         )
-    return await store.jobs(job_ids=[j.job_id for j in group])
 
 
 # -- status, stop, logs ------------------------------------------------------------------------

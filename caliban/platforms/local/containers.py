@@ -13,7 +13,6 @@ import contextlib
 import copy
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -136,13 +135,6 @@ def with_cpus(
     return config
 
 
-@dataclass(frozen=True)
-class Outcome:
-    state: JobState
-    exit_code: int | None
-    message: str | None = None
-
-
 def _is_missing(exc: DockerError) -> bool:
     return exc.status == 404
 
@@ -186,7 +178,7 @@ class LocalBackend:
         on_started: Callable[[str], Awaitable[None]],
         adopt: bool = False,
         reap: Callable[[Any], None] | None = None,
-    ) -> Outcome:
+    ) -> Update:
         """Run one job to completion and return how it ended.
 
         ``reap``: when given, an exited container is handed to it for removal
@@ -226,7 +218,7 @@ class LocalBackend:
             # Started by the output pump once attached, so no byte is missed.
             start = None if started else functools.partial(self._start, container)
             await self._follow(container, job, label, log_path, start)
-            outcome = await self._result(container)
+            outcome = await self._result(container, job.job_id)
         except BaseException:
             with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_GRACE + 20):
                 if container is not None:
@@ -268,16 +260,16 @@ class LocalBackend:
             return
         raise BackendError(f"the Docker engine did not start {container.id[:12]} in time")
 
-    async def _result(self, container: aiodocker.docker.DockerContainer) -> Outcome:
+    async def _result(self, container: aiodocker.docker.DockerContainer, job_id: str) -> Update:
         try:
             result = await container.wait()
         except DockerError as exc:
             if _is_missing(exc):  # removed by `caliban stop` from elsewhere
-                return Outcome(JobState.STOPPED, None, "container removed")
+                return Update(job_id, JobState.STOPPED, message="container removed")
             raise
         code = int(result.get("StatusCode", -1))
         state = JobState.SUCCEEDED if code == 0 else JobState.FAILED
-        return Outcome(state, code, None if code == 0 else f"exit code {code}")
+        return Update(job_id, state, code, None if code == 0 else f"exit code {code}")
 
     async def remove(self, container: aiodocker.docker.DockerContainer) -> None:
         """Stop and remove a container, shielded from cancellation: one handed out

@@ -21,7 +21,6 @@ from caliban.limits import RetryPolicy, with_retries
 from caliban.platforms.base import Update
 from caliban.platforms.vertex import spec as vertexspec
 from caliban.spec import JobRecord, JobState
-from caliban.sweep.fanout import Accepted
 
 ENDPOINT_ENV = "CALIBAN_VERTEX_ENDPOINT"
 _PAGE = 500
@@ -141,11 +140,12 @@ async def _remote(
     return seen
 
 
-def _accepted(job: dict[str, Any], project: str, region: str) -> Accepted:
+def _accepted(job_id: str, job: dict[str, Any], project: str, region: str) -> Update:
     name = str(job["name"])
     state = vertexspec.job_state(job.get("state"))
     url = vertexspec.console_url(project, region, name)
-    return Accepted(
+    return Update(
+        job_id,
         platform_id=name,
         details={"console_url": url},
         state=state if state is not JobState.UNKNOWN else JobState.SUBMITTED,
@@ -163,23 +163,23 @@ class VertexSubmitter:
         project, region = _where(job)
         return f"{project}/{region}"
 
-    async def create(self, job: JobRecord) -> Accepted:
+    async def create(self, job: JobRecord) -> Update:
         project, region = _where(job)
         created = await self.client.create(project, region, dict(job.spec))
-        return _accepted(created, project, region)
+        return _accepted(job.job_id, created, project, region)
 
-    async def find(self, job: JobRecord) -> Accepted | None:
+    async def find(self, job: JobRecord) -> Update | None:
         project, region = _where(job)
         async for found in self.client.list(
             project, region, label_filter(vertexspec.JOB_ID_LABEL, job.job_id)
         ):
-            return _accepted(found, project, region)
+            return _accepted(job.job_id, found, project, region)
         return None
 
-    async def find_many(self, jobs: Sequence[JobRecord]) -> dict[str, Accepted]:
+    async def find_many(self, jobs: Sequence[JobRecord]) -> dict[str, Update]:
         """Which of ``jobs`` exist, with one list call per (project, region)
         instead of one per job (a resumed 500-job sweep)."""
-        out: dict[str, Accepted] = {}
+        out: dict[str, Update] = {}
         for (project, region, _), group in _groups(jobs).items():
             store_id = _spec_label(group[0], vertexspec.STORE_LABEL)
             if not store_id:
@@ -187,7 +187,7 @@ class VertexSubmitter:
             for job_id, found in (
                 await _remote(self.client, project, region, group, store_id)
             ).items():
-                out[job_id] = _accepted(found, project, region)
+                out[job_id] = _accepted(job_id, found, project, region)
         return out
 
 

@@ -1,0 +1,162 @@
+"""``caliban build``, ``run``, ``status``, ``stop``, ``resubmit`` and ``logs``: the calls they make.
+
+Their flags are assembled in :mod:`caliban.cli.main`; these handlers turn the
+parsed flags into requests and the results into text and an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from caliban.cli import inputs, running
+from caliban.errors import EXIT_FAILURE, EXIT_OK, ValidationError
+
+if TYPE_CHECKING:
+    from caliban.session import RunResult, Session
+    from caliban.spec import JobRecord
+
+
+def _no_cloud_key(ns: argparse.Namespace) -> None:
+    # Accepted by the parser for the original's scripts, but local images and
+    # containers get no credentials: saying so beats ignoring the flag.
+    if getattr(ns, "cloud_key", None):
+        raise ValidationError(
+            f"--cloud_key is not used by `caliban {ns.command}`: local jobs get no "
+            "Google credentials; drop the flag (it is for `cloud` and `cluster`)"
+        )
+
+
+def cmd_build(ns: argparse.Namespace) -> int:
+    _no_cloud_key(ns)
+    project = inputs.project_options(ns, entry=ns.module)
+
+    async def work(session: Session) -> Any:
+        return await session.build(project)
+
+    built, code = running.execute(ns, work)
+    if code is not None or built is None:
+        return code if code is not None else EXIT_FAILURE
+    print(built.tag)
+    return EXIT_OK
+
+
+def cmd_run(ns: argparse.Namespace) -> int:
+    from caliban.options import RunRequest
+    from caliban.platforms.local.gpus import parse_ids
+
+    _no_cloud_key(ns)
+    request = RunRequest(
+        project=inputs.project_options(ns, entry=ns.module),
+        experiments=inputs.experiments(ns),
+        script_args=tuple(ns.script_args),
+        xgroup=ns.xgroup,
+        max_parallel=ns.max_parallel,
+        gpus_per_job=ns.gpus_per_job,
+        gpu_ids=parse_ids(ns.gpu_ids) if ns.gpu_ids else None,
+        cpus_per_job=ns.cpus_per_job,
+        docker_run_args=inputs.docker_run_args(ns.docker_run_args),
+        docker_create_json=inputs.docker_create_json(ns.docker_create_json),
+        dry_run=ns.dry_run,
+        max_sweep=ns.max_sweep,
+    )
+    sink = running.make_sink(ns)
+
+    async def work(session: Session) -> RunResult:
+        return await session.run(request)
+
+    result, code = running.execute(ns, work, sink)
+    if result is None or result.dry_run:
+        return code if code is not None else EXIT_OK
+    summary = running.summary(sink, result)
+    return code if code is not None else summary
+
+
+def cmd_status(ns: argparse.Namespace) -> int:
+    async def work(session: Session) -> list[JobRecord]:
+        return await session.status(xgroup=ns.xgroup, max_jobs=ns.max_jobs)
+
+    sink = running.make_sink(ns)
+    jobs, code = running.execute(ns, work, sink)
+    if jobs is None:
+        return code if code is not None else EXIT_FAILURE
+    from caliban.cli.ui import dumps_jobs, jobs_table
+
+    if ns.json:
+        print(dumps_jobs(jobs))
+    elif not jobs:
+        sink.console.print("no jobs found")
+    else:
+        sink.console.print(jobs_table(jobs))
+    return code if code is not None else EXIT_OK
+
+
+def cmd_stop(ns: argparse.Namespace) -> int:
+    sink = running.make_sink(ns)
+
+    async def confirm(jobs: Sequence[JobRecord]) -> bool:
+        return ns.yes or await running.confirm(f"Stop these {len(jobs)} job(s)? [y/N] ", jobs, sink)
+
+    async def work(session: Session) -> list[JobRecord]:
+        return await session.stop(xgroup=ns.xgroup, dry_run=ns.dry_run, confirm=confirm)
+
+    jobs, code = running.execute(ns, work, sink)
+    if code is not None:
+        return code
+    from caliban.cli.ui import jobs_table
+
+    if not jobs:
+        sink.console.print("no running jobs to stop")
+    elif ns.dry_run:
+        sink.console.print(jobs_table(jobs))
+        sink.console.print(f"dry run: {len(jobs)} job(s) would be stopped")
+    else:
+        sink.console.print(jobs_table(jobs))
+    return EXIT_OK
+
+
+def cmd_resubmit(ns: argparse.Namespace) -> int:
+    sink = running.make_sink(ns)
+
+    async def confirm(jobs: Sequence[JobRecord]) -> bool:
+        return ns.yes or await running.confirm(
+            f"Resubmit these {len(jobs)} job(s)? [y/N] ", jobs, sink
+        )
+
+    async def work(session: Session) -> RunResult:
+        session.cloud_key = ns.cloud_key
+        return await session.resubmit(
+            xgroup=ns.xgroup,
+            all_jobs=ns.all_jobs,
+            dry_run=ns.dry_run,
+            confirm=confirm,
+            max_parallel=ns.max_parallel,
+        )
+
+    result, code = running.execute(ns, work, sink)
+    if result is None:
+        return code if code is not None else EXIT_FAILURE
+    from caliban.cli.ui import jobs_table
+
+    if result.dry_run:
+        if result.jobs:
+            sink.console.print(jobs_table(result.jobs))
+        sink.console.print(f"dry run: {len(result.jobs)} job(s) would be resubmitted")
+        return EXIT_OK
+    if not result.jobs:
+        sink.console.print(f"nothing to resubmit in {ns.xgroup}")
+        return code if code is not None else EXIT_OK
+    summary = running.summary(sink, result)
+    return code if code is not None else summary
+
+
+def cmd_logs(ns: argparse.Namespace) -> int:
+    async def work(session: Session) -> None:
+        async for chunk in session.logs(ns.job_id, follow=ns.follow):
+            sys.stdout.write(chunk)
+        sys.stdout.flush()
+
+    _, code = running.execute(ns, work)
+    return code if code is not None else EXIT_OK

@@ -1,0 +1,229 @@
+"""Planning a ``caliban cloud`` sweep: the request checked without touching the
+network (:func:`check`), and the CustomJob body of each job (:func:`body`)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from caliban.adapters.cloud.auth import _read_key, default_key_file
+from caliban.core import accelerators, labels, names, settings
+from caliban.core.config import CalibanConfig
+from caliban.core.userconfig import UserConfig
+from caliban.errors import ValidationError
+from caliban.limits import RetryPolicy
+from caliban.options import CloudRequest
+from caliban.platforms.vertex import spec as vertexspec
+from caliban.spec import JobMode
+
+DEFAULT_REGION = "us-central1"
+_LOOKUP_POLICY = RetryPolicy(attempts=4, initial=0.5, max_delay=8, deadline=60)
+# How creates are retried, and how long one request may take before its outcome
+# counts as unknown (and the job is looked up before anything is sent again).
+RETRY_POLICY = RetryPolicy()
+REQUEST_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class CloudPlan:
+    """A checked ``caliban cloud`` request: everything but the image digest."""
+
+    project_id: str
+    regions: tuple[str, ...]
+    mode: JobMode
+    machine_type: str
+    accelerator: accelerators.AcceleratorSpec | None
+    gpu: accelerators.AcceleratorSpec | None
+    tpu: accelerators.AcceleratorSpec | None
+    name: str
+    user_labels: dict[str, str]
+    key_file: str | None
+    endpoint: str | None
+    tpu_topology: str | None = None
+
+
+def _regions(
+    req: CloudRequest, environ: Mapping[str, str], user_config: UserConfig | None = None
+) -> tuple[str, ...]:
+    for part in req.regions:
+        # `--region ""` (an unset shell variable) would silently mean us-central1.
+        if not part.strip() or any(not r.strip() for r in part.split(",")):
+            raise ValidationError(f"--region {part!r}: empty region name")
+    configured = settings.resolve_one(
+        settings.BY_NAME["gcloud.region"], environ=environ, user=user_config
+    )
+    raw = req.regions or (str(configured.value),)
+    regions = tuple(dict.fromkeys(r.strip() for part in raw for r in part.split(",") if r.strip()))
+    # Regions become part of the API's host name, whatever --force skips.
+    return tuple(names.check_region(r) for r in regions) or (DEFAULT_REGION,)
+
+
+def _absolute_key(
+    req: CloudRequest,
+    environ: Mapping[str, str],
+    config: CalibanConfig,
+    user_config: UserConfig | None = None,
+) -> str | None:
+    """The key file as an absolute path: it is recorded with every job, and
+    ``caliban status`` may run from another folder. A relative
+    ``gcloud.cloud_key`` in .calibanconfig.json is relative to the project."""
+    key = default_key_file(req.cloud_key, environ, None)
+    base = Path.cwd()
+    if key is None and config.gcloud.cloud_key:
+        key, base = config.gcloud.cloud_key, req.project.folder
+    if key is None and user_config is not None:
+        # Already absolute: relative names are anchored at the user file.
+        user_key = user_config.values.get("gcloud.cloud_key")
+        key = str(user_key) if user_key else None
+    if key is None:
+        return None
+    path = Path(key).expanduser()
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
+def check(
+    req: CloudRequest,
+    *,
+    mode: JobMode,
+    config: CalibanConfig,
+    user: str,
+    environ: Mapping[str, str],
+    user_config: UserConfig | None = None,
+) -> CloudPlan:
+    """Validate a cloud request without touching the network."""
+    if req.xgroup is not None:
+        names.check_xgroup(req.xgroup)
+    if req.image_tag is not None:
+        names.check_image_ref(req.image_tag, "--image_tag")
+    if req.endpoint is not None:
+        names.check_url(req.endpoint, "--api_endpoint")
+    gpu = (
+        accelerators.parse_gpu_spec(req.gpu_spec, check_count=not req.force)
+        if req.gpu_spec
+        else None
+    )
+    tpu = (
+        accelerators.parse_tpu_spec(req.tpu_spec, check_count=not req.force)
+        if req.tpu_spec
+        else None
+    )
+    if mode is JobMode.GPU and gpu is None and tpu is None:
+        gpu = accelerators.DEFAULT_GPU
+    if mode is JobMode.CPU and gpu is not None:
+        raise ValidationError("--nogpu cannot be combined with --gpu_spec")
+    # A TPU-only job runs on its TPU host whatever the mode says.
+    host_mode = JobMode.CPU if gpu is None and tpu is not None else mode
+    machine = (
+        accelerators.normalize_machine_type(req.machine_type)
+        if req.machine_type
+        else accelerators.default_machine_type(host_mode, gpu, tpu)
+    )
+    regions = _regions(req, environ, user_config)
+    for region in regions:
+        accelerators.validate_vertex(
+            machine_type=machine, gpu=gpu, tpu=tpu, region=region, force=req.force
+        )
+    key_file = _absolute_key(req, environ, config, user_config)
+    project = settings.resolve_one(
+        settings.BY_NAME["gcloud.project_id"],
+        flags={"gcloud.project_id": req.project_id},
+        environ=environ,
+        project=settings.project_values(config),
+        user=user_config,
+    ).value
+    if not project and key_file:
+        project = _read_key(key_file).get("project_id")
+    if not project:
+        raise ValidationError(
+            "no Google Cloud project: pass --project_id, set $PROJECT_ID, or set "
+            "gcloud.project_id in .calibanconfig.json or the user file"
+        )
+    names.check_project_id(str(project), "--project_id" if req.project_id else "project id")
+    user_labels = dict(labels.parse_label_flag(f"{k}={v}") for k, v in req.labels)
+    if tpu is not None and gpu is not None and req.gpu_spec:
+        raise ValidationError("a Vertex job takes GPUs or TPUs, not both; drop one spec")
+    accelerator = tpu if tpu is not None else gpu
+    for rate, flag in ((req.rate_limit, "--rate_limit"), (req.max_inflight, "--max_inflight")):
+        if not math.isfinite(rate):
+            raise ValidationError(f"{flag} must be a finite number")
+        if rate <= 0:
+            raise ValidationError(f"{flag} must be positive")
+    endpoint = req.endpoint or environ.get("CALIBAN_VERTEX_ENDPOINT") or None
+    tpu_topology = accelerators.vertex_tpu_topology(machine, tpu)
+    return CloudPlan(
+        project_id=str(project),
+        regions=regions,
+        mode=mode,
+        machine_type=machine,
+        accelerator=accelerator,
+        gpu=gpu,
+        tpu=tpu,
+        name=req.name or f"caliban_{user}",
+        user_labels=user_labels,
+        key_file=key_file,
+        endpoint=endpoint,
+        tpu_topology=tpu_topology,
+    )
+
+
+def _body(
+    plan: CloudPlan,
+    req: CloudRequest,
+    *,
+    index: int,
+    job_id: str,
+    store_id: str,
+    xgroup: str,
+    image: str,
+    argv: Sequence[str],
+) -> dict[str, Any]:
+    job_labels = vertexspec.labels_for(
+        job_id=job_id,
+        store_id=store_id,
+        xgroup=xgroup,
+        gpu=plan.gpu,
+        tpu=plan.tpu,
+        name=plan.name,
+        user_labels=plan.user_labels,
+        args=argv,
+    )
+    return vertexspec.custom_job(
+        display_name=names.vertex_display_name(plan.name, index + 1),
+        image=image,
+        args=argv,
+        machine_type=plan.machine_type,
+        accelerator=plan.accelerator,
+        labels=job_labels,
+        env=vertexspec.job_env(job_id=job_id, xgroup=xgroup),
+        service_account=req.service_account,
+        spot=req.spot,
+        timeout_s=req.timeout_s,
+        tpu_topology=plan.tpu_topology,
+    )
+
+
+def rebind(body: Mapping[str, Any], job_id: str) -> dict[str, Any]:
+    """A recorded CustomJob body, re-addressed to a new caliban job id."""
+    new = json.loads(json.dumps(body))
+    new.setdefault("labels", {})[vertexspec.JOB_ID_LABEL] = job_id
+    for pool in new.get("jobSpec", {}).get("workerPoolSpecs", []):
+        for var in pool.get("containerSpec", {}).get("env", []):
+            if var.get("name") == vertexspec.JOB_ID_ENV:
+                var["value"] = job_id
+    return dict(new)
+
+
+def _number(value: object, default: float) -> float:
+    try:
+        number = float(str(value))
+    except ValueError:
+        return default
+    return number if number > 0 else default
+
+
+def _opt(value: object) -> str | None:
+    return str(value) if value else None

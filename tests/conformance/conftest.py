@@ -1,0 +1,108 @@
+"""``platform_case``: one platform under test, with what the conformance suite
+needs to drive it and to see what reached it.
+
+Only the in-memory platform is here so far. A real platform's case opens a
+Session against its local fake server (tests/fakes) and reads the counters from
+what that server saw.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from caliban.options import ProjectOptions
+from caliban.platforms import base
+from caliban.session import Session
+from caliban.spec import JobRecord, JobState
+from caliban.spec import Platform as Kind
+from tests.conformance import memory
+
+
+@dataclass(frozen=True)
+class PlatformCase:
+    """How the suite drives one platform."""
+
+    #: The kind the session's registry maps to the platform under test.
+    kind: Kind
+    #: A session whose registry maps ``kind`` to the platform under test.
+    session: Callable[[], AbstractAsyncContextManager[Session]]
+    #: A sweep request for ``project`` with ``experiments``, in ``xgroup``.
+    request: Callable[[ProjectOptions, object, str], object]
+    #: How many targets (regions, clusters...) a sweep of 2+ jobs is spread over.
+    targets: int
+    #: Make a launched job end on the platform with SUCCEEDED or FAILED.
+    finish: Callable[[JobRecord, JobState], None]
+    #: The next create of the job with this index makes the job, its answer is lost.
+    lose_answer: Callable[[int], None]
+    #: The next create of the job with this index is refused, retryably.
+    refuse_once: Callable[[int], None]
+    #: Create requests that reached the platform, per caliban job id.
+    creates: Callable[[], Counter[str]]
+    #: Jobs that exist on the platform, per caliban job id.
+    made: Callable[[], Counter[str]]
+    #: List (refresh/lookup) calls the platform answered, per target.
+    lists: Callable[[], Counter[str]]
+
+
+def _environ(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALIBAN_")}
+    # The developer's own ~/.config/caliban/config.json must not change the tests.
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "xdg-config")
+    return env
+
+
+def _memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PlatformCase:
+    cloud = memory.Cloud()
+    kind = Kind.VERTEX  # the kind it answers for in this session's registry
+    monkeypatch.setattr(memory, "Installed", memory.bound(cloud, kind), raising=False)
+    monkeypatch.setitem(base._REGISTRY, kind, "tests.conformance.memory:Installed")
+    env = _environ(tmp_path)
+
+    @asynccontextmanager
+    async def session() -> AsyncIterator[Session]:
+        async with Session(home=tmp_path / "caliban-home", environ=env) as s:
+            yield s
+
+    def request(project: ProjectOptions, experiments: object, xgroup: str) -> object:
+        return memory.MemoryRequest(project=project, experiments=experiments, xgroup=xgroup)
+
+    def made() -> Counter[str]:
+        return Counter(remote.job_id for remote in cloud.jobs)
+
+    return PlatformCase(
+        kind=kind,
+        session=session,
+        request=request,
+        targets=len(memory.MemoryRequest.targets),
+        finish=lambda job, state: cloud.finish(job.job_id, state),
+        lose_answer=cloud.lose_answer.add,
+        refuse_once=cloud.refuse_once.add,
+        creates=lambda: Counter(cloud.creates),
+        made=made,
+        lists=lambda: Counter(cloud.lists),
+    )
+
+
+CASES: dict[str, Callable[[Path, pytest.MonkeyPatch], PlatformCase]] = {"memory": _memory}
+
+
+@pytest.fixture(params=sorted(CASES))
+def platform_case(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[PlatformCase]:
+    yield CASES[request.param](tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> ProjectOptions:
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "train.py").write_text("print('hello')\n")
+    return ProjectOptions(folder=folder, entry="train.py", use_gpu=False)
