@@ -42,7 +42,15 @@ def test_array_script_throttles_names_and_routes_output() -> None:
     assert "--array=0-11%3" in opts
     assert f"--job-name=caliban-{'0' * 26}" in opts
     assert "--comment=caliban:store=store123" in opts
+
     assert "--output=/shared/caliban/b1/logs/%a.log" in opts
+
+
+def test_comment_carries_store_and_labels_in_one_word() -> None:
+    text = spec.comment("s1", {"caliban.test": "run 1"})
+    assert text == "caliban:store=s1;caliban.test=run_1"
+    assert spec.comment_labels(text) == {"store": "s1", "caliban.test": "run_1"}
+    assert spec.comment_labels("someone else's") is None
 
 
 def test_unthrottled_array_has_no_percent() -> None:
@@ -333,3 +341,18 @@ def test_check_resources_refuses_with_names(
 ) -> None:
     with pytest.raises(ValidationError, match=message.replace("(", r"\(").replace(")", r"\)")):
         _check(res, qos)
+
+
+def test_parse_sacct_lines() -> None:
+    text = "12_3|caliban-B|FAILED|3:0\n12_4|caliban-B|CANCELLED by 0|0:15\n13|other|COMPLETED|0:0\n"
+    seen = {s.key: s for s in spec.parse_sacct(text)}
+    assert (seen["12_3"].task, seen["12_3"].status.exit_code) == (3, 3)
+    assert seen["12_4"].status.state is JobState.STOPPED
+    assert seen["13"].task is None and seen["13"].status.state is JobState.SUCCEEDED
+
+
+@pytest.mark.parametrize("arg", ["--array=0-3", "-J", "--output=x", "--comment=x"])
+def test_sbatch_args_may_not_take_what_caliban_owns(arg: str) -> None:
+    with pytest.raises(ValidationError, match="caliban sets it"):
+        spec.check_syntax(Resources(sbatch_args=(arg,)))
+    spec.check_syntax(Resources(sbatch_args=("--exclusive", "--nice=10")))

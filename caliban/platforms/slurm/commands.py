@@ -178,9 +178,9 @@ class Slurm:
     async def write(self, path: str, text: str) -> None:
         """Write a file on the cluster's filesystem (its folder made first)."""
         folder = path.rsplit("/", 1)[0] or "/"
+        script = 'mkdir -p "$1" "$1/logs" && cat >"$2.tmp" && mv "$2.tmp" "$2"'
         await self.run(
-            ["sh", "-c", 'mkdir -p "$1" "$1/logs" && cat >"$2.tmp" && mv "$2.tmp" "$2"', "sh"]
-            + [folder, path],
+            ["sh", "-c", script, "sh", folder, path],
             input=text.encode(),
             what=f"writing {path}",
         )
@@ -199,13 +199,13 @@ class Slurm:
     ) -> Exception:
         err = (result.stderr or b"").decode(errors="replace")
         if _BAD_PARTITION.search(err):
-            names = ", ".join(sorted(await self.partitions())) or "none"
+            have = ", ".join(sorted(await self.partitions())) or "none"
             m = _BAD_PARTITION.search(err)
             which = f" {m.group(1)!r}" if m and m.group(1) else ""
-            return ValidationError(f"unknown partition{which}; this cluster has: {names}")
+            return ValidationError(f"unknown partition{which}; this cluster has: {have}")
         if _BAD_QOS.search(err):
-            names = await self.qos_names()
-            have = ", ".join(sorted(names)) if names else "none (no accounting)"
+            qos = await self.qos_names()
+            have = ", ".join(sorted(qos)) if qos else "none (no accounting)"
             return ValidationError(f"the cluster refuses the QOS; it has: {have}")
         if _BAD_ACCOUNT.search(err):
             return ValidationError(f"the cluster refuses the account: {err.strip()}")
@@ -227,16 +227,30 @@ class Slurm:
         except ValueError as exc:
             raise BackendError(f"squeue {self.where}: {exc}") from None
 
-    async def finished(self) -> list[spec.Seen]:
-        """Jobs slurmctld has forgotten, from the jobcomp file (no slurmdbd needed).
-        Empty when the cluster writes none."""
+    async def finished(self, ids: Sequence[str] = ()) -> list[spec.Seen]:
+        """Jobs slurmctld has forgotten: from the jobcomp file (no slurmdbd needed),
+        else from ``sacct`` for ``ids``. Empty when the cluster keeps neither."""
         conf = await self.config()
-        if conf.get("JobCompType") != "jobcomp/filetxt" or not conf.get("JobCompLoc"):
+        if conf.get("JobCompType") == "jobcomp/filetxt" and conf.get("JobCompLoc"):
+            result = await self.run_raw(["cat", conf["JobCompLoc"]])
+            if result.returncode == 0:
+                return list(spec.parse_records(result.stdout.decode(errors="replace")))
+        if not ids or conf.get("AccountingStorageType", "") in ("", "accounting_storage/none"):
             return []
-        result = await self.run_raw(["cat", conf["JobCompLoc"]])
+        result = await self.run_raw(
+            [
+                "sacct",
+                "-n",
+                "-P",
+                "-X",
+                "--format=JobID,JobName,State,ExitCode",
+                "-j",
+                ",".join(ids),
+            ]
+        )
         if result.returncode != 0:
             return []
-        return list(spec.parse_records(result.stdout.decode(errors="replace")))
+        return list(spec.parse_sacct(result.stdout.decode(errors="replace")))
 
     async def scancel(self, ids: Sequence[str]) -> None:
         if ids:

@@ -34,6 +34,19 @@ STORE_LABEL = "caliban.store"
 COMMENT_PREFIX = "caliban:store="
 SCRIPT = "batch.sh"
 ARGS = "args"
+# Options caliban sets itself: given in --sbatch_args they would break the
+# mapping of tasks to jobs or lose the logs.
+OWNED_OPTIONS = (
+    "--array",
+    "-a",
+    "--job-name",
+    "-J",
+    "--comment",
+    "--output",
+    "-o",
+    "--error",
+    "-e",
+)
 # Output of task i of a batch (``%a`` is Slurm's array task id).
 LOG_PATTERN = "logs/%a.log"
 
@@ -126,8 +139,24 @@ def batch_of(name: str) -> str | None:
     return name[len(NAME_PREFIX) :] if name.startswith(NAME_PREFIX) else None
 
 
-def comment(store_id: str) -> str:
-    return COMMENT_PREFIX + store_id
+def comment(store_id: str, labels: Mapping[str, str] | None = None) -> str:
+    """The store a job belongs to, and the session's labels (a test run's), in
+    one word: sbatch splits ``#SBATCH`` lines on spaces."""
+    parts = [COMMENT_PREFIX + store_id]
+    parts += [f"{k}={v}" for k, v in (labels or {}).items()]
+    return re.sub(r"\s", "_", ";".join(parts))
+
+
+def comment_labels(text: str) -> dict[str, str] | None:
+    """The store (key ``store``) and labels of a comment caliban wrote, else None."""
+    if not text.startswith(COMMENT_PREFIX):
+        return None
+    first, *rest = text.split(";")
+    out = {"store": first[len(COMMENT_PREFIX) :]}
+    for part in rest:
+        key, _, value = part.partition("=")
+        out[key] = value
+    return out
 
 
 # -- the argument file -------------------------------------------------------------------
@@ -203,7 +232,7 @@ def directives(batch: Batch, resources: Resources) -> list[str]:
     """Every ``#SBATCH`` option of ``batch``, in order."""
     out = [
         f"--job-name={batch.name}",
-        f"--comment={comment(batch.store_id)}",
+        f"--comment={comment(batch.store_id, batch.labels)}",
         f"--output={batch.workdir}/{LOG_PATTERN if batch.array else 'logs/0.log'}",
         "--open-mode=append",
         "--ntasks=1",
@@ -383,6 +412,7 @@ def check_resources(
 ) -> Partition:
     """Refuse what the cluster cannot run, naming what it has. ``qos_names`` None:
     the cluster keeps no accounting, so it has no QOS."""
+    check_syntax(resources)
     if resources.partition is not None:
         part = partitions.get(resources.partition)
         if part is None:
@@ -405,8 +435,6 @@ def check_resources(
                 f"--time {resources.time} is more than partition {part.name} allows "
                 f"({format_minutes(part.max_minutes)})"
             )
-    if resources.mem is not None and not _MEM.fullmatch(resources.mem):
-        raise ValidationError(f"--mem {resources.mem!r} is not a Slurm size such as 4G or 500M")
     if resources.gpus_per_job and resources.gpus_per_job > max_gpus:
         raise ValidationError(
             f"--gpus_per_job {resources.gpus_per_job} is more than any node has ({max_gpus})"
@@ -427,9 +455,24 @@ def check_resources(
                 f"partition {part.name} does not allow QOS {resources.qos!r} "
                 f"(it allows: {', '.join(part.allow_qos)})"
             )
+    return part
+
+
+def check_syntax(resources: Resources) -> None:
+    """What can be refused without asking the cluster."""
+    if resources.time is not None:
+        parse_minutes(resources.time)
+    if resources.mem is not None and not _MEM.fullmatch(resources.mem):
+        raise ValidationError(f"--mem {resources.mem!r} is not a Slurm size such as 4G or 500M")
     if resources.gpu_flag not in ("gres", "gpus"):
         raise ValidationError(f"GPU flag {resources.gpu_flag!r}: use 'gres' or 'gpus'")
-    return part
+    for arg in resources.sbatch_args:
+        option = arg.split("=", 1)[0]
+        if option in OWNED_OPTIONS:
+            raise ValidationError(
+                f"--sbatch_args may not set {option}: caliban sets it "
+                "(use --max_parallel for the array's limit)"
+            )
 
 
 def format_minutes(minutes: float) -> str:
@@ -604,3 +647,20 @@ def parse_records(text: str) -> Iterator[Seen]:
                 kv.get("Comment", ""),
                 status,
             )
+
+
+def parse_sacct(text: str) -> Iterator[Seen]:
+    """``sacct -n -P -X --format=JobID,JobName,State,ExitCode`` lines (clusters with
+    slurmdbd): ``123_4|caliban-B|FAILED|3:0``."""
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 4 or not parts[0]:
+            continue
+        job_id, name, state, code = parts[:4]
+        array, sep, task = job_id.partition("_")
+        ended = state.split()[0].upper() not in _PENDING | _RUNNING if state else False
+        status = status_of(state, exit_from_pair(code) if ended else None)
+        if sep and task.isdigit():
+            yield Seen(job_id, array, int(task), name, "", status)
+        elif not sep:
+            yield Seen(job_id, job_id, None, name, "", status)
