@@ -9,8 +9,9 @@ import argparse
 import shlex
 from typing import TYPE_CHECKING, Any
 
+from caliban.cli import inputs, running
 from caliban.cli.args import positive_int
-from caliban.cli.main import _execute, _executing, _experiments, _project, _sink, _summary
+from caliban.cli.flags import executing_flags
 from caliban.errors import EXIT_FAILURE, EXIT_OK, ValidationError
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "(each task picks its arguments by SLURM_ARRAY_TASK_ID and runs the image with "
         "`docker run` on its node). Status, stop, resubmit and logs work as for every platform.",
     )
-    _executing(p)
+    executing_flags(p)
     p.add_argument("--image_tag", help="run this image instead of building one")
     p.add_argument("--xgroup", help="experiment group (default: a new one)")
     p.add_argument("--partition", help="partition (default: the cluster's default)")
@@ -103,8 +104,8 @@ def request_from(ns: argparse.Namespace) -> Any:
     if ns.gpus_per_job is not None and ns.gpus_per_job < 0:
         raise ValidationError("--gpus_per_job must be 0 or more")
     return SlurmRequest(
-        project=_project(ns, entry=ns.module),
-        experiments=_experiments(ns),
+        project=inputs.project_options(ns, entry=ns.module),
+        experiments=inputs.experiments(ns),
         script_args=tuple(ns.script_args),
         xgroup=ns.xgroup,
         partition=ns.partition,
@@ -130,16 +131,13 @@ def request_from(ns: argparse.Namespace) -> Any:
 
 def cmd_slurm_submit(ns: argparse.Namespace) -> int:
     request = request_from(ns)  # bad input: main() reports it, nothing has run
-    sink = _sink(ns, show_output=False)
+    sink = running.make_sink(ns, show_output=False)
 
     async def work(session: Session) -> RunResult:
-        from caliban.spec import Platform
-        from caliban.sweep import engine
+        return await session.slurm(request)
 
-        return await engine.submit(session, Platform.SLURM, request)
-
-    result, code = _execute(ns, work, sink)
+    result, code = running.execute(ns, work, sink)
     if result is None or result.dry_run:
         return code if code is not None else (EXIT_OK if result else EXIT_FAILURE)
-    summary = _summary(sink, result)
+    summary = running.summary(sink, result)
     return code if code is not None else summary
