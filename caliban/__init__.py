@@ -33,6 +33,7 @@ _EXPORTS = {
     "ShellRequest": "caliban.options",
     "NotebookRequest": "caliban.options",
     "CloudRequest": "caliban.options",
+    "SlurmRequest": "caliban.options",
     "ClusterJobRequest": "caliban.options",
     "ClusterOptions": "caliban.options",
     "ClusterCreateRequest": "caliban.options",

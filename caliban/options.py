@@ -228,3 +228,43 @@ class ClusterCreateRequest:
     single_zone: bool = False
     dry_run: bool = False
     timeout_s: float = 1800.0
+
+
+@dataclass(frozen=True)
+class SlurmRequest:
+    """``caliban slurm submit``: one Slurm array job per sweep (``per_job``: one
+    job per experiment, for sites that forbid arrays), each task running the
+    sweep's image with ``docker run`` on its node.
+
+    ``host`` (``user@login``) reaches the login node over ssh; None runs the
+    Slurm commands here. ``slurm_dir`` is a folder on the cluster's shared
+    filesystem for batch scripts, argument files and task logs (default:
+    ``$CALIBAN_HOME/slurm`` here, ``~/.caliban/slurm`` on ``host``).
+    ``gpus_per_job`` None: one GPU per task in GPU mode, none otherwise;
+    ``gpu_flag`` "gres" asks with ``--gres=gpu:K``, "gpus" with ``--gpus=K``.
+    ``max_parallel`` throttles the array (``%N``). ``image_tag`` runs that image
+    instead of building one.
+    """
+
+    project: ProjectOptions
+    experiments: object | None = None
+    script_args: tuple[str, ...] = ()
+    xgroup: str | None = None
+    partition: str | None = None
+    time: str | None = None
+    mem: str | None = None
+    cpus_per_job: int | None = None
+    gpus_per_job: int | None = None
+    gpu_flag: str = "gres"
+    max_parallel: int | None = None
+    account: str | None = None
+    qos: str | None = None
+    sbatch_args: tuple[str, ...] = ()
+    docker_run_args: tuple[str, ...] = ()
+    host: str | None = None
+    ssh_options: tuple[str, ...] = ()
+    slurm_dir: str | None = None
+    per_job: bool = False
+    image_tag: str | None = None
+    dry_run: bool = False
+    max_sweep: int = DEFAULT_MAX_SWEEP

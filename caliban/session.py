@@ -62,6 +62,7 @@ if TYPE_CHECKING:
         ClusterCreateRequest,
         ClusterJobRequest,
         ClusterOptions,
+        SlurmRequest,
     )
 
 __all__ = ["Confirm", "Prepared", "RunResult", "Session", "host_user"]
@@ -385,6 +386,10 @@ class Session:
         """One Kubernetes Job per experiment (or one Indexed Job for the sweep);
         see :mod:`caliban.platforms.kubernetes`."""
         return await sweep.submit(self, Platform.GKE, req)
+
+    async def slurm(self, req: SlurmRequest) -> RunResult:
+        """The sweep as one Slurm array job; see :mod:`caliban.platforms.slurm`."""
+        return await sweep.submit(self, Platform.SLURM, req)
 
     # -- interactive -------------------------------------------------------------------
 

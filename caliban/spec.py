@@ -46,6 +46,7 @@ class Platform(StrEnum):
     LOCAL = "local"
     VERTEX = "vertex"
     GKE = "gke"
+    SLURM = "slurm"
 
 
 class JobState(StrEnum):

@@ -380,6 +380,7 @@ _REGISTRY: dict[Kind, str] = {
     Kind.LOCAL: "caliban.platforms.local.platform:LocalPlatform",
     Kind.VERTEX: "caliban.platforms.vertex.platform:VertexPlatform",
     Kind.GKE: "caliban.platforms.kubernetes.platform:KubernetesPlatform",
+    Kind.SLURM: "caliban.platforms.slurm.platform:SlurmPlatform",
 }
 
 

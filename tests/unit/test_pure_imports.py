@@ -20,6 +20,7 @@ PURE = [
     "caliban.platforms.kubernetes.versions",
     "caliban.platforms.kubernetes.gkespec",
     "caliban.platforms.vertex.spec",
+    "caliban.platforms.slurm.spec",
     "caliban.events",
     "caliban.options",
     "caliban.core.dockerfile",
