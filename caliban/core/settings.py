@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from caliban.core import baseimage
 from caliban.core.config import CONFIG_FILE, CalibanConfig
@@ -236,3 +237,29 @@ def resolve(
 def project_path_for(folder: str) -> str:
     """How a project's file is named in a source."""
     return f"{folder.rstrip('/')}/{CONFIG_FILE}"
+
+
+def key_file(
+    flag: str | None,
+    environ: Mapping[str, str],
+    *,
+    user: UserConfig | None = None,
+    project_key: str | None = None,
+    project_folder: Path | None = None,
+) -> str | None:
+    """The service-account key file as an absolute path, for every command that
+    needs one: ``--cloud_key``, else ``$GOOGLE_APPLICATION_CREDENTIALS``, else the
+    project's ``gcloud.cloud_key`` (relative to the project folder), else the user
+    file's (already anchored at that file). Absolute, because it is recorded with
+    the jobs and ``caliban status`` may run from another folder."""
+    key = flag or environ.get("GOOGLE_APPLICATION_CREDENTIALS") or None
+    base = Path.cwd()
+    if key is None and project_key:
+        key, base = project_key, project_folder or base
+    if key is None and user is not None:
+        user_key = user.values.get("gcloud.cloud_key")
+        key = str(user_key) if user_key else None
+    if key is None:
+        return None
+    path = Path(key).expanduser()
+    return str(path if path.is_absolute() else (base / path).resolve())

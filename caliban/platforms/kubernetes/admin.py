@@ -40,13 +40,7 @@ def key_file(
     opts: ClusterOptions, environ: Mapping[str, str], user_config: UserConfig | None = None
 ) -> str | None:
     """The credentials file as an absolute path (it is recorded with the jobs)."""
-    key = settings.resolve_one(
-        settings.BY_NAME["gcloud.cloud_key"],
-        flags={"gcloud.cloud_key": opts.cloud_key},
-        environ=environ,
-        user=user_config,
-    ).value
-    return str(Path(str(key)).expanduser().resolve()) if key else None
+    return settings.key_file(opts.cloud_key, environ, user=user_config)
 
 
 def uses_kubeconfig(

@@ -7,10 +7,9 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from caliban.adapters.cloud.auth import _read_key, default_key_file
+from caliban.adapters.cloud.auth import _read_key
 from caliban.core import accelerators, labels, names, settings
 from caliban.core.config import CalibanConfig
 from caliban.core.userconfig import UserConfig
@@ -62,29 +61,6 @@ def _regions(
     return tuple(names.check_region(r) for r in regions) or (DEFAULT_REGION,)
 
 
-def _absolute_key(
-    req: CloudRequest,
-    environ: Mapping[str, str],
-    config: CalibanConfig,
-    user_config: UserConfig | None = None,
-) -> str | None:
-    """The key file as an absolute path: it is recorded with every job, and
-    ``caliban status`` may run from another folder. A relative
-    ``gcloud.cloud_key`` in .calibanconfig.json is relative to the project."""
-    key = default_key_file(req.cloud_key, environ, None)
-    base = Path.cwd()
-    if key is None and config.gcloud.cloud_key:
-        key, base = config.gcloud.cloud_key, req.project.folder
-    if key is None and user_config is not None:
-        # Already absolute: relative names are anchored at the user file.
-        user_key = user_config.values.get("gcloud.cloud_key")
-        key = str(user_key) if user_key else None
-    if key is None:
-        return None
-    path = Path(key).expanduser()
-    return str(path if path.is_absolute() else (base / path).resolve())
-
-
 def check(
     req: CloudRequest,
     *,
@@ -127,7 +103,13 @@ def check(
         accelerators.validate_vertex(
             machine_type=machine, gpu=gpu, tpu=tpu, region=region, force=req.force
         )
-    key_file = _absolute_key(req, environ, config, user_config)
+    key_file = settings.key_file(
+        req.cloud_key,
+        environ,
+        user=user_config,
+        project_key=config.gcloud.cloud_key,
+        project_folder=req.project.folder,
+    )
     project = settings.resolve_one(
         settings.BY_NAME["gcloud.project_id"],
         flags={"gcloud.project_id": req.project_id},
