@@ -15,19 +15,9 @@ from caliban.adapters.cloud.http import GoogleApi
 from caliban.errors import AuthError, ConfigError
 from tests.conftest import MakeProject
 from tests.fakes.federation import FakeFederation
-from tests.fakes.fixtures import federation  # noqa: F401  (fixture)
 from tests.fakes.oauth import FakeOAuth, write_credentials
 from tests.fakes.vertex import FakeVertex
-from tests.integration.cloud_helpers import (  # noqa: F401  (fixtures)
-    IMAGE,
-    authorized_user_file,
-    caliban,
-    cli_env,
-    oauth_server,
-    service_account,
-    service_account_file,
-    vertex_server,
-)
+from tests.integration.cloud_helpers import IMAGE, caliban, cli_env
 
 
 async def _token(

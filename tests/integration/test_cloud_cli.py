@@ -14,17 +14,7 @@ import pytest
 from tests.conftest import CALIBAN, MakeProject
 from tests.fakes.oauth import FakeOAuth, make_service_account, write_credentials
 from tests.fakes.vertex import FakeVertex
-from tests.integration.cloud_helpers import (  # noqa: F401  (fixtures)
-    IMAGE,
-    JOB_LABEL,
-    caliban,
-    cli_env,
-    db_jobs,
-    oauth_server,
-    service_account,
-    service_account_file,
-    vertex_server,
-)
+from tests.integration.cloud_helpers import IMAGE, JOB_LABEL, caliban, cli_env, db_jobs
 
 CONSOLE = re.compile(
     r"https://console\.cloud\.google\.com/vertex-ai/locations/us-central1/training/(\d+)"

@@ -17,15 +17,7 @@ from caliban.session import Session
 from caliban.spec import JobState
 from tests.conftest import MakeProject
 from tests.fakes.vertex import FakeVertex
-from tests.integration.cloud_helpers import (  # noqa: F401  (fixtures)
-    assert_exactly_once,
-    cloud_request,
-    oauth_server,
-    service_account,
-    service_account_file,
-    session_env,
-    vertex_server,
-)
+from tests.integration.cloud_helpers import assert_exactly_once, cloud_request
 
 N = 40
 

@@ -12,16 +12,8 @@ from caliban.session import Session
 from caliban.spec import JobRecord, JobState
 from tests.conftest import MakeProject
 from tests.fakes.vertex import FakeVertex
-from tests.integration.cloud_helpers import (  # noqa: F401  (fixtures)
-    JOB_LABEL,
-    assert_exactly_once,
-    cloud_request,
-    oauth_server,
-    service_account,
-    service_account_file,
-    session_env,
-    vertex_server,
-)
+from tests.integration.cloud_helpers import JOB_LABEL, assert_exactly_once, cloud_request
+from tests.integration.conftest import OpenSession
 
 # Every Vertex JobState, and what caliban records for it.
 STATES = {
@@ -58,16 +50,15 @@ def _remote(vertex: FakeVertex, job: JobRecord) -> str:
 
 @pytest.mark.parametrize("n", [12, 150])
 async def test_status_is_one_list_call_per_region_and_maps_every_state(
-    tmp_path: Path,
     make_project: MakeProject,
     service_account_file: Path,
     vertex_server: FakeVertex,
-    session_env: dict[str, str],
+    cloud_session: OpenSession,
     n: int,
 ) -> None:
     regions = ("us-central1", "europe-west4")
     vertex_server.cancel_delay = 3600  # CANCELLING stays CANCELLING
-    async with Session(home=tmp_path / "home", environ=session_env) as s:
+    async with cloud_session() as s:
         jobs = await _sweep(
             s, make_project(), service_account_file, vertex_server, n, regions=regions
         )
@@ -94,13 +85,12 @@ async def test_status_is_one_list_call_per_region_and_maps_every_state(
 
 
 async def test_status_records_failures_with_their_reason(
-    tmp_path: Path,
     make_project: MakeProject,
     service_account_file: Path,
     vertex_server: FakeVertex,
-    session_env: dict[str, str],
+    cloud_session: OpenSession,
 ) -> None:
-    async with Session(home=tmp_path / "home", environ=session_env) as s:
+    async with cloud_session() as s:
         jobs = await _sweep(s, make_project(), service_account_file, vertex_server, 2)
         vertex_server.fail(_remote(vertex_server, jobs[0]), 8, "Quota exceeded for GPUs.")
         vertex_server.advance(_remote(vertex_server, jobs[1]), "JOB_STATE_RUNNING")
@@ -110,13 +100,12 @@ async def test_status_records_failures_with_their_reason(
 
 
 async def test_a_job_missing_on_the_platform_becomes_unknown(
-    tmp_path: Path,
     make_project: MakeProject,
     service_account_file: Path,
     vertex_server: FakeVertex,
-    session_env: dict[str, str],
+    cloud_session: OpenSession,
 ) -> None:
-    async with Session(home=tmp_path / "home", environ=session_env) as s:
+    async with cloud_session() as s:
         jobs = await _sweep(s, make_project(), service_account_file, vertex_server, 2)
         vertex_server.job(_remote(vertex_server, jobs[0])).deleted = True
         fresh = await s.status(xgroup="life")
@@ -125,13 +114,12 @@ async def test_a_job_missing_on_the_platform_becomes_unknown(
 
 
 async def test_status_survives_a_flaky_list(
-    tmp_path: Path,
     make_project: MakeProject,
     service_account_file: Path,
     vertex_server: FakeVertex,
-    session_env: dict[str, str],
+    cloud_session: OpenSession,
 ) -> None:
-    async with Session(home=tmp_path / "home", environ=session_env) as s:
+    async with cloud_session() as s:
         jobs = await _sweep(s, make_project(), service_account_file, vertex_server, 3)
         vertex_server.advance(to="JOB_STATE_RUNNING")
         vertex_server.fail_next("list", 2, 503)
@@ -141,14 +129,13 @@ async def test_status_survives_a_flaky_list(
 
 
 async def test_stop_cancels_concurrently_and_records_real_end_states(
-    tmp_path: Path,
     make_project: MakeProject,
     service_account_file: Path,
     vertex_server: FakeVertex,
-    session_env: dict[str, str],
+    cloud_session: OpenSession,
 ) -> None:
     n = 12
-    async with Session(home=tmp_path / "home", environ=session_env) as s:
+    async with cloud_session() as s:
         jobs = await _sweep(s, make_project(), service_account_file, vertex_server, n)
         names = [_remote(vertex_server, j) for j in jobs]
         vertex_server.advance(names[0], "JOB_STATE_SUCCEEDED")  # finished, not yet refreshed
@@ -167,7 +154,7 @@ async def test_stop_cancels_concurrently_and_records_real_end_states(
         # Accepted, not yet done: Vertex ends the job in its own time.
         assert states[job.job_id].state is JobState.CANCELLING
         assert vertex_server.job(_remote(vertex_server, job)).state == "JOB_STATE_CANCELLED"
-    async with Session(home=tmp_path / "home", environ=session_env) as s:
+    async with cloud_session() as s:
         fresh = {j.job_id: j for j in await s.status(xgroup="life", max_jobs=0)}
     assert all(fresh[j.job_id].state is JobState.STOPPED for j in jobs[2:])
 
@@ -181,11 +168,10 @@ async def test_stop_cancels_concurrently_and_records_real_end_states(
     ],
 )
 async def test_a_cancelled_job_is_followed_until_vertex_says_how_it_ended(
-    tmp_path: Path,
     make_project: MakeProject,
     service_account_file: Path,
     vertex_server: FakeVertex,
-    session_env: dict[str, str],
+    cloud_session: OpenSession,
     outcome: str,
     recorded: JobState,
 ) -> None:
@@ -195,7 +181,7 @@ async def test_a_cancelled_job_is_followed_until_vertex_says_how_it_ended(
     vertex_server.clock = lambda: now[0]
     vertex_server.cancel_delay = 30
     vertex_server.cancel_outcome = outcome
-    async with Session(home=tmp_path / "home", environ=session_env) as s:
+    async with cloud_session() as s:
         (job,) = await _sweep(s, make_project(), service_account_file, vertex_server, 1)
         vertex_server.advance(_remote(vertex_server, job), "JOB_STATE_RUNNING")
         (stopped,) = await s.stop(xgroup="life")
@@ -217,11 +203,10 @@ async def test_a_cancelled_job_is_followed_until_vertex_says_how_it_ended(
 
 
 async def test_stop_finds_a_job_whose_create_was_cut_short(
-    tmp_path: Path,
     make_project: MakeProject,
     service_account_file: Path,
     vertex_server: FakeVertex,
-    session_env: dict[str, str],
+    cloud_session: OpenSession,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A job left PLANNED (its answer was lost and no lookup worked) may be running all the
@@ -229,7 +214,7 @@ async def test_stop_finds_a_job_whose_create_was_cut_short(
     monkeypatch.setattr(cloud_run, "RETRY_POLICY", RetryPolicy(attempts=2, initial=0.01))
     vertex_server.lose_next_creates(1)
     vertex_server.fail_next("list", 1000, 503)
-    async with Session(home=tmp_path / "home", environ=session_env) as s:
+    async with cloud_session() as s:
         result = await s.cloud(
             cloud_request(make_project(), service_account_file, vertex_server, xgroup="cut")
         )
@@ -242,13 +227,12 @@ async def test_stop_finds_a_job_whose_create_was_cut_short(
 
 
 async def test_stop_of_a_job_deleted_on_the_platform(
-    tmp_path: Path,
     make_project: MakeProject,
     service_account_file: Path,
     vertex_server: FakeVertex,
-    session_env: dict[str, str],
+    cloud_session: OpenSession,
 ) -> None:
-    async with Session(home=tmp_path / "home", environ=session_env) as s:
+    async with cloud_session() as s:
         (job,) = await _sweep(s, make_project(), service_account_file, vertex_server, 1)
         vertex_server.job(_remote(vertex_server, job)).deleted = True
         (stopped,) = await s.stop(xgroup="life")
@@ -257,13 +241,12 @@ async def test_stop_of_a_job_deleted_on_the_platform(
 
 
 async def test_resubmit_sends_failed_and_stopped_jobs_again_with_their_recorded_body(
-    tmp_path: Path,
     make_project: MakeProject,
     service_account_file: Path,
     vertex_server: FakeVertex,
-    session_env: dict[str, str],
+    cloud_session: OpenSession,
 ) -> None:
-    async with Session(home=tmp_path / "home", environ=session_env) as s:
+    async with cloud_session() as s:
         jobs = await _sweep(
             s,
             make_project(),
@@ -311,11 +294,10 @@ async def test_resubmit_sends_failed_and_stopped_jobs_again_with_their_recorded_
 
 
 async def test_resubmit_after_an_interrupted_submission_sends_only_the_missing(
-    tmp_path: Path,
     make_project: MakeProject,
     service_account_file: Path,
     vertex_server: FakeVertex,
-    session_env: dict[str, str],
+    cloud_session: OpenSession,
 ) -> None:
     """Cancel a fan-out half way (what Ctrl-C does); resubmit then creates exactly the jobs
     that are missing, adopting those the server already has, with one list per region."""
@@ -324,7 +306,7 @@ async def test_resubmit_after_an_interrupted_submission_sends_only_the_missing(
     n = 40
     vertex_server.create_latency = 0.05
     folder = make_project()
-    async with Session(home=tmp_path / "home", environ=session_env) as s:
+    async with cloud_session() as s:
         with anyio.move_on_after(0.5):
             await _sweep(
                 s,

@@ -15,30 +15,17 @@ from caliban.errors import BackendError
 from caliban.options import ClusterOptions, ProjectOptions
 from caliban.platforms.kubernetes import versions as k8sversions
 from caliban.platforms.kubernetes.jobs import KubeSubmitter
-from caliban.session import Session
 from caliban.spec import JobState
 from tests.conftest import MakeProject
 from tests.fakes.k8s import FakeKubernetes
 from tests.fakes.k8s_schema import validate
+from tests.integration.conftest import OpenSession
 
-from .cluster_support import (  # noqa: F401  (fixtures)
-    IMAGE,
-    JOB_LABEL,
-    cenv,
-    kube,
-    kubeconfig,
-    names_of,
-    request,
-    wait_for,
-)
+from .cluster_support import IMAGE, JOB_LABEL, names_of, request, wait_for
 
 
 async def test_a_sweep_becomes_one_labelled_job_per_experiment(
-    tmp_path: Path,
-    make_project: MakeProject,
-    kube: FakeKubernetes,
-    kubeconfig: Path,
-    cenv: dict[str, str],
+    make_project: MakeProject, kube: FakeKubernetes, kubeconfig: Path, cluster_session: OpenSession
 ) -> None:
     folder = make_project()
     req = request(
@@ -52,7 +39,7 @@ async def test_a_sweep_becomes_one_labelled_job_per_experiment(
         min_mem=8000,
         project=ProjectOptions(folder=folder, entry="job.py", use_gpu=True),
     )
-    async with Session(home=tmp_path / "home", environ=cenv) as s:
+    async with cluster_session() as s:
         result = await s.cluster_submit(req)
         store_id = (await s.store()).store_id
     assert result.ok and len(result.jobs) == 4
@@ -82,18 +69,14 @@ async def test_a_sweep_becomes_one_labelled_job_per_experiment(
 
 
 async def test_200_jobs_are_created_exactly_once_under_faults(
-    tmp_path: Path,
-    make_project: MakeProject,
-    kube: FakeKubernetes,
-    kubeconfig: Path,
-    cenv: dict[str, str],
+    make_project: MakeProject, kube: FakeKubernetes, kubeconfig: Path, cluster_session: OpenSession
 ) -> None:
     kube.error_rate, kube.error_status = 0.08, 503
     kube.drop_rate = 0.04
     kube.lost_response_rate = 0.08
     kube.fail_next(5, 429, path_prefix="/apis/batch/v1", method="POST", retry_after=0.2)
     n = 200
-    async with Session(home=tmp_path / "home", environ=cenv) as s:
+    async with cluster_session() as s:
         result = await s.cluster_submit(
             request(make_project(), kubeconfig, experiments={"i": list(range(n))})
         )
@@ -109,13 +92,9 @@ async def test_200_jobs_are_created_exactly_once_under_faults(
 
 
 async def test_a_409_is_adopted_when_the_label_matches_and_refused_otherwise(
-    tmp_path: Path,
-    make_project: MakeProject,
-    kube: FakeKubernetes,
-    kubeconfig: Path,
-    cenv: dict[str, str],
+    make_project: MakeProject, kube: FakeKubernetes, kubeconfig: Path, cluster_session: OpenSession
 ) -> None:
-    async with Session(home=tmp_path / "home", environ=cenv) as s:
+    async with cluster_session() as s:
         result = await s.cluster_submit(
             request(make_project(), kubeconfig, experiments={"i": [1, 2]})
         )
@@ -132,13 +111,9 @@ async def test_a_409_is_adopted_when_the_label_matches_and_refused_otherwise(
 
 
 async def test_status_maps_outcomes_with_one_list_call(
-    tmp_path: Path,
-    make_project: MakeProject,
-    kube: FakeKubernetes,
-    kubeconfig: Path,
-    cenv: dict[str, str],
+    make_project: MakeProject, kube: FakeKubernetes, kubeconfig: Path, cluster_session: OpenSession
 ) -> None:
-    async with Session(home=tmp_path / "home", environ=cenv) as s:
+    async with cluster_session() as s:
         result = await s.cluster_submit(
             request(make_project(), kubeconfig, xgroup="st", experiments={"i": list(range(5))})
         )
@@ -167,13 +142,9 @@ async def test_status_maps_outcomes_with_one_list_call(
 
 
 async def test_stop_deletes_jobs_with_their_pods(
-    tmp_path: Path,
-    make_project: MakeProject,
-    kube: FakeKubernetes,
-    kubeconfig: Path,
-    cenv: dict[str, str],
+    make_project: MakeProject, kube: FakeKubernetes, kubeconfig: Path, cluster_session: OpenSession
 ) -> None:
-    async with Session(home=tmp_path / "home", environ=cenv) as s:
+    async with cluster_session() as s:
         result = await s.cluster_submit(
             request(make_project(), kubeconfig, xgroup="stop", experiments={"i": list(range(4))})
         )
@@ -198,13 +169,9 @@ async def test_stop_deletes_jobs_with_their_pods(
 
 
 async def test_resubmit_recreates_failed_jobs_with_the_recorded_manifest(
-    tmp_path: Path,
-    make_project: MakeProject,
-    kube: FakeKubernetes,
-    kubeconfig: Path,
-    cenv: dict[str, str],
+    make_project: MakeProject, kube: FakeKubernetes, kubeconfig: Path, cluster_session: OpenSession
 ) -> None:
-    async with Session(home=tmp_path / "home", environ=cenv) as s:
+    async with cluster_session() as s:
         result = await s.cluster_submit(
             request(make_project(), kubeconfig, xgroup="re", experiments={"i": [1, 2, 3]})
         )
@@ -251,11 +218,11 @@ async def test_indexed_sweep_is_one_job_and_each_index_runs_its_experiment(
     make_project: MakeProject,
     kube: FakeKubernetes,
     kubeconfig: Path,
-    cenv: dict[str, str],
+    cluster_session: OpenSession,
 ) -> None:
     project = make_project()
     tags = [f"t{i}" for i in range(7)]
-    async with Session(home=tmp_path / "home", environ=cenv) as s:
+    async with cluster_session() as s:
         result = await s.cluster_submit(
             request(
                 project,
@@ -307,10 +274,10 @@ async def test_stopping_part_of_an_indexed_sweep_marks_its_indexes(
     make_project: MakeProject,
     kube: FakeKubernetes,
     kubeconfig: Path,
-    cenv: dict[str, str],
+    cluster_session: OpenSession,
 ) -> None:
     project = make_project()
-    async with Session(home=tmp_path / "home", environ=cenv) as s:
+    async with cluster_session() as s:
         result = await s.cluster_submit(
             request(
                 project,
@@ -344,13 +311,9 @@ async def test_stopping_part_of_an_indexed_sweep_marks_its_indexes(
 
 
 async def test_logs_of_a_job_and_of_an_index(
-    tmp_path: Path,
-    make_project: MakeProject,
-    kube: FakeKubernetes,
-    kubeconfig: Path,
-    cenv: dict[str, str],
+    make_project: MakeProject, kube: FakeKubernetes, kubeconfig: Path, cluster_session: OpenSession
 ) -> None:
-    async with Session(home=tmp_path / "home", environ=cenv) as s:
+    async with cluster_session() as s:
         plain = await s.cluster_submit(
             request(make_project(), kubeconfig, xgroup="lg", experiments={"i": [1]})
         )
@@ -391,17 +354,13 @@ async def test_logs_of_a_job_and_of_an_index(
 
 
 async def test_planned_jobs_left_by_a_crash_are_looked_up_not_duplicated(
-    tmp_path: Path,
-    make_project: MakeProject,
-    kube: FakeKubernetes,
-    kubeconfig: Path,
-    cenv: dict[str, str],
+    make_project: MakeProject, kube: FakeKubernetes, kubeconfig: Path, cluster_session: OpenSession
 ) -> None:
     """The store says PLANNED (the process died before recording), the cluster has some."""
     from caliban.platforms.kubernetes import submit as cluster_run
 
     project = make_project()
-    async with Session(home=tmp_path / "home", environ=cenv) as s:
+    async with cluster_session() as s:
         result = await s.cluster_submit(
             request(project, kubeconfig, xgroup="crash", experiments={"i": list(range(6))})
         )
@@ -426,7 +385,7 @@ async def test_export_writes_manifests_that_parse_back_to_the_same_objects(
     make_project: MakeProject,
     kube: FakeKubernetes,
     kubeconfig: Path,
-    cenv: dict[str, str],
+    cluster_session: OpenSession,
     monkeypatch: pytest.MonkeyPatch,
     indexed: bool,
 ) -> None:
@@ -444,7 +403,7 @@ async def test_export_writes_manifests_that_parse_back_to_the_same_objects(
             names, "new_job_id", names.JobIdFactory(clock_ms=lambda: 1, random_bits=lambda n: 7)
         )
         target = tmp_path / f"out.{suffix}"
-        async with Session(home=tmp_path / "home", environ=cenv) as s:
+        async with cluster_session() as s:
             result = await s.cluster_submit(
                 request(
                     project,
@@ -486,7 +445,7 @@ async def test_export_writes_manifests_that_parse_back_to_the_same_objects(
     )
 
     # What was written creates exactly those objects.
-    async with Session(home=tmp_path / "home", environ=cenv) as s:
+    async with cluster_session() as s:
         for f in sorted(tmp_path.glob("out*.yaml")):
             await s.cluster_submit_file(ClusterOptions(kubeconfig=str(kubeconfig)), str(f))
     for obj in parsed["yaml"]:

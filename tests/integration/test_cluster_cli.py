@@ -14,16 +14,7 @@ import yaml
 from tests.conftest import CALIBAN, MakeProject
 from tests.fakes.k8s import FakeKubernetes
 
-from .cluster_support import (  # noqa: F401  (fixtures)
-    IMAGE,
-    JOB_LABEL,
-    caliban,
-    cli_env,
-    kube,
-    kubeconfig,
-    names_of,
-    wait_for,
-)
+from .cluster_support import IMAGE, JOB_LABEL, caliban, cli_env, names_of, wait_for
 
 
 def submit_args(

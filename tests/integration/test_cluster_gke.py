@@ -15,7 +15,6 @@ from caliban.options import ClusterJobRequest, ClusterOptions, ProjectOptions
 from caliban.session import Session
 from caliban.spec import JobState
 from tests.conftest import MakeProject
-from tests.fakes.fixtures import oauth_server, service_account, service_account_file  # noqa: F401
 from tests.fakes.gke import FakeGke
 from tests.fakes.k8s import FakeKubernetes
 from tests.fakes.k8s_tls import make_certificates

@@ -1,0 +1,66 @@
+"""Fixtures shared by the integration tests: the local Google and Kubernetes fakes, the
+private environments a Session sees next to them, and Sessions opened on those.
+
+Registered here once so each test module asks for them by name instead of importing them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from caliban.session import Session
+from tests.fakes.fixtures import (  # noqa: F401  (imported so pytest registers them here)
+    authorized_user_file,
+    federation,
+    oauth_server,
+    service_account,
+    service_account_file,
+    vertex_server,
+)
+from tests.fakes.k8s import FakeKubernetes
+from tests.fakes.k8s_fixtures import K8S_TOKEN
+
+OpenSession = Callable[[], Session]
+
+
+@pytest.fixture
+async def kube() -> AsyncIterator[FakeKubernetes]:
+    async with FakeKubernetes(token=K8S_TOKEN, seed=0) as server:
+        yield server
+
+
+@pytest.fixture
+def kubeconfig(kube: FakeKubernetes, tmp_path: Path) -> Path:
+    return kube.kubeconfig(tmp_path / "kubeconfig")
+
+
+def _private_env(tmp_path: Path) -> dict[str, str]:
+    return {"CALIBAN_HOME": str(tmp_path / "home"), "HOME": str(tmp_path)}
+
+
+@pytest.fixture
+def cenv(tmp_path: Path) -> dict[str, str]:
+    """A Session environment with a private home and no ambient credentials or kubeconfig."""
+    return _private_env(tmp_path)
+
+
+@pytest.fixture
+def session_env(tmp_path: Path) -> dict[str, str]:
+    """A Session environment with nothing from the real user (no ADC, no project)."""
+    return _private_env(tmp_path)
+
+
+@pytest.fixture
+def cluster_session(tmp_path: Path, cenv: dict[str, str]) -> OpenSession:
+    """Opens a fresh Session on the private home next to the fake cluster (``async with``),
+    so a test can close one and open the next on the same store."""
+    return lambda: Session(home=tmp_path / "home", environ=cenv)
+
+
+@pytest.fixture
+def cloud_session(tmp_path: Path, session_env: dict[str, str]) -> OpenSession:
+    """Opens a fresh Session on the private home next to the Vertex fake (``async with``)."""
+    return lambda: Session(home=tmp_path / "home", environ=session_env)
