@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from caliban.options import CloudRequest
 from caliban.session import Session
+from tests.conftest import MakeProject
 from tests.fakes.fixtures import (  # noqa: F401  (imported so pytest registers them here)
     authorized_user_file,
     federation,
@@ -22,8 +24,11 @@ from tests.fakes.fixtures import (  # noqa: F401  (imported so pytest registers 
 )
 from tests.fakes.k8s import FakeKubernetes
 from tests.fakes.k8s_fixtures import K8S_TOKEN
+from tests.fakes.vertex import FakeVertex
+from tests.integration.cloud_helpers import cloud_request
 
 OpenSession = Callable[[], Session]
+VertexRequest = Callable[..., CloudRequest]
 
 
 @pytest.fixture
@@ -64,3 +69,11 @@ def cluster_session(tmp_path: Path, cenv: dict[str, str]) -> OpenSession:
 def cloud_session(tmp_path: Path, session_env: dict[str, str]) -> OpenSession:
     """Opens a fresh Session on the private home next to the Vertex fake (``async with``)."""
     return lambda: Session(home=tmp_path / "home", environ=session_env)
+
+
+@pytest.fixture
+def vertex_request(
+    make_project: MakeProject, service_account_file: Path, vertex_server: FakeVertex
+) -> VertexRequest:
+    """``cloud_request`` for a new project, with the fake key and the Vertex fake's endpoint."""
+    return lambda **kw: cloud_request(make_project(), service_account_file, vertex_server, **kw)

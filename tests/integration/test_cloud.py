@@ -17,7 +17,7 @@ from tests.conftest import MakeProject
 from tests.fakes.oauth import FakeOAuth, make_service_account, write_credentials
 from tests.fakes.vertex import FakeVertex
 from tests.integration.cloud_helpers import IMAGE, assert_exactly_once, cloud_request
-from tests.integration.conftest import OpenSession
+from tests.integration.conftest import OpenSession, VertexRequest
 
 
 async def test_sweep_is_submitted_once_each(
@@ -61,16 +61,13 @@ async def test_sweep_is_submitted_once_each(
 
 async def test_the_body_carries_accelerators_labels_env_and_scheduling(
     make_project: MakeProject,
-    service_account_file: Path,
     vertex_server: FakeVertex,
+    vertex_request: VertexRequest,
     cloud_session: OpenSession,
 ) -> None:
     async with cloud_session() as s:
         result = await s.cloud(
-            cloud_request(
-                make_project(),
-                service_account_file,
-                vertex_server,
+            vertex_request(
                 project=ProjectOptions(folder=make_project(), entry="job.py", use_gpu=True),
                 gpu_spec="2xV100",
                 experiments={"learning_rate": [0.01]},
@@ -109,15 +106,12 @@ async def test_the_body_carries_accelerators_labels_env_and_scheduling(
 
 
 async def test_tpu_jobs_run_on_their_host_machine(
-    make_project: MakeProject,
-    service_account_file: Path,
     vertex_server: FakeVertex,
+    vertex_request: VertexRequest,
     cloud_session: OpenSession,
 ) -> None:
     async with cloud_session() as s:
-        await s.cloud(
-            cloud_request(make_project(), service_account_file, vertex_server, tpu_spec="8xV3")
-        )
+        await s.cloud(vertex_request(tpu_spec="8xV3"))
     (remote,) = vertex_server.jobs
     machine = remote.body["jobSpec"]["workerPoolSpecs"][0]["machineSpec"]
     assert machine == {
@@ -155,9 +149,8 @@ async def test_tpu_jobs_run_on_their_host_machine(
     ],
 )
 async def test_tpu_vm_jobs_are_sent_with_their_topology(
-    make_project: MakeProject,
-    service_account_file: Path,
     vertex_server: FakeVertex,
+    vertex_request: VertexRequest,
     cloud_session: OpenSession,
     tpu_spec: str,
     region: str,
@@ -166,10 +159,7 @@ async def test_tpu_vm_jobs_are_sent_with_their_topology(
     """The fake refuses a TPU VM job without tpuTopology, as Vertex does."""
     async with cloud_session() as s:
         result = await s.cloud(
-            cloud_request(
-                make_project(),
-                service_account_file,
-                vertex_server,
+            vertex_request(
                 tpu_spec=tpu_spec,
                 regions=(region,),
             )
@@ -181,9 +171,8 @@ async def test_tpu_vm_jobs_are_sent_with_their_topology(
 
 
 async def test_regions_share_the_jobs_each_with_its_own_bucket(
-    make_project: MakeProject,
-    service_account_file: Path,
     vertex_server: FakeVertex,
+    vertex_request: VertexRequest,
     cloud_session: OpenSession,
 ) -> None:
     """Jobs go round-robin to the regions; each region is paced by its own bucket, so the
@@ -193,10 +182,7 @@ async def test_regions_share_the_jobs_each_with_its_own_bucket(
     n = 30
     async with cloud_session() as s:
         result = await s.cloud(
-            cloud_request(
-                make_project(),
-                service_account_file,
-                vertex_server,
+            vertex_request(
                 regions=("us-central1,europe-west4", "asia-east1"),
                 experiments={"i": list(range(n))},
                 rate_limit=rate,
@@ -221,9 +207,8 @@ async def test_regions_share_the_jobs_each_with_its_own_bucket(
 
 async def test_dry_run_touches_neither_network_nor_store(
     tmp_path: Path,
-    make_project: MakeProject,
-    service_account_file: Path,
     vertex_server: FakeVertex,
+    vertex_request: VertexRequest,
     oauth_server: FakeOAuth,
     session_env: dict[str, str],
 ) -> None:
@@ -236,10 +221,7 @@ async def test_dry_run_touches_neither_network_nor_store(
     home = tmp_path / "home"
     async with Session(home=home, environ=session_env, sink=sink) as s:
         result = await s.cloud(
-            cloud_request(
-                make_project(),
-                service_account_file,
-                vertex_server,
+            vertex_request(
                 experiments={"i": [1, 2, 3]},
                 regions=("us-central1,europe-west4",),
                 dry_run=True,
@@ -284,9 +266,8 @@ async def test_bad_credentials_are_one_clear_error(
 
 
 async def test_vertex_refusing_the_token_stops_the_submission(
-    make_project: MakeProject,
-    service_account_file: Path,
     vertex_server: FakeVertex,
+    vertex_request: VertexRequest,
     oauth_server: FakeOAuth,
     cloud_session: OpenSession,
 ) -> None:
@@ -296,10 +277,7 @@ async def test_vertex_refusing_the_token_stops_the_submission(
     async with cloud_session() as s:
         with pytest.raises(AuthError, match=r"Permission 'aiplatform\.customJobs\.create' denied"):
             await s.cloud(
-                cloud_request(
-                    make_project(),
-                    service_account_file,
-                    vertex_server,
+                vertex_request(
                     experiments={"i": list(range(20))},
                     xgroup="denied",
                     max_inflight=2,

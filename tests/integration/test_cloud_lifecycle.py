@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from caliban.spec import JobRecord, JobState
 from tests.conftest import MakeProject
 from tests.fakes.vertex import FakeVertex
 from tests.integration.cloud_helpers import JOB_LABEL, assert_exactly_once, cloud_request
-from tests.integration.conftest import OpenSession
+from tests.integration.conftest import OpenSession, VertexRequest
 
 # Every Vertex JobState, and what caliban records for it.
 STATES = {
@@ -43,6 +44,21 @@ async def _sweep(
     return result.jobs
 
 
+Sweep = Callable[..., Awaitable[list[JobRecord]]]
+
+
+@pytest.fixture
+def sweep(
+    make_project: MakeProject, service_account_file: Path, vertex_server: FakeVertex
+) -> Sweep:
+    """``_sweep(s, n, **kw)`` of a new project with the fake key and server."""
+
+    async def run(s: Session, n: int, **kw: object) -> list[JobRecord]:
+        return await _sweep(s, make_project(), service_account_file, vertex_server, n, **kw)
+
+    return run
+
+
 def _remote(vertex: FakeVertex, job: JobRecord) -> str:
     (found,) = vertex.jobs_with_label(JOB_LABEL, job.job_id)
     return found.name
@@ -50,18 +66,15 @@ def _remote(vertex: FakeVertex, job: JobRecord) -> str:
 
 @pytest.mark.parametrize("n", [12, 150])
 async def test_status_is_one_list_call_per_region_and_maps_every_state(
-    make_project: MakeProject,
-    service_account_file: Path,
     vertex_server: FakeVertex,
+    sweep: Sweep,
     cloud_session: OpenSession,
     n: int,
 ) -> None:
     regions = ("us-central1", "europe-west4")
     vertex_server.cancel_delay = 3600  # CANCELLING stays CANCELLING
     async with cloud_session() as s:
-        jobs = await _sweep(
-            s, make_project(), service_account_file, vertex_server, n, regions=regions
-        )
+        jobs = await sweep(s, n, regions=regions)
         names = list(STATES)
         for job in jobs:
             vertex_server.advance(_remote(vertex_server, job), to=names[job.index % len(names)])
@@ -85,13 +98,12 @@ async def test_status_is_one_list_call_per_region_and_maps_every_state(
 
 
 async def test_status_records_failures_with_their_reason(
-    make_project: MakeProject,
-    service_account_file: Path,
     vertex_server: FakeVertex,
+    sweep: Sweep,
     cloud_session: OpenSession,
 ) -> None:
     async with cloud_session() as s:
-        jobs = await _sweep(s, make_project(), service_account_file, vertex_server, 2)
+        jobs = await sweep(s, 2)
         vertex_server.fail(_remote(vertex_server, jobs[0]), 8, "Quota exceeded for GPUs.")
         vertex_server.advance(_remote(vertex_server, jobs[1]), "JOB_STATE_RUNNING")
         fresh = await s.status(xgroup="life")
@@ -100,13 +112,12 @@ async def test_status_records_failures_with_their_reason(
 
 
 async def test_a_job_missing_on_the_platform_becomes_unknown(
-    make_project: MakeProject,
-    service_account_file: Path,
     vertex_server: FakeVertex,
+    sweep: Sweep,
     cloud_session: OpenSession,
 ) -> None:
     async with cloud_session() as s:
-        jobs = await _sweep(s, make_project(), service_account_file, vertex_server, 2)
+        jobs = await sweep(s, 2)
         vertex_server.job(_remote(vertex_server, jobs[0])).deleted = True
         fresh = await s.status(xgroup="life")
     assert [j.state for j in fresh] == [JobState.UNKNOWN, JobState.SUBMITTED]
@@ -114,13 +125,12 @@ async def test_a_job_missing_on_the_platform_becomes_unknown(
 
 
 async def test_status_survives_a_flaky_list(
-    make_project: MakeProject,
-    service_account_file: Path,
     vertex_server: FakeVertex,
+    sweep: Sweep,
     cloud_session: OpenSession,
 ) -> None:
     async with cloud_session() as s:
-        jobs = await _sweep(s, make_project(), service_account_file, vertex_server, 3)
+        jobs = await sweep(s, 3)
         vertex_server.advance(to="JOB_STATE_RUNNING")
         vertex_server.fail_next("list", 2, 503)
         fresh = await s.status(xgroup="life")
@@ -129,14 +139,13 @@ async def test_status_survives_a_flaky_list(
 
 
 async def test_stop_cancels_concurrently_and_records_real_end_states(
-    make_project: MakeProject,
-    service_account_file: Path,
     vertex_server: FakeVertex,
+    sweep: Sweep,
     cloud_session: OpenSession,
 ) -> None:
     n = 12
     async with cloud_session() as s:
-        jobs = await _sweep(s, make_project(), service_account_file, vertex_server, n)
+        jobs = await sweep(s, n)
         names = [_remote(vertex_server, j) for j in jobs]
         vertex_server.advance(names[0], "JOB_STATE_SUCCEEDED")  # finished, not yet refreshed
         vertex_server.fail(names[1], 13, "exit status 1")
@@ -168,9 +177,8 @@ async def test_stop_cancels_concurrently_and_records_real_end_states(
     ],
 )
 async def test_a_cancelled_job_is_followed_until_vertex_says_how_it_ended(
-    make_project: MakeProject,
-    service_account_file: Path,
     vertex_server: FakeVertex,
+    sweep: Sweep,
     cloud_session: OpenSession,
     outcome: str,
     recorded: JobState,
@@ -182,7 +190,7 @@ async def test_a_cancelled_job_is_followed_until_vertex_says_how_it_ended(
     vertex_server.cancel_delay = 30
     vertex_server.cancel_outcome = outcome
     async with cloud_session() as s:
-        (job,) = await _sweep(s, make_project(), service_account_file, vertex_server, 1)
+        (job,) = await sweep(s, 1)
         vertex_server.advance(_remote(vertex_server, job), "JOB_STATE_RUNNING")
         (stopped,) = await s.stop(xgroup="life")
         assert stopped.state is JobState.CANCELLING
@@ -203,9 +211,8 @@ async def test_a_cancelled_job_is_followed_until_vertex_says_how_it_ended(
 
 
 async def test_stop_finds_a_job_whose_create_was_cut_short(
-    make_project: MakeProject,
-    service_account_file: Path,
     vertex_server: FakeVertex,
+    vertex_request: VertexRequest,
     cloud_session: OpenSession,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -215,9 +222,7 @@ async def test_stop_finds_a_job_whose_create_was_cut_short(
     vertex_server.lose_next_creates(1)
     vertex_server.fail_next("list", 1000, 503)
     async with cloud_session() as s:
-        result = await s.cloud(
-            cloud_request(make_project(), service_account_file, vertex_server, xgroup="cut")
-        )
+        result = await s.cloud(vertex_request(xgroup="cut"))
         assert [j.state for j in result.jobs] == [JobState.PLANNED]
         vertex_server._scripted.clear()
         (stopped,) = await s.stop(xgroup="cut")
@@ -227,13 +232,12 @@ async def test_stop_finds_a_job_whose_create_was_cut_short(
 
 
 async def test_stop_of_a_job_deleted_on_the_platform(
-    make_project: MakeProject,
-    service_account_file: Path,
     vertex_server: FakeVertex,
+    sweep: Sweep,
     cloud_session: OpenSession,
 ) -> None:
     async with cloud_session() as s:
-        (job,) = await _sweep(s, make_project(), service_account_file, vertex_server, 1)
+        (job,) = await sweep(s, 1)
         vertex_server.job(_remote(vertex_server, job)).deleted = True
         (stopped,) = await s.stop(xgroup="life")
     assert stopped.state is JobState.STOPPED
@@ -241,17 +245,13 @@ async def test_stop_of_a_job_deleted_on_the_platform(
 
 
 async def test_resubmit_sends_failed_and_stopped_jobs_again_with_their_recorded_body(
-    make_project: MakeProject,
-    service_account_file: Path,
     vertex_server: FakeVertex,
+    sweep: Sweep,
     cloud_session: OpenSession,
 ) -> None:
     async with cloud_session() as s:
-        jobs = await _sweep(
+        jobs = await sweep(
             s,
-            make_project(),
-            service_account_file,
-            vertex_server,
             4,
             regions=("us-central1", "europe-west4"),
             spot=True,
