@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from caliban.options import CloudRequest
+from caliban.options import CloudRequest, ClusterJobRequest
 from caliban.session import Session
 from tests.conftest import MakeProject
 from tests.fakes.fixtures import (  # noqa: F401  (imported so pytest registers them here)
@@ -26,9 +26,11 @@ from tests.fakes.k8s import FakeKubernetes
 from tests.fakes.k8s_fixtures import K8S_TOKEN
 from tests.fakes.vertex import FakeVertex
 from tests.integration.cloud_helpers import cloud_request
+from tests.integration.cluster_support import request
 
 OpenSession = Callable[[], Session]
 VertexRequest = Callable[..., CloudRequest]
+KubeRequest = Callable[..., ClusterJobRequest]
 
 
 @pytest.fixture
@@ -77,3 +79,9 @@ def vertex_request(
 ) -> VertexRequest:
     """``cloud_request`` for a new project, with the fake key and the Vertex fake's endpoint."""
     return lambda **kw: cloud_request(make_project(), service_account_file, vertex_server, **kw)
+
+
+@pytest.fixture
+def kube_request(make_project: MakeProject, kubeconfig: Path) -> KubeRequest:
+    """``request`` for a new project on the cluster of ``kubeconfig``."""
+    return lambda **kw: request(make_project(), kubeconfig, **kw)

@@ -19,7 +19,7 @@ from caliban.spec import JobState
 from tests.conftest import MakeProject
 from tests.fakes.k8s import FakeKubernetes
 from tests.fakes.k8s_schema import validate
-from tests.integration.conftest import OpenSession
+from tests.integration.conftest import KubeRequest, OpenSession
 
 from .cluster_support import IMAGE, JOB_LABEL, names_of, request, wait_for
 
@@ -69,7 +69,7 @@ async def test_a_sweep_becomes_one_labelled_job_per_experiment(
 
 
 async def test_200_jobs_are_created_exactly_once_under_faults(
-    make_project: MakeProject, kube: FakeKubernetes, kubeconfig: Path, cluster_session: OpenSession
+    kube: FakeKubernetes, kube_request: KubeRequest, cluster_session: OpenSession
 ) -> None:
     kube.error_rate, kube.error_status = 0.08, 503
     kube.drop_rate = 0.04
@@ -77,9 +77,7 @@ async def test_200_jobs_are_created_exactly_once_under_faults(
     kube.fail_next(5, 429, path_prefix="/apis/batch/v1", method="POST", retry_after=0.2)
     n = 200
     async with cluster_session() as s:
-        result = await s.cluster_submit(
-            request(make_project(), kubeconfig, experiments={"i": list(range(n))})
-        )
+        result = await s.cluster_submit(kube_request(experiments={"i": list(range(n))}))
     assert result.ok, [(j.state, j.message) for j in result.jobs if not result.ok]
     assert len(kube.jobs("default")) == n and kube.duplicates(JOB_LABEL) == {}
     assert {j.platform_id for j in result.jobs} == set(names_of(kube))
@@ -92,12 +90,10 @@ async def test_200_jobs_are_created_exactly_once_under_faults(
 
 
 async def test_a_409_is_adopted_when_the_label_matches_and_refused_otherwise(
-    make_project: MakeProject, kube: FakeKubernetes, kubeconfig: Path, cluster_session: OpenSession
+    kube: FakeKubernetes, kube_request: KubeRequest, cluster_session: OpenSession
 ) -> None:
     async with cluster_session() as s:
-        result = await s.cluster_submit(
-            request(make_project(), kubeconfig, experiments={"i": [1, 2]})
-        )
+        result = await s.cluster_submit(kube_request(experiments={"i": [1, 2]}))
         first, second = result.jobs
         submitter = KubeSubmitter(await s.kube())
         # Created again without looking first (as after a crash between create and record).
@@ -111,11 +107,11 @@ async def test_a_409_is_adopted_when_the_label_matches_and_refused_otherwise(
 
 
 async def test_status_maps_outcomes_with_one_list_call(
-    make_project: MakeProject, kube: FakeKubernetes, kubeconfig: Path, cluster_session: OpenSession
+    kube: FakeKubernetes, kube_request: KubeRequest, cluster_session: OpenSession
 ) -> None:
     async with cluster_session() as s:
         result = await s.cluster_submit(
-            request(make_project(), kubeconfig, xgroup="st", experiments={"i": list(range(5))})
+            kube_request(xgroup="st", experiments={"i": list(range(5))})
         )
         name = {j.index: str(j.platform_id) for j in result.jobs}
         kube.succeed_job("default", name[0])
@@ -142,11 +138,11 @@ async def test_status_maps_outcomes_with_one_list_call(
 
 
 async def test_stop_deletes_jobs_with_their_pods(
-    make_project: MakeProject, kube: FakeKubernetes, kubeconfig: Path, cluster_session: OpenSession
+    kube: FakeKubernetes, kube_request: KubeRequest, cluster_session: OpenSession
 ) -> None:
     async with cluster_session() as s:
         result = await s.cluster_submit(
-            request(make_project(), kubeconfig, xgroup="stop", experiments={"i": list(range(4))})
+            kube_request(xgroup="stop", experiments={"i": list(range(4))})
         )
         name = {j.index: str(j.platform_id) for j in result.jobs}
         for i in range(3):
@@ -169,12 +165,10 @@ async def test_stop_deletes_jobs_with_their_pods(
 
 
 async def test_resubmit_recreates_failed_jobs_with_the_recorded_manifest(
-    make_project: MakeProject, kube: FakeKubernetes, kubeconfig: Path, cluster_session: OpenSession
+    kube: FakeKubernetes, kube_request: KubeRequest, cluster_session: OpenSession
 ) -> None:
     async with cluster_session() as s:
-        result = await s.cluster_submit(
-            request(make_project(), kubeconfig, xgroup="re", experiments={"i": [1, 2, 3]})
-        )
+        result = await s.cluster_submit(kube_request(xgroup="re", experiments={"i": [1, 2, 3]}))
         failed = result.jobs[1]
         kube.fail_job("default", str(failed.platform_id))
         again = await s.resubmit(xgroup="re")
@@ -311,12 +305,10 @@ async def test_stopping_part_of_an_indexed_sweep_marks_its_indexes(
 
 
 async def test_logs_of_a_job_and_of_an_index(
-    make_project: MakeProject, kube: FakeKubernetes, kubeconfig: Path, cluster_session: OpenSession
+    kube: FakeKubernetes, kube_request: KubeRequest, cluster_session: OpenSession
 ) -> None:
     async with cluster_session() as s:
-        plain = await s.cluster_submit(
-            request(make_project(), kubeconfig, xgroup="lg", experiments={"i": [1]})
-        )
+        plain = await s.cluster_submit(kube_request(xgroup="lg", experiments={"i": [1]}))
         name = str(plain.jobs[0].platform_id)
         kube.set_job_running("default", name)
         (pod,) = kube.pods("default", job=name)
@@ -340,9 +332,7 @@ async def test_logs_of_a_job_and_of_an_index(
         assert "".join(got).endswith("epoch 1\n")
 
         indexed = await s.cluster_submit(
-            request(
-                make_project(), kubeconfig, xgroup="lgi", indexed=True, experiments={"i": [1, 2]}
-            )
+            kube_request(xgroup="lgi", indexed=True, experiments={"i": [1, 2]})
         )
         job_name = str(indexed.jobs[0].details["k8s_job"])
         kube.set_job_running("default", job_name)

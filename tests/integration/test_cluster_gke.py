@@ -19,6 +19,7 @@ from tests.fakes.gke import FakeGke
 from tests.fakes.k8s import FakeKubernetes
 from tests.fakes.k8s_tls import make_certificates
 from tests.fakes.oauth import FakeOAuth
+from tests.integration.conftest import OpenSession
 
 from .cluster_support import IMAGE, JOB_LABEL, caliban, cli_env
 
@@ -53,6 +54,22 @@ def genv(tmp_path: Path, gke: FakeGke) -> dict[str, str]:
     }
 
 
+@pytest.fixture
+def gke_session(tmp_path: Path, genv: dict[str, str]) -> OpenSession:
+    return lambda: Session(home=tmp_path / "home", environ=genv)
+
+
+@pytest.fixture
+def env(tmp_path: Path, gke: FakeGke, service_account_file: Path) -> dict[str, str]:
+    """What the ``caliban`` processes under test see: the fake GKE and the fake key."""
+    return cli_env(
+        tmp_path,
+        CALIBAN_GKE_ENDPOINT=gke.url,
+        CALIBAN_COMPUTE_ENDPOINT=gke.url,
+        GOOGLE_APPLICATION_CREDENTIALS=str(service_account_file),
+    )
+
+
 def gke_request(folder: Path, key: Path, **kw: object) -> ClusterJobRequest:
     base: dict[str, object] = {
         "project": ProjectOptions(folder=folder, entry="job.py", use_gpu=True),
@@ -64,14 +81,13 @@ def gke_request(folder: Path, key: Path, **kw: object) -> ClusterJobRequest:
 
 
 async def test_jobs_go_to_the_gke_cluster_over_verified_tls(
-    tmp_path: Path,
     make_project: MakeProject,
     gke: FakeGke,
     kube: FakeKubernetes,
     service_account_file: Path,
-    genv: dict[str, str],
+    gke_session: OpenSession,
 ) -> None:
-    async with Session(home=tmp_path / "home", environ=genv) as s:
+    async with gke_session() as s:
         result = await s.cluster_submit(
             gke_request(
                 make_project(),
@@ -114,18 +130,17 @@ async def test_jobs_go_to_the_gke_cluster_over_verified_tls(
 
 
 async def test_a_cluster_certificate_from_another_ca_is_refused(
-    tmp_path: Path,
     make_project: MakeProject,
     gke: FakeGke,
     kube: FakeKubernetes,
     service_account_file: Path,
-    genv: dict[str, str],
+    gke_session: OpenSession,
 ) -> None:
     other = make_certificates().ca_cert_pem
     gke.clusters[(P, ZONE, "blueshift")]["masterAuth"]["clusterCaCertificate"] = base64.b64encode(
         other.encode()
     ).decode()
-    async with Session(home=tmp_path / "home", environ=genv) as s:
+    async with gke_session() as s:
         with pytest.raises(BackendError, match="cannot be verified"):
             await s.cluster_submit(
                 gke_request(make_project(), service_account_file, experiments={"i": [1]})
@@ -134,12 +149,11 @@ async def test_a_cluster_certificate_from_another_ca_is_refused(
 
 
 async def test_gpus_beyond_the_autoprovisioning_limits_are_refused(
-    tmp_path: Path,
     make_project: MakeProject,
     gke: FakeGke,
     kube: FakeKubernetes,
     service_account_file: Path,
-    genv: dict[str, str],
+    gke_session: OpenSession,
 ) -> None:
     gke.add_cluster(
         P,
@@ -157,7 +171,7 @@ async def test_gpus_beyond_the_autoprovisioning_limits_are_refused(
     cluster = ClusterOptions(
         cluster_name="nap", zone="us-central1-b", cloud_key=str(service_account_file)
     )
-    async with Session(home=tmp_path / "home", environ=genv) as s:
+    async with gke_session() as s:
         with pytest.raises(ValidationError, match=r"cannot provision nodes with 1xV100.*4xnvidia"):
             await s.cluster_submit(
                 gke_request(
@@ -184,19 +198,9 @@ async def test_gpus_beyond_the_autoprovisioning_limits_are_refused(
 
 @pytest.mark.slow
 async def test_cluster_commands(
-    tmp_path: Path,
-    make_project: MakeProject,
-    gke: FakeGke,
-    kube: FakeKubernetes,
-    service_account_file: Path,
+    make_project: MakeProject, gke: FakeGke, kube: FakeKubernetes, env: dict[str, str]
 ) -> None:
     folder = make_project()
-    env = cli_env(
-        tmp_path,
-        CALIBAN_GKE_ENDPOINT=gke.url,
-        CALIBAN_COMPUTE_ENDPOINT=gke.url,
-        GOOGLE_APPLICATION_CREDENTIALS=str(service_account_file),
-    )
 
     code, out, err = await caliban(["cluster", "ls"], cwd=folder, env=env)
     assert code == 0, err
@@ -277,18 +281,9 @@ async def test_cluster_commands(
 
 
 async def test_cluster_creation_failures(
-    tmp_path: Path,
-    make_project: MakeProject,
-    gke: FakeGke,
-    service_account_file: Path,
+    make_project: MakeProject, gke: FakeGke, env: dict[str, str]
 ) -> None:
     folder = make_project()
-    env = cli_env(
-        tmp_path,
-        CALIBAN_GKE_ENDPOINT=gke.url,
-        CALIBAN_COMPUTE_ENDPOINT=gke.url,
-        GOOGLE_APPLICATION_CREDENTIALS=str(service_account_file),
-    )
     gke.fail_next_operation()
     code, _, err = await caliban(
         ["cluster", "create", "--cluster_name", "a", "--zone", ZONE], cwd=folder, env=env
@@ -316,10 +311,10 @@ async def test_an_unknown_gke_cluster_is_bad_input(
     gke: FakeGke,
     kube: FakeKubernetes,
     service_account_file: Path,
-    genv: dict[str, str],
+    gke_session: OpenSession,
 ) -> None:
     cluster = ClusterOptions(cluster_name="nope", zone=ZONE, cloud_key=str(service_account_file))
-    async with Session(home=tmp_path / "home", environ=genv) as s:
+    async with gke_session() as s:
         with pytest.raises(ValidationError, match="no GKE cluster nope in us-central1-a"):
             await s.cluster_submit(
                 gke_request(make_project(), service_account_file, cluster=cluster)

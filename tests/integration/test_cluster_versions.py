@@ -17,7 +17,7 @@ from caliban.spec import JobState
 from tests.conftest import MakeProject
 from tests.fakes.k8s import FakeKubernetes
 from tests.fakes.k8s_fixtures import K8S_TOKEN
-from tests.integration.conftest import OpenSession
+from tests.integration.conftest import KubeRequest, OpenSession
 
 from .cluster_support import JOB_LABEL, request
 
@@ -102,9 +102,9 @@ async def test_indexed_on_a_too_old_server_is_refused_before_anything_happens(
 
 @pytest.mark.parametrize("kube", ["1.25"], indirect=True)
 async def test_a_server_without_pod_failure_policies_is_refused(
-    make_project: MakeProject, kube: FakeKubernetes, kubeconfig: Path, cluster_session: OpenSession
+    kube: FakeKubernetes, kube_request: KubeRequest, cluster_session: OpenSession
 ) -> None:
-    req = request(make_project(), kubeconfig, xgroup="old")
+    req = kube_request(xgroup="old")
     async with cluster_session() as s:
         with pytest.raises(ValidationError, match=r"these Jobs need 1\.26 or newer"):
             await s.cluster_submit(req)
@@ -145,18 +145,15 @@ def leftover(kube: FakeKubernetes, name: str, owner: str, data: str) -> None:
 
 
 async def test_a_stale_configmap_without_its_job_is_replaced(
-    make_project: MakeProject,
     kube: FakeKubernetes,
-    kubeconfig: Path,
+    kube_request: KubeRequest,
     cluster_session: OpenSession,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     first = fixed_ids(monkeypatch)
     name = indexed_name(first, 3)
     leftover(kube, name, first, json.dumps([{"job": "x", "args": ["--old"]}]))
-    req = request(
-        make_project(),
-        kubeconfig,
+    req = kube_request(
         xgroup="st",
         name="sweep",
         indexed=True,
@@ -175,18 +172,15 @@ async def test_a_stale_configmap_without_its_job_is_replaced(
 
 
 async def test_a_foreign_configmap_of_that_name_fails_the_sweep_and_is_kept(
-    make_project: MakeProject,
     kube: FakeKubernetes,
-    kubeconfig: Path,
+    kube_request: KubeRequest,
     cluster_session: OpenSession,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     first = fixed_ids(monkeypatch)
     name = indexed_name(first, 2)
     leftover(kube, name, "someone-else", "[]")
-    req = request(
-        make_project(),
-        kubeconfig,
+    req = kube_request(
         xgroup="fo",
         name="sweep",
         indexed=True,
@@ -201,10 +195,10 @@ async def test_a_foreign_configmap_of_that_name_fails_the_sweep_and_is_kept(
 
 
 async def test_a_job_refused_for_good_takes_its_configmap_with_it(
-    make_project: MakeProject, kube: FakeKubernetes, kubeconfig: Path, cluster_session: OpenSession
+    kube: FakeKubernetes, kube_request: KubeRequest, cluster_session: OpenSession
 ) -> None:
     kube.fail_next(1, 403, "/apis/batch/v1/namespaces/default/jobs", method="POST")
-    req = request(make_project(), kubeconfig, xgroup="rf", indexed=True, experiments={"i": [1]})
+    req = kube_request(xgroup="rf", indexed=True, experiments={"i": [1]})
     async with cluster_session() as s:
         result = await s.cluster_submit(req)
     assert {j.state for j in result.jobs} == {JobState.FAILED}
@@ -249,17 +243,15 @@ async def test_the_fake_answers_an_invalid_object_like_the_apiserver(
 
 async def test_a_file_with_an_indexed_job_is_refused_by_a_too_old_server(
     tmp_path: Path,
-    make_project: MakeProject,
     kube: FakeKubernetes,
+    kube_request: KubeRequest,
     kubeconfig: Path,
     cluster_session: OpenSession,
 ) -> None:
     from caliban.options import ClusterOptions
 
     out = tmp_path / "sweep.yaml"
-    req = request(
-        make_project(), kubeconfig, indexed=True, export=str(out), experiments={"i": [1, 2]}
-    )
+    req = kube_request(indexed=True, export=str(out), experiments={"i": [1, 2]})
     kube.git_version = f"v1.{OLDEST_INDEXED - 1}.0"
     async with cluster_session() as s:
         await s.cluster_submit(req)
@@ -269,9 +261,8 @@ async def test_a_file_with_an_indexed_job_is_refused_by_a_too_old_server(
 
 
 async def test_a_job_left_without_its_configmap_is_adopted_and_given_one(
-    make_project: MakeProject,
     kube: FakeKubernetes,
-    kubeconfig: Path,
+    kube_request: KubeRequest,
     cluster_session: OpenSession,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -293,9 +284,7 @@ async def test_a_job_left_without_its_configmap_is_adopted_and_given_one(
             "status": {},
         },
     )
-    req = request(
-        make_project(),
-        kubeconfig,
+    req = kube_request(
         xgroup="oj",
         name="sweep",
         indexed=True,
