@@ -106,9 +106,7 @@ async def test_the_body_carries_accelerators_labels_env_and_scheduling(
 
 
 async def test_tpu_jobs_run_on_their_host_machine(
-    vertex_server: FakeVertex,
-    vertex_request: VertexRequest,
-    cloud_session: OpenSession,
+    vertex_server: FakeVertex, vertex_request: VertexRequest, cloud_session: OpenSession
 ) -> None:
     async with cloud_session() as s:
         await s.cloud(vertex_request(tpu_spec="8xV3"))
@@ -171,9 +169,7 @@ async def test_tpu_vm_jobs_are_sent_with_their_topology(
 
 
 async def test_regions_share_the_jobs_each_with_its_own_bucket(
-    vertex_server: FakeVertex,
-    vertex_request: VertexRequest,
-    cloud_session: OpenSession,
+    vertex_server: FakeVertex, vertex_request: VertexRequest, cloud_session: OpenSession
 ) -> None:
     """Jobs go round-robin to the regions; each region is paced by its own bucket, so the
     regions are submitted to side by side, each within its own quota."""

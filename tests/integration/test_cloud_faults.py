@@ -91,9 +91,7 @@ FAULTS: dict[str, dict[str, object]] = {
 
 @pytest.mark.parametrize("knobs", FAULTS.values(), ids=FAULTS.keys())
 async def test_every_fault_gives_every_job_exactly_once(
-    vertex_server: FakeVertex,
-    submit: Submit,
-    knobs: dict[str, object],
+    vertex_server: FakeVertex, submit: Submit, knobs: dict[str, object]
 ) -> None:
     for name, value in knobs.items():
         setattr(vertex_server, name, value)
@@ -121,9 +119,7 @@ async def test_every_fault_gives_every_job_exactly_once(
 
 
 async def test_a_create_that_times_out_is_looked_up_not_resent(
-    vertex_server: FakeVertex,
-    submit: Submit,
-    monkeypatch: pytest.MonkeyPatch,
+    vertex_server: FakeVertex, submit: Submit, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every create takes longer than the client waits; the server finishes it after the
     client gave up. The lookup waits as long again before looking (and once more if the
@@ -137,8 +133,7 @@ async def test_a_create_that_times_out_is_looked_up_not_resent(
 
 
 async def test_lost_responses_whose_lookups_fail_too(
-    vertex_server: FakeVertex,
-    submit: Submit,
+    vertex_server: FakeVertex, submit: Submit
 ) -> None:
     vertex_server.lose_next_creates(5)
     vertex_server.fail_next("list", 6, 503)
@@ -192,9 +187,7 @@ async def test_an_outcome_that_stays_unknown_is_settled_later_never_resent(
     "hint", ["retry-after", "retry-info", "none"], ids=["Retry-After", "RetryInfo", "no-hint"]
 )
 async def test_a_429_storm_pauses_the_bucket(
-    vertex_server: FakeVertex,
-    submit: Submit,
-    hint: str,
+    vertex_server: FakeVertex, submit: Submit, hint: str
 ) -> None:
     """The user claims a quota 100x what the server allows (10 creates per second): the
     server's 429s pause the whole bucket, so the 429s stay near one per request in flight
@@ -226,8 +219,7 @@ async def test_a_429_storm_pauses_the_bucket(
 
 
 async def test_quota_429s_spread_over_regions_stay_within_each_region(
-    vertex_server: FakeVertex,
-    submit: Submit,
+    vertex_server: FakeVertex, submit: Submit
 ) -> None:
     """Two regions, each with its own quota and its own bucket at that quota: no 429 at all,
     and each region takes its share."""
@@ -246,8 +238,7 @@ async def test_quota_429s_spread_over_regions_stay_within_each_region(
 
 
 async def test_permanent_errors_fail_the_job_without_retrying(
-    vertex_server: FakeVertex,
-    submit: Submit,
+    vertex_server: FakeVertex, submit: Submit
 ) -> None:
     vertex_server.fail_next_creates(1, 400)
     jobs = await submit(
@@ -259,10 +250,7 @@ async def test_permanent_errors_fail_the_job_without_retrying(
     assert vertex_server.counters()["creates_received"] == 3
 
 
-async def test_retries_are_capped(
-    vertex_server: FakeVertex,
-    submit: Submit,
-) -> None:
+async def test_retries_are_capped(vertex_server: FakeVertex, submit: Submit) -> None:
     vertex_server.fail_next_creates(100, 503)
     jobs = await submit(n=1)
     assert [j.state for j in jobs] == [JobState.FAILED]

@@ -66,10 +66,7 @@ def _remote(vertex: FakeVertex, job: JobRecord) -> str:
 
 @pytest.mark.parametrize("n", [12, 150])
 async def test_status_is_one_list_call_per_region_and_maps_every_state(
-    vertex_server: FakeVertex,
-    sweep: Sweep,
-    cloud_session: OpenSession,
-    n: int,
+    vertex_server: FakeVertex, sweep: Sweep, cloud_session: OpenSession, n: int
 ) -> None:
     regions = ("us-central1", "europe-west4")
     vertex_server.cancel_delay = 3600  # CANCELLING stays CANCELLING
@@ -98,9 +95,7 @@ async def test_status_is_one_list_call_per_region_and_maps_every_state(
 
 
 async def test_status_records_failures_with_their_reason(
-    vertex_server: FakeVertex,
-    sweep: Sweep,
-    cloud_session: OpenSession,
+    vertex_server: FakeVertex, sweep: Sweep, cloud_session: OpenSession
 ) -> None:
     async with cloud_session() as s:
         jobs = await sweep(s, 2)
@@ -112,9 +107,7 @@ async def test_status_records_failures_with_their_reason(
 
 
 async def test_a_job_missing_on_the_platform_becomes_unknown(
-    vertex_server: FakeVertex,
-    sweep: Sweep,
-    cloud_session: OpenSession,
+    vertex_server: FakeVertex, sweep: Sweep, cloud_session: OpenSession
 ) -> None:
     async with cloud_session() as s:
         jobs = await sweep(s, 2)
@@ -125,9 +118,7 @@ async def test_a_job_missing_on_the_platform_becomes_unknown(
 
 
 async def test_status_survives_a_flaky_list(
-    vertex_server: FakeVertex,
-    sweep: Sweep,
-    cloud_session: OpenSession,
+    vertex_server: FakeVertex, sweep: Sweep, cloud_session: OpenSession
 ) -> None:
     async with cloud_session() as s:
         jobs = await sweep(s, 3)
@@ -139,9 +130,7 @@ async def test_status_survives_a_flaky_list(
 
 
 async def test_stop_cancels_concurrently_and_records_real_end_states(
-    vertex_server: FakeVertex,
-    sweep: Sweep,
-    cloud_session: OpenSession,
+    vertex_server: FakeVertex, sweep: Sweep, cloud_session: OpenSession
 ) -> None:
     n = 12
     async with cloud_session() as s:
@@ -232,9 +221,7 @@ async def test_stop_finds_a_job_whose_create_was_cut_short(
 
 
 async def test_stop_of_a_job_deleted_on_the_platform(
-    vertex_server: FakeVertex,
-    sweep: Sweep,
-    cloud_session: OpenSession,
+    vertex_server: FakeVertex, sweep: Sweep, cloud_session: OpenSession
 ) -> None:
     async with cloud_session() as s:
         (job,) = await sweep(s, 1)
@@ -245,9 +232,7 @@ async def test_stop_of_a_job_deleted_on_the_platform(
 
 
 async def test_resubmit_sends_failed_and_stopped_jobs_again_with_their_recorded_body(
-    vertex_server: FakeVertex,
-    sweep: Sweep,
-    cloud_session: OpenSession,
+    vertex_server: FakeVertex, sweep: Sweep, cloud_session: OpenSession
 ) -> None:
     async with cloud_session() as s:
         jobs = await sweep(

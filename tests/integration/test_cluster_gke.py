@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -80,18 +80,25 @@ def gke_request(folder: Path, key: Path, **kw: object) -> ClusterJobRequest:
     return ClusterJobRequest(**base)  # type: ignore[arg-type]
 
 
+GkeRequest = Callable[..., ClusterJobRequest]
+
+
+@pytest.fixture
+def new_gke_request(make_project: MakeProject, service_account_file: Path) -> GkeRequest:
+    """``gke_request`` for a new project, with the fake key."""
+    return lambda **kw: gke_request(make_project(), service_account_file, **kw)
+
+
 async def test_jobs_go_to_the_gke_cluster_over_verified_tls(
-    make_project: MakeProject,
     gke: FakeGke,
     kube: FakeKubernetes,
     service_account_file: Path,
     gke_session: OpenSession,
+    new_gke_request: GkeRequest,
 ) -> None:
     async with gke_session() as s:
         result = await s.cluster_submit(
-            gke_request(
-                make_project(),
-                service_account_file,
+            new_gke_request(
                 xgroup="g",
                 experiments={"i": [1, 2, 3]},
                 spot=True,
@@ -130,11 +137,7 @@ async def test_jobs_go_to_the_gke_cluster_over_verified_tls(
 
 
 async def test_a_cluster_certificate_from_another_ca_is_refused(
-    make_project: MakeProject,
-    gke: FakeGke,
-    kube: FakeKubernetes,
-    service_account_file: Path,
-    gke_session: OpenSession,
+    gke: FakeGke, kube: FakeKubernetes, gke_session: OpenSession, new_gke_request: GkeRequest
 ) -> None:
     other = make_certificates().ca_cert_pem
     gke.clusters[(P, ZONE, "blueshift")]["masterAuth"]["clusterCaCertificate"] = base64.b64encode(
@@ -142,9 +145,7 @@ async def test_a_cluster_certificate_from_another_ca_is_refused(
     ).decode()
     async with gke_session() as s:
         with pytest.raises(BackendError, match="cannot be verified"):
-            await s.cluster_submit(
-                gke_request(make_project(), service_account_file, experiments={"i": [1]})
-            )
+            await s.cluster_submit(new_gke_request(experiments={"i": [1]}))
     assert kube.requests == [] and kube.creates_received == 0
 
 
@@ -307,22 +308,18 @@ async def test_cluster_creation_failures(
 
 async def test_an_unknown_gke_cluster_is_bad_input(
     tmp_path: Path,
-    make_project: MakeProject,
     gke: FakeGke,
     kube: FakeKubernetes,
     service_account_file: Path,
     gke_session: OpenSession,
+    new_gke_request: GkeRequest,
 ) -> None:
     cluster = ClusterOptions(cluster_name="nope", zone=ZONE, cloud_key=str(service_account_file))
     async with gke_session() as s:
         with pytest.raises(ValidationError, match="no GKE cluster nope in us-central1-a"):
-            await s.cluster_submit(
-                gke_request(make_project(), service_account_file, cluster=cluster)
-            )
+            await s.cluster_submit(new_gke_request(cluster=cluster))
         without_name = ClusterOptions(cloud_key=str(service_account_file))
         gke.add_cluster(P, "europe-west4", "second")
         with pytest.raises(ValidationError, match="several GKE clusters"):
-            await s.cluster_submit(
-                gke_request(make_project(), service_account_file, cluster=without_name)
-            )
+            await s.cluster_submit(new_gke_request(cluster=without_name))
     assert kube.requests == [] and not (tmp_path / "home" / "caliban.db").exists()
