@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -209,10 +210,11 @@ def run_cli(
     env: dict[str, str],
     timeout: float = 300,
     stdin: str | None = None,
+    script: str = "caliban",
 ) -> subprocess.CompletedProcess[str]:
-    """Run the real console script, as a user would."""
+    """Run the real console script (or ``script``, another one of the package), as a user would."""
     return subprocess.run(
-        [CALIBAN, *args],
+        [str(Path(CALIBAN).with_name(script)), *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -243,6 +245,27 @@ def labelled_containers(**labels: str) -> list[str]:
     for k, v in labels.items():
         filters += ["--filter", f"label={k}={v}"]
     return docker_cli("ps", "-aq", *filters).split()
+
+
+def store_id(home: Path) -> str:
+    """The id of the store under ``home``, which labels every container it starts."""
+    with sqlite3.connect(home / "caliban.db") as db:
+        return str(db.execute("SELECT value FROM meta WHERE key='store_id'").fetchone()[0])
+
+
+def store_containers(home: Path, **labels: str) -> list[str]:
+    """The containers of the store under ``home`` (and ``labels``), running or not."""
+    return labelled_containers(**{"caliban.store": store_id(home), **labels})
+
+
+@pytest.fixture
+def remove_leftovers(home: Path) -> Iterator[None]:
+    """Whatever a failing test leaves behind: this store's containers, nobody else's."""
+    yield
+    if (home / "caliban.db").exists():
+        ids = store_containers(home)
+        if ids:
+            docker_cli("rm", "-fv", *ids, check=False)
 
 
 def copy_tree(src: Path, dst: Path) -> Path:

@@ -40,6 +40,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+from .google_http import DisconnectStyle
 from .k8s_admission import PODS
 from .k8s_http import Fault, KubeApi, RequestRecord, TokenValidator
 from .k8s_jobs import AutoLifecycle, JobController, PodLogs
@@ -119,7 +120,7 @@ class FakeKubernetes:
         self.error_status = 500
         self.drop_rate = 0.0
         self.lost_response_rate = 0.0
-        self.disconnect_style: str = "close"
+        self.disconnect_style: DisconnectStyle = "close"
         self.pending_faults: list[Fault] = []
         self.pending_drops: list[Fault] = []
         self.pending_lost = 0

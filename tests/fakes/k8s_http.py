@@ -16,14 +16,13 @@ import copy
 import inspect
 import json
 import math
-import socket
-import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from .google_http import drop_connection
 from .k8s_admission import (
     CONFIGMAPS,
     JOBS,
@@ -258,15 +257,7 @@ class KubeApi:
         "close" sends FIN (aiohttp clients raise ServerDisconnectedError); "reset" sets
         SO_LINGER 0 first so the kernel sends RST (ClientOSError ECONNRESET).
         """
-        transport = request.transport
-        if transport is not None:
-            if self.kube.disconnect_style == "reset":
-                sock = transport.get_extra_info("socket")
-                if sock is not None:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                transport.abort()
-            else:
-                transport.close()
+        drop_connection(request, self.kube.disconnect_style)
         raise Dropped
 
     # handlers ----------------------------------------------------------------------------

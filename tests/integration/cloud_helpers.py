@@ -14,18 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
-import pytest
 
 from caliban.options import CloudRequest, ProjectOptions
 from caliban.spec import JobRecord
 from tests.conftest import CALIBAN
-from tests.fakes.fixtures import (  # noqa: F401  (fixtures, re-exported for the test modules)
-    authorized_user_file,
-    oauth_server,
-    service_account,
-    service_account_file,
-    vertex_server,
-)
 from tests.fakes.vertex import FakeVertex
 
 IMAGE = "us-central1-docker.pkg.dev/test-proj/caliban/app@sha256:" + "a" * 64
@@ -44,12 +36,6 @@ def cloud_request(folder: Path, key: Path | None, vertex: FakeVertex, **kw: obje
     )
     base.update(kw)
     return CloudRequest(**base)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def session_env(tmp_path: Path) -> dict[str, str]:
-    """A Session environment with nothing from the real user (no ADC, no project)."""
-    return {"CALIBAN_HOME": str(tmp_path / "home"), "HOME": str(tmp_path)}
 
 
 def cli_env(

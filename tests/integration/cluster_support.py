@@ -1,39 +1,20 @@
-"""Shared pieces of the ``caliban cluster`` tests: fake cluster fixtures, requests, helpers."""
+"""Shared pieces of the ``caliban cluster`` tests: requests, CLI runs and waiting helpers
+(the fake cluster fixtures are in conftest.py)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import anyio
-import pytest
 
 from caliban.options import ClusterJobRequest, ClusterOptions, ProjectOptions
 from tests.conftest import CALIBAN
 from tests.fakes.k8s import FakeKubernetes
-from tests.fakes.k8s_fixtures import K8S_TOKEN
 
 IMAGE = "registry.example/team/caliban-app@sha256:" + "c" * 64
 JOB_LABEL = "caliban.dev/job"
-
-
-@pytest.fixture
-async def kube() -> AsyncIterator[FakeKubernetes]:
-    async with FakeKubernetes(token=K8S_TOKEN, seed=0) as server:
-        yield server
-
-
-@pytest.fixture
-def kubeconfig(kube: FakeKubernetes, tmp_path: Path) -> Path:
-    return kube.kubeconfig(tmp_path / "kubeconfig")
-
-
-@pytest.fixture
-def cenv(tmp_path: Path) -> dict[str, str]:
-    """A Session environment with a private home and no ambient credentials or kubeconfig."""
-    return {"CALIBAN_HOME": str(tmp_path / "home"), "HOME": str(tmp_path)}
 
 
 def request(folder: Path, kubeconfig: Path, **kw: Any) -> ClusterJobRequest:

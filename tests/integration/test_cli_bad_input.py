@@ -229,15 +229,12 @@ def test_a_dir_linking_to_etc(make_project: MakeProject, no_docker_env: dict[str
 
 def test_expansion_takes_one_output_form(tmp_path: Path, no_docker_env: dict[str, str]) -> None:
     (tmp_path / "exp.json").write_text('{"a": [1, 2]}')
-    expansion = str(Path(CALIBAN).with_name("expansion"))
-    result = subprocess.run(
-        [expansion, "--pprint", "--print_flags", "exp.json"],
+    result = run_cli(
+        ["--pprint", "--print_flags", "exp.json"],
         cwd=tmp_path,
         env=no_docker_env,
-        capture_output=True,
-        text=True,
         timeout=60,
-        check=False,
+        script="expansion",
     )
     assert result.returncode == 2
     assert "--print_flags: not allowed with argument --pprint" in result.stderr

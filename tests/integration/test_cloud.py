@@ -16,28 +16,18 @@ from caliban.spec import JobState, Platform
 from tests.conftest import MakeProject
 from tests.fakes.oauth import FakeOAuth, make_service_account, write_credentials
 from tests.fakes.vertex import FakeVertex
-from tests.integration.cloud_helpers import (  # noqa: F401  (fixtures)
-    IMAGE,
-    assert_exactly_once,
-    authorized_user_file,
-    cloud_request,
-    oauth_server,
-    service_account,
-    service_account_file,
-    session_env,
-    vertex_server,
-)
+from tests.integration.cloud_helpers import IMAGE, assert_exactly_once, cloud_request
+from tests.integration.conftest import OpenSession, VertexRequest
 
 
 async def test_sweep_is_submitted_once_each(
-    tmp_path: Path,
     make_project: MakeProject,
     service_account_file: Path,
     vertex_server: FakeVertex,
-    session_env: dict[str, str],
+    cloud_session: OpenSession,
 ) -> None:
     folder = make_project()
-    async with Session(home=tmp_path / "home", environ=session_env) as s:
+    async with cloud_session() as s:
         result = await s.cloud(
             cloud_request(
                 folder,
@@ -70,18 +60,14 @@ async def test_sweep_is_submitted_once_each(
 
 
 async def test_the_body_carries_accelerators_labels_env_and_scheduling(
-    tmp_path: Path,
     make_project: MakeProject,
-    service_account_file: Path,
     vertex_server: FakeVertex,
-    session_env: dict[str, str],
+    vertex_request: VertexRequest,
+    cloud_session: OpenSession,
 ) -> None:
-    async with Session(home=tmp_path / "home", environ=session_env) as s:
+    async with cloud_session() as s:
         result = await s.cloud(
-            cloud_request(
-                make_project(),
-                service_account_file,
-                vertex_server,
+            vertex_request(
                 project=ProjectOptions(folder=make_project(), entry="job.py", use_gpu=True),
                 gpu_spec="2xV100",
                 experiments={"learning_rate": [0.01]},
@@ -120,16 +106,10 @@ async def test_the_body_carries_accelerators_labels_env_and_scheduling(
 
 
 async def test_tpu_jobs_run_on_their_host_machine(
-    tmp_path: Path,
-    make_project: MakeProject,
-    service_account_file: Path,
-    vertex_server: FakeVertex,
-    session_env: dict[str, str],
+    vertex_server: FakeVertex, vertex_request: VertexRequest, cloud_session: OpenSession
 ) -> None:
-    async with Session(home=tmp_path / "home", environ=session_env) as s:
-        await s.cloud(
-            cloud_request(make_project(), service_account_file, vertex_server, tpu_spec="8xV3")
-        )
+    async with cloud_session() as s:
+        await s.cloud(vertex_request(tpu_spec="8xV3"))
     (remote,) = vertex_server.jobs
     machine = remote.body["jobSpec"]["workerPoolSpecs"][0]["machineSpec"]
     assert machine == {
@@ -167,22 +147,17 @@ async def test_tpu_jobs_run_on_their_host_machine(
     ],
 )
 async def test_tpu_vm_jobs_are_sent_with_their_topology(
-    tmp_path: Path,
-    make_project: MakeProject,
-    service_account_file: Path,
     vertex_server: FakeVertex,
-    session_env: dict[str, str],
+    vertex_request: VertexRequest,
+    cloud_session: OpenSession,
     tpu_spec: str,
     region: str,
     machine: dict[str, object],
 ) -> None:
     """The fake refuses a TPU VM job without tpuTopology, as Vertex does."""
-    async with Session(home=tmp_path / "home", environ=session_env) as s:
+    async with cloud_session() as s:
         result = await s.cloud(
-            cloud_request(
-                make_project(),
-                service_account_file,
-                vertex_server,
+            vertex_request(
                 tpu_spec=tpu_spec,
                 regions=(region,),
             )
@@ -194,23 +169,16 @@ async def test_tpu_vm_jobs_are_sent_with_their_topology(
 
 
 async def test_regions_share_the_jobs_each_with_its_own_bucket(
-    tmp_path: Path,
-    make_project: MakeProject,
-    service_account_file: Path,
-    vertex_server: FakeVertex,
-    session_env: dict[str, str],
+    vertex_server: FakeVertex, vertex_request: VertexRequest, cloud_session: OpenSession
 ) -> None:
     """Jobs go round-robin to the regions; each region is paced by its own bucket, so the
     regions are submitted to side by side, each within its own quota."""
     rate = 600  # per minute and region: at most 2 (the burst) + 10 per second
     vertex_server.create_latency = 0.01
     n = 30
-    async with Session(home=tmp_path / "home", environ=session_env) as s:
+    async with cloud_session() as s:
         result = await s.cloud(
-            cloud_request(
-                make_project(),
-                service_account_file,
-                vertex_server,
+            vertex_request(
                 regions=("us-central1,europe-west4", "asia-east1"),
                 experiments={"i": list(range(n))},
                 rate_limit=rate,
@@ -235,9 +203,8 @@ async def test_regions_share_the_jobs_each_with_its_own_bucket(
 
 async def test_dry_run_touches_neither_network_nor_store(
     tmp_path: Path,
-    make_project: MakeProject,
-    service_account_file: Path,
     vertex_server: FakeVertex,
+    vertex_request: VertexRequest,
     oauth_server: FakeOAuth,
     session_env: dict[str, str],
 ) -> None:
@@ -250,10 +217,7 @@ async def test_dry_run_touches_neither_network_nor_store(
     home = tmp_path / "home"
     async with Session(home=home, environ=session_env, sink=sink) as s:
         result = await s.cloud(
-            cloud_request(
-                make_project(),
-                service_account_file,
-                vertex_server,
+            vertex_request(
                 experiments={"i": [1, 2, 3]},
                 regions=("us-central1,europe-west4",),
                 dry_run=True,
@@ -298,23 +262,18 @@ async def test_bad_credentials_are_one_clear_error(
 
 
 async def test_vertex_refusing_the_token_stops_the_submission(
-    tmp_path: Path,
-    make_project: MakeProject,
-    service_account_file: Path,
     vertex_server: FakeVertex,
+    vertex_request: VertexRequest,
     oauth_server: FakeOAuth,
-    session_env: dict[str, str],
+    cloud_session: OpenSession,
 ) -> None:
     """A 401/403 from Vertex is not retried and not worth trying on the other jobs: the
     submission stops with one error; jobs not sent stay PLANNED for the next attempt."""
     vertex_server.deny("test-proj", "aiplatform.customJobs.create")
-    async with Session(home=tmp_path / "home", environ=session_env) as s:
+    async with cloud_session() as s:
         with pytest.raises(AuthError, match=r"Permission 'aiplatform\.customJobs\.create' denied"):
             await s.cloud(
-                cloud_request(
-                    make_project(),
-                    service_account_file,
-                    vertex_server,
+                vertex_request(
                     experiments={"i": list(range(20))},
                     xgroup="denied",
                     max_inflight=2,
@@ -356,13 +315,12 @@ async def test_validation_fails_before_any_network_call(
 
 
 async def test_no_project_is_a_clear_error(
-    tmp_path: Path,
     make_project: MakeProject,
     vertex_server: FakeVertex,
     authorized_user_file: Path,
-    session_env: dict[str, str],
+    cloud_session: OpenSession,
 ) -> None:
     # An authorized_user key names no project; nothing else does either.
-    async with Session(home=tmp_path / "home", environ=session_env) as s:
+    async with cloud_session() as s:
         with pytest.raises(ValidationError, match="no Google Cloud project"):
             await s.cloud(cloud_request(make_project(), authorized_user_file, vertex_server))

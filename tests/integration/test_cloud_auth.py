@@ -15,19 +15,9 @@ from caliban.adapters.cloud.http import GoogleApi
 from caliban.errors import AuthError, ConfigError
 from tests.conftest import MakeProject
 from tests.fakes.federation import FakeFederation
-from tests.fakes.fixtures import federation  # noqa: F401  (fixture)
 from tests.fakes.oauth import FakeOAuth, write_credentials
 from tests.fakes.vertex import FakeVertex
-from tests.integration.cloud_helpers import (  # noqa: F401  (fixtures)
-    IMAGE,
-    authorized_user_file,
-    caliban,
-    cli_env,
-    oauth_server,
-    service_account,
-    service_account_file,
-    vertex_server,
-)
+from tests.integration.cloud_helpers import IMAGE, caliban, cli_env
 
 
 async def _token(
@@ -44,10 +34,7 @@ async def _token(
 
 
 async def test_key_file_flag_then_environment_then_adc(
-    tmp_path: Path,
-    oauth_server: FakeOAuth,
-    service_account_file: Path,
-    authorized_user_file: Path,
+    tmp_path: Path, oauth_server: FakeOAuth, service_account_file: Path, authorized_user_file: Path
 ) -> None:
     creds, token = await _token(str(service_account_file), {"HOME": str(tmp_path)})
     assert oauth_server.valid_token(token) and creds.project_id == "test-proj"
@@ -194,10 +181,7 @@ async def _list_jobs(key: Path, environ: dict[str, str], vertex: FakeVertex) -> 
 
 
 async def test_user_credentials_need_a_quota_project_and_name_it_on_every_call(
-    tmp_path: Path,
-    oauth_server: FakeOAuth,
-    vertex_server: FakeVertex,
-    service_account_file: Path,
+    tmp_path: Path, oauth_server: FakeOAuth, vertex_server: FakeVertex, service_account_file: Path
 ) -> None:
     vertex_server.user_tokens = oauth_server.is_user_token
     bare = write_credentials(tmp_path / "bare.json", oauth_server.add_authorized_user())
@@ -214,10 +198,7 @@ async def test_user_credentials_need_a_quota_project_and_name_it_on_every_call(
 
 # --------------------------------------------------------------------------------- the CLI
 async def test_the_quota_project_flag_reaches_vertex(
-    tmp_path: Path,
-    make_project: MakeProject,
-    oauth_server: FakeOAuth,
-    vertex_server: FakeVertex,
+    tmp_path: Path, make_project: MakeProject, oauth_server: FakeOAuth, vertex_server: FakeVertex
 ) -> None:
     vertex_server.user_tokens = oauth_server.is_user_token
     user = write_credentials(tmp_path / "adc.json", oauth_server.add_authorized_user())
@@ -255,11 +236,7 @@ async def test_the_quota_project_flag_reaches_vertex(
     ],
 )
 async def test_an_unusable_credentials_file_is_one_line_and_exit_2(
-    tmp_path: Path,
-    make_project: MakeProject,
-    vertex_server: FakeVertex,
-    content: str,
-    needle: str,
+    tmp_path: Path, make_project: MakeProject, vertex_server: FakeVertex, content: str, needle: str
 ) -> None:
     key = tmp_path / "creds.json"
     key.write_text(content)

@@ -22,7 +22,6 @@ from tests.fakes.federation import (
     workforce_audience,
     workload_audience,
 )
-from tests.fakes.fixtures import federation, oauth_server  # noqa: F401  (fixtures)
 from tests.fakes.oauth import FakeOAuth, write_credentials
 
 JWT = "urn:ietf:params:oauth:token-type:jwt"

@@ -14,22 +14,30 @@ import pytest
 from tests.conftest import CALIBAN, MakeProject
 from tests.fakes.oauth import FakeOAuth, make_service_account, write_credentials
 from tests.fakes.vertex import FakeVertex
-from tests.integration.cloud_helpers import (  # noqa: F401  (fixtures)
-    IMAGE,
-    JOB_LABEL,
-    caliban,
-    cli_env,
-    db_jobs,
-    oauth_server,
-    service_account,
-    service_account_file,
-    vertex_server,
-)
+from tests.integration.cloud_helpers import IMAGE, JOB_LABEL, caliban, cli_env, db_jobs
 
 CONSOLE = re.compile(
     r"https://console\.cloud\.google\.com/vertex-ai/locations/us-central1/training/(\d+)"
     r"\?project=test-proj"
 )
+
+
+@pytest.fixture
+def folder(make_project: MakeProject) -> Path:
+    return make_project()
+
+
+@pytest.fixture
+def env(tmp_path: Path, service_account_file: Path, vertex_server: FakeVertex) -> dict[str, str]:
+    """What the ``caliban`` processes under test see: the fake key and Vertex endpoint."""
+    return cli_env(tmp_path, service_account_file, vertex_server)
+
+
+def keyless_env(tmp_path: Path, vertex: FakeVertex) -> dict[str, str]:
+    """The environment of a user who has named no key file (ADC or metadata server may answer)."""
+    env = cli_env(tmp_path, tmp_path / "unused.json", vertex)
+    env.pop("GOOGLE_APPLICATION_CREDENTIALS")
+    return env
 
 
 def _sweep(folder: Path, n: int) -> Path:
@@ -50,13 +58,8 @@ def _assert_server_matches_store(vertex: FakeVertex, home: Path, xgroup: str, n:
 
 
 async def test_cloud_then_status_then_stop(
-    tmp_path: Path,
-    make_project: MakeProject,
-    service_account_file: Path,
-    vertex_server: FakeVertex,
+    tmp_path: Path, folder: Path, vertex_server: FakeVertex, env: dict[str, str]
 ) -> None:
-    folder = make_project()
-    env = cli_env(tmp_path, service_account_file, vertex_server)
     sweep = _sweep(folder, 6)
     args = [
         "cloud",
@@ -104,12 +107,11 @@ async def test_cloud_then_status_then_stop(
 
 async def test_status_uses_the_environment_when_the_recorded_key_is_gone(
     tmp_path: Path,
-    make_project: MakeProject,
+    folder: Path,
     service_account_file: Path,
     vertex_server: FakeVertex,
+    env: dict[str, str],
 ) -> None:
-    folder = make_project()
-    env = cli_env(tmp_path, service_account_file, vertex_server)
     # Submitted with a relative --cloud_key: recorded as an absolute path.
     local_key = folder / "key.json"
     local_key.write_text(service_account_file.read_text())
@@ -136,13 +138,8 @@ async def test_status_uses_the_environment_when_the_recorded_key_is_gone(
 
 
 async def test_verbose_prints_one_console_url_per_job(
-    tmp_path: Path,
-    make_project: MakeProject,
-    service_account_file: Path,
-    vertex_server: FakeVertex,
+    folder: Path, vertex_server: FakeVertex, env: dict[str, str]
 ) -> None:
-    folder = make_project()
-    env = cli_env(tmp_path, service_account_file, vertex_server)
     vertex_server.fail_next_creates(1, 503)
     done = await caliban(
         [
@@ -171,13 +168,11 @@ async def test_verbose_prints_one_console_url_per_job(
 
 async def test_dry_run_prints_every_body_and_writes_nothing(
     tmp_path: Path,
-    make_project: MakeProject,
-    service_account_file: Path,
+    folder: Path,
     vertex_server: FakeVertex,
     oauth_server: FakeOAuth,
+    env: dict[str, str],
 ) -> None:
-    folder = make_project()
-    env = cli_env(tmp_path, service_account_file, vertex_server)
     done = await caliban(
         [
             "cloud",
@@ -224,15 +219,13 @@ BAD_INPUT = [
 @pytest.mark.parametrize(("flags", "needle"), BAD_INPUT)
 async def test_bad_input_is_one_clear_line_and_exit_2(
     tmp_path: Path,
-    make_project: MakeProject,
-    service_account_file: Path,
+    folder: Path,
     vertex_server: FakeVertex,
     oauth_server: FakeOAuth,
     flags: list[str],
     needle: str,
+    env: dict[str, str],
 ) -> None:
-    folder = make_project()
-    env = cli_env(tmp_path, service_account_file, vertex_server)
     done = await caliban(["cloud", "--image_tag", IMAGE, *flags, "job.py"], cwd=folder, env=env)
     assert done.returncode == 2, done.stdout + done.stderr
     assert needle in done.stderr
@@ -243,12 +236,8 @@ async def test_bad_input_is_one_clear_line_and_exit_2(
 
 
 async def test_bad_credentials_are_one_clear_line_and_exit_1(
-    tmp_path: Path,
-    make_project: MakeProject,
-    vertex_server: FakeVertex,
-    oauth_server: FakeOAuth,
+    tmp_path: Path, folder: Path, vertex_server: FakeVertex, oauth_server: FakeOAuth
 ) -> None:
-    folder = make_project()
     info, _ = make_service_account(oauth_server.token_url)  # never registered with the server
     bad = write_credentials(tmp_path / "revoked.json", info)
     env = cli_env(tmp_path, bad, vertex_server)
@@ -265,11 +254,9 @@ async def test_bad_credentials_are_one_clear_line_and_exit_1(
 
 
 async def test_no_credentials_at_all(
-    tmp_path: Path, make_project: MakeProject, vertex_server: FakeVertex
+    tmp_path: Path, folder: Path, vertex_server: FakeVertex
 ) -> None:
-    folder = make_project()
-    env = cli_env(tmp_path, tmp_path / "unused.json", vertex_server)
-    env.pop("GOOGLE_APPLICATION_CREDENTIALS")
+    env = keyless_env(tmp_path, vertex_server)
     env["GCE_METADATA_HOST"] = "127.0.0.1:9"  # nothing answers there
     done = await caliban(
         ["cloud", "--image_tag", IMAGE, "--project_id", "test-proj", "job.py"], cwd=folder, env=env
@@ -279,15 +266,10 @@ async def test_no_credentials_at_all(
 
 
 async def test_metadata_server_credentials(
-    tmp_path: Path,
-    make_project: MakeProject,
-    vertex_server: FakeVertex,
-    oauth_server: FakeOAuth,
+    tmp_path: Path, folder: Path, vertex_server: FakeVertex, oauth_server: FakeOAuth
 ) -> None:
     """On a Google Cloud machine: no key, no ADC file, the metadata server answers."""
-    folder = make_project()
-    env = cli_env(tmp_path, tmp_path / "unused.json", vertex_server)
-    env.pop("GOOGLE_APPLICATION_CREDENTIALS")
+    env = keyless_env(tmp_path, vertex_server)
     env["GCE_METADATA_HOST"] = oauth_server.metadata_host
     done = await caliban(
         ["cloud", "--image_tag", IMAGE, "--project_id", "test-proj", "job.py"],
@@ -301,15 +283,10 @@ async def test_metadata_server_credentials(
 
 
 async def test_application_default_credentials(
-    tmp_path: Path,
-    make_project: MakeProject,
-    vertex_server: FakeVertex,
-    oauth_server: FakeOAuth,
+    tmp_path: Path, folder: Path, vertex_server: FakeVertex, oauth_server: FakeOAuth
 ) -> None:
     """`gcloud auth application-default login`: an authorized_user file under HOME."""
-    folder = make_project()
-    env = cli_env(tmp_path, tmp_path / "unused.json", vertex_server)
-    env.pop("GOOGLE_APPLICATION_CREDENTIALS")
+    env = keyless_env(tmp_path, vertex_server)
     adc = tmp_path / ".config" / "gcloud" / "application_default_credentials.json"
     adc.parent.mkdir(parents=True)
     write_credentials(adc, oauth_server.add_authorized_user())
@@ -347,33 +324,32 @@ async def _interrupt(
                 return await process.wait()
 
 
-@pytest.mark.parametrize("resume", ["resubmit", "same-command"])
-async def test_kill_9_mid_fan_out_then_resume_gives_exactly_n_jobs(
-    tmp_path: Path,
-    make_project: MakeProject,
-    service_account_file: Path,
-    vertex_server: FakeVertex,
-    resume: str,
-) -> None:
-    n = 200
-    folder = make_project()
-    env = cli_env(tmp_path, service_account_file, vertex_server)
-    vertex_server.create_latency = 0.03
-    vertex_server.lost_response_rate = 0.03
-    cloud = [
+def _fan_out_args(folder: Path, n: int, *, xgroup: str, max_inflight: int) -> list[str]:
+    """A sweep of ``n`` jobs, paced fast enough to be interrupted half way."""
+    return [
         "cloud",
         "--experiment_config",
         str(_sweep(folder, n)),
         "--image_tag",
         IMAGE,
         "--xgroup",
-        "killed",
+        xgroup,
         "--rate_limit",
         "60000",
         "--max_inflight",
-        "6",
+        str(max_inflight),
         "job.py",
     ]
+
+
+@pytest.mark.parametrize("resume", ["resubmit", "same-command"])
+async def test_kill_9_mid_fan_out_then_resume_gives_exactly_n_jobs(
+    tmp_path: Path, folder: Path, vertex_server: FakeVertex, env: dict[str, str], resume: str
+) -> None:
+    n = 200
+    vertex_server.create_latency = 0.03
+    vertex_server.lost_response_rate = 0.03
+    cloud = _fan_out_args(folder, n, xgroup="killed", max_inflight=6)
     code = await _interrupt(
         folder, env, cloud, vertex_server, signal.SIGKILL, 60, tmp_path / "killed.log"
     )
@@ -394,29 +370,11 @@ async def test_kill_9_mid_fan_out_then_resume_gives_exactly_n_jobs(
 
 
 async def test_ctrl_c_mid_fan_out_exits_130_and_the_rerun_completes(
-    tmp_path: Path,
-    make_project: MakeProject,
-    service_account_file: Path,
-    vertex_server: FakeVertex,
+    tmp_path: Path, folder: Path, vertex_server: FakeVertex, env: dict[str, str]
 ) -> None:
     n = 120
-    folder = make_project()
-    env = cli_env(tmp_path, service_account_file, vertex_server)
     vertex_server.create_latency = 0.03
-    cloud = [
-        "cloud",
-        "--experiment_config",
-        str(_sweep(folder, n)),
-        "--image_tag",
-        IMAGE,
-        "--xgroup",
-        "ctrlc",
-        "--rate_limit",
-        "60000",
-        "--max_inflight",
-        "4",
-        "job.py",
-    ]
+    cloud = _fan_out_args(folder, n, xgroup="ctrlc", max_inflight=4)
     log = tmp_path / "ctrlc.log"
     code = await _interrupt(folder, env, cloud, vertex_server, signal.SIGINT, 30, log)
     assert code == 130, log.read_text()
@@ -430,13 +388,8 @@ async def test_ctrl_c_mid_fan_out_exits_130_and_the_rerun_completes(
 
 
 async def test_resubmit_via_the_cli_sends_failed_jobs_again(
-    tmp_path: Path,
-    make_project: MakeProject,
-    service_account_file: Path,
-    vertex_server: FakeVertex,
+    folder: Path, vertex_server: FakeVertex, env: dict[str, str]
 ) -> None:
-    folder = make_project()
-    env = cli_env(tmp_path, service_account_file, vertex_server)
     done = await caliban(
         [
             "cloud",

@@ -5,6 +5,7 @@ slow creates that time out, failing lookups, and quota 429s with and without Ret
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +18,7 @@ from caliban.session import Session
 from caliban.spec import JobState
 from tests.conftest import MakeProject
 from tests.fakes.vertex import FakeVertex
-from tests.integration.cloud_helpers import (  # noqa: F401  (fixtures)
-    assert_exactly_once,
-    cloud_request,
-    oauth_server,
-    service_account,
-    service_account_file,
-    session_env,
-    vertex_server,
-)
+from tests.integration.cloud_helpers import assert_exactly_once, cloud_request
 
 N = 40
 
@@ -56,6 +49,28 @@ async def _submit(
         return list(result.jobs)
 
 
+Submit = Callable[..., Awaitable[list[Any]]]
+
+
+@pytest.fixture
+def submit(
+    tmp_path: Path,
+    make_project: MakeProject,
+    service_account_file: Path,
+    vertex_server: FakeVertex,
+    session_env: dict[str, str],
+) -> Submit:
+    """``_submit`` of a new project (or ``folder``) with the key, the fake and the private home."""
+
+    async def run(folder: Path | None = None, **kw: Any) -> list[Any]:
+        project = folder if folder is not None else make_project()
+        return await _submit(
+            tmp_path, project, service_account_file, vertex_server, session_env, **kw
+        )
+
+    return run
+
+
 FAULTS: dict[str, dict[str, object]] = {
     "5xx": {"error_rate_5xx": 0.3},
     "dropped-close": {"drop_rate": 0.25},
@@ -76,19 +91,12 @@ FAULTS: dict[str, dict[str, object]] = {
 
 @pytest.mark.parametrize("knobs", FAULTS.values(), ids=FAULTS.keys())
 async def test_every_fault_gives_every_job_exactly_once(
-    tmp_path: Path,
-    make_project: MakeProject,
-    service_account_file: Path,
-    vertex_server: FakeVertex,
-    session_env: dict[str, str],
-    knobs: dict[str, object],
+    vertex_server: FakeVertex, submit: Submit, knobs: dict[str, object]
 ) -> None:
     for name, value in knobs.items():
         setattr(vertex_server, name, value)
     events: list[Event] = []
-    jobs = await _submit(
-        tmp_path, make_project(), service_account_file, vertex_server, session_env, events=events
-    )
+    jobs = await submit(events=events)
     assert all(j.state is JobState.SUBMITTED for j in jobs), [
         (j.state, j.message) for j in jobs if j.state is not JobState.SUBMITTED
     ]
@@ -111,38 +119,25 @@ async def test_every_fault_gives_every_job_exactly_once(
 
 
 async def test_a_create_that_times_out_is_looked_up_not_resent(
-    tmp_path: Path,
-    make_project: MakeProject,
-    service_account_file: Path,
-    vertex_server: FakeVertex,
-    session_env: dict[str, str],
-    monkeypatch: pytest.MonkeyPatch,
+    vertex_server: FakeVertex, submit: Submit, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every create takes longer than the client waits; the server finishes it after the
     client gave up. The lookup waits as long again before looking (and once more if the
     job is not there yet), finds each job by its label, and nothing is sent twice."""
     monkeypatch.setattr(cloud_run, "REQUEST_TIMEOUT", 0.2)
     vertex_server.create_latency = 0.25
-    jobs = await _submit(
-        tmp_path, make_project(), service_account_file, vertex_server, session_env, n=8
-    )
+    jobs = await submit(n=8)
     assert all(j.state is JobState.SUBMITTED for j in jobs)
     assert_exactly_once(vertex_server, jobs, 8)
     assert vertex_server.counters()["creates_received"] == 8
 
 
 async def test_lost_responses_whose_lookups_fail_too(
-    tmp_path: Path,
-    make_project: MakeProject,
-    service_account_file: Path,
-    vertex_server: FakeVertex,
-    session_env: dict[str, str],
+    vertex_server: FakeVertex, submit: Submit
 ) -> None:
     vertex_server.lose_next_creates(5)
     vertex_server.fail_next("list", 6, 503)
-    jobs = await _submit(
-        tmp_path, make_project(), service_account_file, vertex_server, session_env, n=10
-    )
+    jobs = await submit(n=10)
     assert all(j.state is JobState.SUBMITTED for j in jobs)
     assert_exactly_once(vertex_server, jobs, 10)
     assert vertex_server.counters()["creates_received"] == 10
@@ -192,12 +187,7 @@ async def test_an_outcome_that_stays_unknown_is_settled_later_never_resent(
     "hint", ["retry-after", "retry-info", "none"], ids=["Retry-After", "RetryInfo", "no-hint"]
 )
 async def test_a_429_storm_pauses_the_bucket(
-    tmp_path: Path,
-    make_project: MakeProject,
-    service_account_file: Path,
-    vertex_server: FakeVertex,
-    session_env: dict[str, str],
-    hint: str,
+    vertex_server: FakeVertex, submit: Submit, hint: str
 ) -> None:
     """The user claims a quota 100x what the server allows (10 creates per second): the
     server's 429s pause the whole bucket, so the 429s stay near one per request in flight
@@ -208,12 +198,7 @@ async def test_a_429_storm_pauses_the_bucket(
     vertex_server.retry_after_header = hint == "retry-after"
     vertex_server.retry_info_detail = hint == "retry-info"
     events: list[Event] = []
-    jobs = await _submit(
-        tmp_path,
-        make_project(),
-        service_account_file,
-        vertex_server,
-        session_env,
+    jobs = await submit(
         n=n,
         events=events,
         max_inflight=inflight,
@@ -234,21 +219,12 @@ async def test_a_429_storm_pauses_the_bucket(
 
 
 async def test_quota_429s_spread_over_regions_stay_within_each_region(
-    tmp_path: Path,
-    make_project: MakeProject,
-    service_account_file: Path,
-    vertex_server: FakeVertex,
-    session_env: dict[str, str],
+    vertex_server: FakeVertex, submit: Submit
 ) -> None:
     """Two regions, each with its own quota and its own bucket at that quota: no 429 at all,
     and each region takes its share."""
     vertex_server.quota_per_minute = 600  # per (project, region)
-    jobs = await _submit(
-        tmp_path,
-        make_project(),
-        service_account_file,
-        vertex_server,
-        session_env,
+    jobs = await submit(
         n=24,
         regions=("us-central1", "europe-west4"),
         rate_limit=600,
@@ -262,19 +238,10 @@ async def test_quota_429s_spread_over_regions_stay_within_each_region(
 
 
 async def test_permanent_errors_fail_the_job_without_retrying(
-    tmp_path: Path,
-    make_project: MakeProject,
-    service_account_file: Path,
-    vertex_server: FakeVertex,
-    session_env: dict[str, str],
+    vertex_server: FakeVertex, submit: Submit
 ) -> None:
     vertex_server.fail_next_creates(1, 400)
-    jobs = await _submit(
-        tmp_path,
-        make_project(),
-        service_account_file,
-        vertex_server,
-        session_env,
+    jobs = await submit(
         n=3,
         max_inflight=1,
     )
@@ -283,17 +250,9 @@ async def test_permanent_errors_fail_the_job_without_retrying(
     assert vertex_server.counters()["creates_received"] == 3
 
 
-async def test_retries_are_capped(
-    tmp_path: Path,
-    make_project: MakeProject,
-    service_account_file: Path,
-    vertex_server: FakeVertex,
-    session_env: dict[str, str],
-) -> None:
+async def test_retries_are_capped(vertex_server: FakeVertex, submit: Submit) -> None:
     vertex_server.fail_next_creates(100, 503)
-    jobs = await _submit(
-        tmp_path, make_project(), service_account_file, vertex_server, session_env, n=1
-    )
+    jobs = await submit(n=1)
     assert [j.state for j in jobs] == [JobState.FAILED]
     assert "Injected failure" in str(jobs[0].message) and "UNAVAILABLE" in str(jobs[0].message)
     assert vertex_server.counters()["creates_received"] == cloud_run.RETRY_POLICY.attempts

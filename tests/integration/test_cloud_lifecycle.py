@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -12,16 +13,8 @@ from caliban.session import Session
 from caliban.spec import JobRecord, JobState
 from tests.conftest import MakeProject
 from tests.fakes.vertex import FakeVertex
-from tests.integration.cloud_helpers import (  # noqa: F401  (fixtures)
-    JOB_LABEL,
-    assert_exactly_once,
-    cloud_request,
-    oauth_server,
-    service_account,
-    service_account_file,
-    session_env,
-    vertex_server,
-)
+from tests.integration.cloud_helpers import JOB_LABEL, assert_exactly_once, cloud_request
+from tests.integration.conftest import OpenSession, VertexRequest
 
 # Every Vertex JobState, and what caliban records for it.
 STATES = {
@@ -51,6 +44,21 @@ async def _sweep(
     return result.jobs
 
 
+Sweep = Callable[..., Awaitable[list[JobRecord]]]
+
+
+@pytest.fixture
+def sweep(
+    make_project: MakeProject, service_account_file: Path, vertex_server: FakeVertex
+) -> Sweep:
+    """``_sweep(s, n, **kw)`` of a new project with the fake key and server."""
+
+    async def run(s: Session, n: int, **kw: object) -> list[JobRecord]:
+        return await _sweep(s, make_project(), service_account_file, vertex_server, n, **kw)
+
+    return run
+
+
 def _remote(vertex: FakeVertex, job: JobRecord) -> str:
     (found,) = vertex.jobs_with_label(JOB_LABEL, job.job_id)
     return found.name
@@ -58,19 +66,12 @@ def _remote(vertex: FakeVertex, job: JobRecord) -> str:
 
 @pytest.mark.parametrize("n", [12, 150])
 async def test_status_is_one_list_call_per_region_and_maps_every_state(
-    tmp_path: Path,
-    make_project: MakeProject,
-    service_account_file: Path,
-    vertex_server: FakeVertex,
-    session_env: dict[str, str],
-    n: int,
+    vertex_server: FakeVertex, sweep: Sweep, cloud_session: OpenSession, n: int
 ) -> None:
     regions = ("us-central1", "europe-west4")
     vertex_server.cancel_delay = 3600  # CANCELLING stays CANCELLING
-    async with Session(home=tmp_path / "home", environ=session_env) as s:
-        jobs = await _sweep(
-            s, make_project(), service_account_file, vertex_server, n, regions=regions
-        )
+    async with cloud_session() as s:
+        jobs = await sweep(s, n, regions=regions)
         names = list(STATES)
         for job in jobs:
             vertex_server.advance(_remote(vertex_server, job), to=names[job.index % len(names)])
@@ -94,14 +95,10 @@ async def test_status_is_one_list_call_per_region_and_maps_every_state(
 
 
 async def test_status_records_failures_with_their_reason(
-    tmp_path: Path,
-    make_project: MakeProject,
-    service_account_file: Path,
-    vertex_server: FakeVertex,
-    session_env: dict[str, str],
+    vertex_server: FakeVertex, sweep: Sweep, cloud_session: OpenSession
 ) -> None:
-    async with Session(home=tmp_path / "home", environ=session_env) as s:
-        jobs = await _sweep(s, make_project(), service_account_file, vertex_server, 2)
+    async with cloud_session() as s:
+        jobs = await sweep(s, 2)
         vertex_server.fail(_remote(vertex_server, jobs[0]), 8, "Quota exceeded for GPUs.")
         vertex_server.advance(_remote(vertex_server, jobs[1]), "JOB_STATE_RUNNING")
         fresh = await s.status(xgroup="life")
@@ -110,14 +107,10 @@ async def test_status_records_failures_with_their_reason(
 
 
 async def test_a_job_missing_on_the_platform_becomes_unknown(
-    tmp_path: Path,
-    make_project: MakeProject,
-    service_account_file: Path,
-    vertex_server: FakeVertex,
-    session_env: dict[str, str],
+    vertex_server: FakeVertex, sweep: Sweep, cloud_session: OpenSession
 ) -> None:
-    async with Session(home=tmp_path / "home", environ=session_env) as s:
-        jobs = await _sweep(s, make_project(), service_account_file, vertex_server, 2)
+    async with cloud_session() as s:
+        jobs = await sweep(s, 2)
         vertex_server.job(_remote(vertex_server, jobs[0])).deleted = True
         fresh = await s.status(xgroup="life")
     assert [j.state for j in fresh] == [JobState.UNKNOWN, JobState.SUBMITTED]
@@ -125,14 +118,10 @@ async def test_a_job_missing_on_the_platform_becomes_unknown(
 
 
 async def test_status_survives_a_flaky_list(
-    tmp_path: Path,
-    make_project: MakeProject,
-    service_account_file: Path,
-    vertex_server: FakeVertex,
-    session_env: dict[str, str],
+    vertex_server: FakeVertex, sweep: Sweep, cloud_session: OpenSession
 ) -> None:
-    async with Session(home=tmp_path / "home", environ=session_env) as s:
-        jobs = await _sweep(s, make_project(), service_account_file, vertex_server, 3)
+    async with cloud_session() as s:
+        jobs = await sweep(s, 3)
         vertex_server.advance(to="JOB_STATE_RUNNING")
         vertex_server.fail_next("list", 2, 503)
         fresh = await s.status(xgroup="life")
@@ -141,15 +130,11 @@ async def test_status_survives_a_flaky_list(
 
 
 async def test_stop_cancels_concurrently_and_records_real_end_states(
-    tmp_path: Path,
-    make_project: MakeProject,
-    service_account_file: Path,
-    vertex_server: FakeVertex,
-    session_env: dict[str, str],
+    vertex_server: FakeVertex, sweep: Sweep, cloud_session: OpenSession
 ) -> None:
     n = 12
-    async with Session(home=tmp_path / "home", environ=session_env) as s:
-        jobs = await _sweep(s, make_project(), service_account_file, vertex_server, n)
+    async with cloud_session() as s:
+        jobs = await sweep(s, n)
         names = [_remote(vertex_server, j) for j in jobs]
         vertex_server.advance(names[0], "JOB_STATE_SUCCEEDED")  # finished, not yet refreshed
         vertex_server.fail(names[1], 13, "exit status 1")
@@ -167,7 +152,7 @@ async def test_stop_cancels_concurrently_and_records_real_end_states(
         # Accepted, not yet done: Vertex ends the job in its own time.
         assert states[job.job_id].state is JobState.CANCELLING
         assert vertex_server.job(_remote(vertex_server, job)).state == "JOB_STATE_CANCELLED"
-    async with Session(home=tmp_path / "home", environ=session_env) as s:
+    async with cloud_session() as s:
         fresh = {j.job_id: j for j in await s.status(xgroup="life", max_jobs=0)}
     assert all(fresh[j.job_id].state is JobState.STOPPED for j in jobs[2:])
 
@@ -181,11 +166,9 @@ async def test_stop_cancels_concurrently_and_records_real_end_states(
     ],
 )
 async def test_a_cancelled_job_is_followed_until_vertex_says_how_it_ended(
-    tmp_path: Path,
-    make_project: MakeProject,
-    service_account_file: Path,
     vertex_server: FakeVertex,
-    session_env: dict[str, str],
+    sweep: Sweep,
+    cloud_session: OpenSession,
     outcome: str,
     recorded: JobState,
 ) -> None:
@@ -195,8 +178,8 @@ async def test_a_cancelled_job_is_followed_until_vertex_says_how_it_ended(
     vertex_server.clock = lambda: now[0]
     vertex_server.cancel_delay = 30
     vertex_server.cancel_outcome = outcome
-    async with Session(home=tmp_path / "home", environ=session_env) as s:
-        (job,) = await _sweep(s, make_project(), service_account_file, vertex_server, 1)
+    async with cloud_session() as s:
+        (job,) = await sweep(s, 1)
         vertex_server.advance(_remote(vertex_server, job), "JOB_STATE_RUNNING")
         (stopped,) = await s.stop(xgroup="life")
         assert stopped.state is JobState.CANCELLING
@@ -217,11 +200,9 @@ async def test_a_cancelled_job_is_followed_until_vertex_says_how_it_ended(
 
 
 async def test_stop_finds_a_job_whose_create_was_cut_short(
-    tmp_path: Path,
-    make_project: MakeProject,
-    service_account_file: Path,
     vertex_server: FakeVertex,
-    session_env: dict[str, str],
+    vertex_request: VertexRequest,
+    cloud_session: OpenSession,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A job left PLANNED (its answer was lost and no lookup worked) may be running all the
@@ -229,10 +210,8 @@ async def test_stop_finds_a_job_whose_create_was_cut_short(
     monkeypatch.setattr(cloud_run, "RETRY_POLICY", RetryPolicy(attempts=2, initial=0.01))
     vertex_server.lose_next_creates(1)
     vertex_server.fail_next("list", 1000, 503)
-    async with Session(home=tmp_path / "home", environ=session_env) as s:
-        result = await s.cloud(
-            cloud_request(make_project(), service_account_file, vertex_server, xgroup="cut")
-        )
+    async with cloud_session() as s:
+        result = await s.cloud(vertex_request(xgroup="cut"))
         assert [j.state for j in result.jobs] == [JobState.PLANNED]
         vertex_server._scripted.clear()
         (stopped,) = await s.stop(xgroup="cut")
@@ -242,14 +221,10 @@ async def test_stop_finds_a_job_whose_create_was_cut_short(
 
 
 async def test_stop_of_a_job_deleted_on_the_platform(
-    tmp_path: Path,
-    make_project: MakeProject,
-    service_account_file: Path,
-    vertex_server: FakeVertex,
-    session_env: dict[str, str],
+    vertex_server: FakeVertex, sweep: Sweep, cloud_session: OpenSession
 ) -> None:
-    async with Session(home=tmp_path / "home", environ=session_env) as s:
-        (job,) = await _sweep(s, make_project(), service_account_file, vertex_server, 1)
+    async with cloud_session() as s:
+        (job,) = await sweep(s, 1)
         vertex_server.job(_remote(vertex_server, job)).deleted = True
         (stopped,) = await s.stop(xgroup="life")
     assert stopped.state is JobState.STOPPED
@@ -257,18 +232,11 @@ async def test_stop_of_a_job_deleted_on_the_platform(
 
 
 async def test_resubmit_sends_failed_and_stopped_jobs_again_with_their_recorded_body(
-    tmp_path: Path,
-    make_project: MakeProject,
-    service_account_file: Path,
-    vertex_server: FakeVertex,
-    session_env: dict[str, str],
+    vertex_server: FakeVertex, sweep: Sweep, cloud_session: OpenSession
 ) -> None:
-    async with Session(home=tmp_path / "home", environ=session_env) as s:
-        jobs = await _sweep(
+    async with cloud_session() as s:
+        jobs = await sweep(
             s,
-            make_project(),
-            service_account_file,
-            vertex_server,
             4,
             regions=("us-central1", "europe-west4"),
             spot=True,
@@ -311,11 +279,10 @@ async def test_resubmit_sends_failed_and_stopped_jobs_again_with_their_recorded_
 
 
 async def test_resubmit_after_an_interrupted_submission_sends_only_the_missing(
-    tmp_path: Path,
     make_project: MakeProject,
     service_account_file: Path,
     vertex_server: FakeVertex,
-    session_env: dict[str, str],
+    cloud_session: OpenSession,
 ) -> None:
     """Cancel a fan-out half way (what Ctrl-C does); resubmit then creates exactly the jobs
     that are missing, adopting those the server already has, with one list per region."""
@@ -324,7 +291,7 @@ async def test_resubmit_after_an_interrupted_submission_sends_only_the_missing(
     n = 40
     vertex_server.create_latency = 0.05
     folder = make_project()
-    async with Session(home=tmp_path / "home", environ=session_env) as s:
+    async with cloud_session() as s:
         with anyio.move_on_after(0.5):
             await _sweep(
                 s,

@@ -21,16 +21,7 @@ from caliban.errors import ValidationError
 from tests.conftest import MakeProject, docker_cli
 from tests.fakes.google_http import FakeServer
 from tests.fakes.vertex import FakeVertex
-from tests.integration.cloud_helpers import (  # noqa: F401  (fixtures)
-    JOB_LABEL,
-    caliban,
-    cli_env,
-    db_jobs,
-    oauth_server,
-    service_account,
-    service_account_file,
-    vertex_server,
-)
+from tests.integration.cloud_helpers import caliban, cli_env, db_jobs
 
 MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 

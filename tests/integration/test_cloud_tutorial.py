@@ -12,15 +12,7 @@ import anyio
 from tests.conftest import ROOT
 from tests.fakes.vertex import FakeVertex
 from tests.fakes.vertex_jobs import Lifecycle
-from tests.integration.cloud_helpers import (  # noqa: F401  (fixtures)
-    IMAGE,
-    JOB_LABEL,
-    cli_env,
-    oauth_server,
-    service_account,
-    service_account_file,
-    vertex_server,
-)
+from tests.integration.cloud_helpers import IMAGE, JOB_LABEL, cli_env
 
 SCRIPT = ROOT / "tutorials" / "batch" / "submit_sweep.py"
 

@@ -16,30 +16,17 @@ from caliban.options import ClusterOptions, ProjectOptions
 from caliban.platforms.kubernetes import versions as k8sversions
 from caliban.platforms.kubernetes.client import connections
 from caliban.platforms.kubernetes.jobs import KubeSubmitter
-from caliban.session import Session
 from caliban.spec import JobState
 from tests.conftest import MakeProject
 from tests.fakes.k8s import FakeKubernetes
 from tests.fakes.k8s_schema import validate
+from tests.integration.conftest import KubeRequest, OpenSession
 
-from .cluster_support import (  # noqa: F401  (fixtures)
-    IMAGE,
-    JOB_LABEL,
-    cenv,
-    kube,
-    kubeconfig,
-    names_of,
-    request,
-    wait_for,
-)
+from .cluster_support import IMAGE, JOB_LABEL, names_of, request, wait_for
 
 
 async def test_a_sweep_becomes_one_labelled_job_per_experiment(
-    tmp_path: Path,
-    make_project: MakeProject,
-    kube: FakeKubernetes,
-    kubeconfig: Path,
-    cenv: dict[str, str],
+    make_project: MakeProject, kube: FakeKubernetes, kubeconfig: Path, cluster_session: OpenSession
 ) -> None:
     folder = make_project()
     req = request(
@@ -53,7 +40,7 @@ async def test_a_sweep_becomes_one_labelled_job_per_experiment(
         min_mem=8000,
         project=ProjectOptions(folder=folder, entry="job.py", use_gpu=True),
     )
-    async with Session(home=tmp_path / "home", environ=cenv) as s:
+    async with cluster_session() as s:
         result = await s.cluster_submit(req)
         store_id = (await s.store()).store_id
     assert result.ok and len(result.jobs) == 4
@@ -83,21 +70,15 @@ async def test_a_sweep_becomes_one_labelled_job_per_experiment(
 
 
 async def test_200_jobs_are_created_exactly_once_under_faults(
-    tmp_path: Path,
-    make_project: MakeProject,
-    kube: FakeKubernetes,
-    kubeconfig: Path,
-    cenv: dict[str, str],
+    kube: FakeKubernetes, kube_request: KubeRequest, cluster_session: OpenSession
 ) -> None:
     kube.error_rate, kube.error_status = 0.08, 503
     kube.drop_rate = 0.04
     kube.lost_response_rate = 0.08
     kube.fail_next(5, 429, path_prefix="/apis/batch/v1", method="POST", retry_after=0.2)
     n = 200
-    async with Session(home=tmp_path / "home", environ=cenv) as s:
-        result = await s.cluster_submit(
-            request(make_project(), kubeconfig, experiments={"i": list(range(n))})
-        )
+    async with cluster_session() as s:
+        result = await s.cluster_submit(kube_request(experiments={"i": list(range(n))}))
     assert result.ok, [(j.state, j.message) for j in result.jobs if not result.ok]
     assert len(kube.jobs("default")) == n and kube.duplicates(JOB_LABEL) == {}
     assert {j.platform_id for j in result.jobs} == set(names_of(kube))
@@ -110,16 +91,10 @@ async def test_200_jobs_are_created_exactly_once_under_faults(
 
 
 async def test_a_409_is_adopted_when_the_label_matches_and_refused_otherwise(
-    tmp_path: Path,
-    make_project: MakeProject,
-    kube: FakeKubernetes,
-    kubeconfig: Path,
-    cenv: dict[str, str],
+    kube: FakeKubernetes, kube_request: KubeRequest, cluster_session: OpenSession
 ) -> None:
-    async with Session(home=tmp_path / "home", environ=cenv) as s:
-        result = await s.cluster_submit(
-            request(make_project(), kubeconfig, experiments={"i": [1, 2]})
-        )
+    async with cluster_session() as s:
+        result = await s.cluster_submit(kube_request(experiments={"i": [1, 2]}))
         first, second = result.jobs
         submitter = KubeSubmitter(await connections(s))
         # Created again without looking first (as after a crash between create and record).
@@ -133,15 +108,11 @@ async def test_a_409_is_adopted_when_the_label_matches_and_refused_otherwise(
 
 
 async def test_status_maps_outcomes_with_one_list_call(
-    tmp_path: Path,
-    make_project: MakeProject,
-    kube: FakeKubernetes,
-    kubeconfig: Path,
-    cenv: dict[str, str],
+    kube: FakeKubernetes, kube_request: KubeRequest, cluster_session: OpenSession
 ) -> None:
-    async with Session(home=tmp_path / "home", environ=cenv) as s:
+    async with cluster_session() as s:
         result = await s.cluster_submit(
-            request(make_project(), kubeconfig, xgroup="st", experiments={"i": list(range(5))})
+            kube_request(xgroup="st", experiments={"i": list(range(5))})
         )
         name = {j.index: str(j.platform_id) for j in result.jobs}
         kube.succeed_job("default", name[0])
@@ -168,15 +139,11 @@ async def test_status_maps_outcomes_with_one_list_call(
 
 
 async def test_stop_deletes_jobs_with_their_pods(
-    tmp_path: Path,
-    make_project: MakeProject,
-    kube: FakeKubernetes,
-    kubeconfig: Path,
-    cenv: dict[str, str],
+    kube: FakeKubernetes, kube_request: KubeRequest, cluster_session: OpenSession
 ) -> None:
-    async with Session(home=tmp_path / "home", environ=cenv) as s:
+    async with cluster_session() as s:
         result = await s.cluster_submit(
-            request(make_project(), kubeconfig, xgroup="stop", experiments={"i": list(range(4))})
+            kube_request(xgroup="stop", experiments={"i": list(range(4))})
         )
         name = {j.index: str(j.platform_id) for j in result.jobs}
         for i in range(3):
@@ -199,16 +166,10 @@ async def test_stop_deletes_jobs_with_their_pods(
 
 
 async def test_resubmit_recreates_failed_jobs_with_the_recorded_manifest(
-    tmp_path: Path,
-    make_project: MakeProject,
-    kube: FakeKubernetes,
-    kubeconfig: Path,
-    cenv: dict[str, str],
+    kube: FakeKubernetes, kube_request: KubeRequest, cluster_session: OpenSession
 ) -> None:
-    async with Session(home=tmp_path / "home", environ=cenv) as s:
-        result = await s.cluster_submit(
-            request(make_project(), kubeconfig, xgroup="re", experiments={"i": [1, 2, 3]})
-        )
+    async with cluster_session() as s:
+        result = await s.cluster_submit(kube_request(xgroup="re", experiments={"i": [1, 2, 3]}))
         failed = result.jobs[1]
         kube.fail_job("default", str(failed.platform_id))
         again = await s.resubmit(xgroup="re")
@@ -252,11 +213,11 @@ async def test_indexed_sweep_is_one_job_and_each_index_runs_its_experiment(
     make_project: MakeProject,
     kube: FakeKubernetes,
     kubeconfig: Path,
-    cenv: dict[str, str],
+    cluster_session: OpenSession,
 ) -> None:
     project = make_project()
     tags = [f"t{i}" for i in range(7)]
-    async with Session(home=tmp_path / "home", environ=cenv) as s:
+    async with cluster_session() as s:
         result = await s.cluster_submit(
             request(
                 project,
@@ -308,10 +269,10 @@ async def test_stopping_part_of_an_indexed_sweep_marks_its_indexes(
     make_project: MakeProject,
     kube: FakeKubernetes,
     kubeconfig: Path,
-    cenv: dict[str, str],
+    cluster_session: OpenSession,
 ) -> None:
     project = make_project()
-    async with Session(home=tmp_path / "home", environ=cenv) as s:
+    async with cluster_session() as s:
         result = await s.cluster_submit(
             request(
                 project,
@@ -345,16 +306,10 @@ async def test_stopping_part_of_an_indexed_sweep_marks_its_indexes(
 
 
 async def test_logs_of_a_job_and_of_an_index(
-    tmp_path: Path,
-    make_project: MakeProject,
-    kube: FakeKubernetes,
-    kubeconfig: Path,
-    cenv: dict[str, str],
+    kube: FakeKubernetes, kube_request: KubeRequest, cluster_session: OpenSession
 ) -> None:
-    async with Session(home=tmp_path / "home", environ=cenv) as s:
-        plain = await s.cluster_submit(
-            request(make_project(), kubeconfig, xgroup="lg", experiments={"i": [1]})
-        )
+    async with cluster_session() as s:
+        plain = await s.cluster_submit(kube_request(xgroup="lg", experiments={"i": [1]}))
         name = str(plain.jobs[0].platform_id)
         kube.set_job_running("default", name)
         (pod,) = kube.pods("default", job=name)
@@ -378,9 +333,7 @@ async def test_logs_of_a_job_and_of_an_index(
         assert "".join(got).endswith("epoch 1\n")
 
         indexed = await s.cluster_submit(
-            request(
-                make_project(), kubeconfig, xgroup="lgi", indexed=True, experiments={"i": [1, 2]}
-            )
+            kube_request(xgroup="lgi", indexed=True, experiments={"i": [1, 2]})
         )
         job_name = str(indexed.jobs[0].details["k8s_job"])
         kube.set_job_running("default", job_name)
@@ -392,11 +345,7 @@ async def test_logs_of_a_job_and_of_an_index(
 
 
 async def test_planned_jobs_left_by_a_crash_are_looked_up_not_duplicated(
-    tmp_path: Path,
-    make_project: MakeProject,
-    kube: FakeKubernetes,
-    kubeconfig: Path,
-    cenv: dict[str, str],
+    make_project: MakeProject, kube: FakeKubernetes, kubeconfig: Path, cluster_session: OpenSession
 ) -> None:
     """The store says PLANNED (the process died before recording), the cluster has some."""
     from caliban.limits import Pacing
@@ -405,7 +354,7 @@ async def test_planned_jobs_left_by_a_crash_are_looked_up_not_duplicated(
     from caliban.sweep.engine import launch
 
     project = make_project()
-    async with Session(home=tmp_path / "home", environ=cenv) as s:
+    async with cluster_session() as s:
         result = await s.cluster_submit(
             request(project, kubeconfig, xgroup="crash", experiments={"i": list(range(6))})
         )
@@ -432,7 +381,7 @@ async def test_export_writes_manifests_that_parse_back_to_the_same_objects(
     make_project: MakeProject,
     kube: FakeKubernetes,
     kubeconfig: Path,
-    cenv: dict[str, str],
+    cluster_session: OpenSession,
     monkeypatch: pytest.MonkeyPatch,
     indexed: bool,
 ) -> None:
@@ -450,7 +399,7 @@ async def test_export_writes_manifests_that_parse_back_to_the_same_objects(
             names, "new_job_id", names.JobIdFactory(clock_ms=lambda: 1, random_bits=lambda n: 7)
         )
         target = tmp_path / f"out.{suffix}"
-        async with Session(home=tmp_path / "home", environ=cenv) as s:
+        async with cluster_session() as s:
             result = await s.cluster_submit(
                 request(
                     project,
@@ -492,7 +441,7 @@ async def test_export_writes_manifests_that_parse_back_to_the_same_objects(
     )
 
     # What was written creates exactly those objects.
-    async with Session(home=tmp_path / "home", environ=cenv) as s:
+    async with cluster_session() as s:
         for f in sorted(tmp_path.glob("out*.yaml")):
             await s.cluster_submit_file(ClusterOptions(kubeconfig=str(kubeconfig)), str(f))
     for obj in parsed["yaml"]:

@@ -14,16 +14,18 @@ import yaml
 from tests.conftest import CALIBAN, MakeProject
 from tests.fakes.k8s import FakeKubernetes
 
-from .cluster_support import (  # noqa: F401  (fixtures)
-    IMAGE,
-    JOB_LABEL,
-    caliban,
-    cli_env,
-    kube,
-    kubeconfig,
-    names_of,
-    wait_for,
-)
+from .cluster_support import IMAGE, JOB_LABEL, caliban, cli_env, names_of, wait_for
+
+
+@pytest.fixture
+def folder(make_project: MakeProject) -> Path:
+    return make_project()
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """What the ``caliban`` processes under test see: a private home, no ambient kubeconfig."""
+    return cli_env(tmp_path)
 
 
 def submit_args(
@@ -62,13 +64,8 @@ async def status_json(
 
 
 async def test_a_cli_sweep_becomes_jobs_and_status_reflects_their_outcomes(
-    tmp_path: Path,
-    make_project: MakeProject,
-    kube: FakeKubernetes,
-    kubeconfig: Path,
+    folder: Path, kube: FakeKubernetes, kubeconfig: Path, env: dict[str, str]
 ) -> None:
-    folder = make_project()
-    env = cli_env(tmp_path)
     config = write_config(folder, lr=[0.1, 0.2, 0.3, 0.4])
     code, out, err = await caliban(
         submit_args(
@@ -110,13 +107,8 @@ async def test_a_cli_sweep_becomes_jobs_and_status_reflects_their_outcomes(
 
 
 async def test_cluster_pod_and_job_listings(
-    tmp_path: Path,
-    make_project: MakeProject,
-    kube: FakeKubernetes,
-    kubeconfig: Path,
+    folder: Path, kube: FakeKubernetes, kubeconfig: Path, env: dict[str, str]
 ) -> None:
-    folder = make_project()
-    env = cli_env(tmp_path)
     code, _, err = await caliban(
         submit_args(kubeconfig, write_config(folder, i=[1, 2])), cwd=folder, env=env
     )
@@ -151,13 +143,8 @@ async def run_until_killed(
 
 
 async def test_a_rerun_after_kill_9_adds_only_the_missing_jobs(
-    tmp_path: Path,
-    make_project: MakeProject,
-    kube: FakeKubernetes,
-    kubeconfig: Path,
+    folder: Path, kube: FakeKubernetes, kubeconfig: Path, env: dict[str, str]
 ) -> None:
-    folder = make_project()
-    env = cli_env(tmp_path)
     n = 200
     args = submit_args(
         kubeconfig, write_config(folder, i=list(range(n))), "--xgroup", "k9", "--max_inflight", "4"
@@ -176,13 +163,8 @@ async def test_a_rerun_after_kill_9_adds_only_the_missing_jobs(
 
 
 async def test_resubmit_after_kill_9_adds_only_the_missing_jobs(
-    tmp_path: Path,
-    make_project: MakeProject,
-    kube: FakeKubernetes,
-    kubeconfig: Path,
+    folder: Path, kube: FakeKubernetes, kubeconfig: Path, env: dict[str, str]
 ) -> None:
-    folder = make_project()
-    env = cli_env(tmp_path)
     args = submit_args(
         kubeconfig,
         write_config(folder, i=list(range(40))),
@@ -202,13 +184,8 @@ async def test_resubmit_after_kill_9_adds_only_the_missing_jobs(
 
 
 async def test_an_indexed_sweep_killed_between_configmap_and_job_is_completed(
-    tmp_path: Path,
-    make_project: MakeProject,
-    kube: FakeKubernetes,
-    kubeconfig: Path,
+    folder: Path, kube: FakeKubernetes, kubeconfig: Path, env: dict[str, str]
 ) -> None:
-    folder = make_project()
-    env = cli_env(tmp_path)
     args = submit_args(
         kubeconfig,
         write_config(folder, tag=["a", "b", "c", "d", "e"]),
@@ -256,15 +233,14 @@ async def test_an_indexed_sweep_killed_between_configmap_and_job_is_completed(
 )
 async def test_bad_input_is_one_clear_line_and_writes_nothing(
     tmp_path: Path,
-    make_project: MakeProject,
+    folder: Path,
     kubeconfig: Path,
     kube: FakeKubernetes,
     extra: list[str],
     code: int,
     message: str,
+    env: dict[str, str],
 ) -> None:
-    folder = make_project()
-    env = cli_env(tmp_path)
     got, out, err = await caliban(
         submit_args(kubeconfig, write_config(folder, i=[1]), *extra), cwd=folder, env=env
     )
@@ -276,12 +252,8 @@ async def test_bad_input_is_one_clear_line_and_writes_nothing(
 
 
 async def test_missing_kubeconfig_and_unreachable_cluster(
-    tmp_path: Path,
-    make_project: MakeProject,
-    kube: FakeKubernetes,
+    tmp_path: Path, folder: Path, kube: FakeKubernetes, env: dict[str, str]
 ) -> None:
-    folder = make_project()
-    env = cli_env(tmp_path)
     config = write_config(folder, i=[1])
     got, _, err = await caliban(submit_args(tmp_path / "absent.yaml", config), cwd=folder, env=env)
     assert got == 2 and "absent.yaml does not exist" in err and "Traceback" not in err
@@ -304,23 +276,16 @@ contexts: [{{name: dead, context: {{cluster: dead, user: u}}}}]
 
 
 async def test_a_kubeconfig_cluster_needs_a_registry_to_push_to(
-    tmp_path: Path,
-    make_project: MakeProject,
-    kubeconfig: Path,
+    folder: Path, kubeconfig: Path, env: dict[str, str]
 ) -> None:
-    folder = make_project()
     args = ["cluster", "job", "submit", "--kubeconfig", str(kubeconfig), "job.py"]
-    got, _, err = await caliban(args, cwd=folder, env=cli_env(tmp_path))
+    got, _, err = await caliban(args, cwd=folder, env=env)
     assert got == 2 and "--image_registry" in err
 
 
 async def test_dry_run_prints_manifests_and_touches_nothing(
-    tmp_path: Path,
-    make_project: MakeProject,
-    kube: FakeKubernetes,
-    kubeconfig: Path,
+    tmp_path: Path, folder: Path, kube: FakeKubernetes, kubeconfig: Path, env: dict[str, str]
 ) -> None:
-    folder = make_project()
     got, out, err = await caliban(
         [
             "cluster",
@@ -334,7 +299,7 @@ async def test_dry_run_prints_manifests_and_touches_nothing(
             "job.py",
         ],
         cwd=folder,
-        env=cli_env(tmp_path),
+        env=env,
     )
     assert got == 0, err
     # Piped stdout is a YAML stream of the manifests; the narration is on stderr.

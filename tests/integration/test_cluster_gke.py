@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -15,11 +15,11 @@ from caliban.options import ClusterJobRequest, ClusterOptions, ProjectOptions
 from caliban.session import Session
 from caliban.spec import JobState
 from tests.conftest import MakeProject
-from tests.fakes.fixtures import oauth_server, service_account, service_account_file  # noqa: F401
 from tests.fakes.gke import FakeGke
 from tests.fakes.k8s import FakeKubernetes
 from tests.fakes.k8s_tls import make_certificates
 from tests.fakes.oauth import FakeOAuth
+from tests.integration.conftest import OpenSession
 
 from .cluster_support import IMAGE, JOB_LABEL, caliban, cli_env
 
@@ -54,6 +54,22 @@ def genv(tmp_path: Path, gke: FakeGke) -> dict[str, str]:
     }
 
 
+@pytest.fixture
+def gke_session(tmp_path: Path, genv: dict[str, str]) -> OpenSession:
+    return lambda: Session(home=tmp_path / "home", environ=genv)
+
+
+@pytest.fixture
+def env(tmp_path: Path, gke: FakeGke, service_account_file: Path) -> dict[str, str]:
+    """What the ``caliban`` processes under test see: the fake GKE and the fake key."""
+    return cli_env(
+        tmp_path,
+        CALIBAN_GKE_ENDPOINT=gke.url,
+        CALIBAN_COMPUTE_ENDPOINT=gke.url,
+        GOOGLE_APPLICATION_CREDENTIALS=str(service_account_file),
+    )
+
+
 def gke_request(folder: Path, key: Path, **kw: object) -> ClusterJobRequest:
     base: dict[str, object] = {
         "project": ProjectOptions(folder=folder, entry="job.py", use_gpu=True),
@@ -64,19 +80,25 @@ def gke_request(folder: Path, key: Path, **kw: object) -> ClusterJobRequest:
     return ClusterJobRequest(**base)  # type: ignore[arg-type]
 
 
+GkeRequest = Callable[..., ClusterJobRequest]
+
+
+@pytest.fixture
+def new_gke_request(make_project: MakeProject, service_account_file: Path) -> GkeRequest:
+    """``gke_request`` for a new project, with the fake key."""
+    return lambda **kw: gke_request(make_project(), service_account_file, **kw)
+
+
 async def test_jobs_go_to_the_gke_cluster_over_verified_tls(
-    tmp_path: Path,
-    make_project: MakeProject,
     gke: FakeGke,
     kube: FakeKubernetes,
     service_account_file: Path,
-    genv: dict[str, str],
+    gke_session: OpenSession,
+    new_gke_request: GkeRequest,
 ) -> None:
-    async with Session(home=tmp_path / "home", environ=genv) as s:
+    async with gke_session() as s:
         result = await s.cluster_submit(
-            gke_request(
-                make_project(),
-                service_account_file,
+            new_gke_request(
                 xgroup="g",
                 experiments={"i": [1, 2, 3]},
                 spot=True,
@@ -115,32 +137,24 @@ async def test_jobs_go_to_the_gke_cluster_over_verified_tls(
 
 
 async def test_a_cluster_certificate_from_another_ca_is_refused(
-    tmp_path: Path,
-    make_project: MakeProject,
-    gke: FakeGke,
-    kube: FakeKubernetes,
-    service_account_file: Path,
-    genv: dict[str, str],
+    gke: FakeGke, kube: FakeKubernetes, gke_session: OpenSession, new_gke_request: GkeRequest
 ) -> None:
     other = make_certificates().ca_cert_pem
     gke.clusters[(P, ZONE, "blueshift")]["masterAuth"]["clusterCaCertificate"] = base64.b64encode(
         other.encode()
     ).decode()
-    async with Session(home=tmp_path / "home", environ=genv) as s:
+    async with gke_session() as s:
         with pytest.raises(BackendError, match="cannot be verified"):
-            await s.cluster_submit(
-                gke_request(make_project(), service_account_file, experiments={"i": [1]})
-            )
+            await s.cluster_submit(new_gke_request(experiments={"i": [1]}))
     assert kube.requests == [] and kube.creates_received == 0
 
 
 async def test_gpus_beyond_the_autoprovisioning_limits_are_refused(
-    tmp_path: Path,
     make_project: MakeProject,
     gke: FakeGke,
     kube: FakeKubernetes,
     service_account_file: Path,
-    genv: dict[str, str],
+    gke_session: OpenSession,
 ) -> None:
     gke.add_cluster(
         P,
@@ -158,7 +172,7 @@ async def test_gpus_beyond_the_autoprovisioning_limits_are_refused(
     cluster = ClusterOptions(
         cluster_name="nap", zone="us-central1-b", cloud_key=str(service_account_file)
     )
-    async with Session(home=tmp_path / "home", environ=genv) as s:
+    async with gke_session() as s:
         with pytest.raises(ValidationError, match=r"cannot provision nodes with 1xV100.*4xnvidia"):
             await s.cluster_submit(
                 gke_request(
@@ -185,19 +199,9 @@ async def test_gpus_beyond_the_autoprovisioning_limits_are_refused(
 
 @pytest.mark.slow
 async def test_cluster_commands(
-    tmp_path: Path,
-    make_project: MakeProject,
-    gke: FakeGke,
-    kube: FakeKubernetes,
-    service_account_file: Path,
+    make_project: MakeProject, gke: FakeGke, kube: FakeKubernetes, env: dict[str, str]
 ) -> None:
     folder = make_project()
-    env = cli_env(
-        tmp_path,
-        CALIBAN_GKE_ENDPOINT=gke.url,
-        CALIBAN_COMPUTE_ENDPOINT=gke.url,
-        GOOGLE_APPLICATION_CREDENTIALS=str(service_account_file),
-    )
 
     code, out, err = await caliban(["cluster", "ls"], cwd=folder, env=env)
     assert code == 0, err
@@ -278,18 +282,9 @@ async def test_cluster_commands(
 
 
 async def test_cluster_creation_failures(
-    tmp_path: Path,
-    make_project: MakeProject,
-    gke: FakeGke,
-    service_account_file: Path,
+    make_project: MakeProject, gke: FakeGke, env: dict[str, str]
 ) -> None:
     folder = make_project()
-    env = cli_env(
-        tmp_path,
-        CALIBAN_GKE_ENDPOINT=gke.url,
-        CALIBAN_COMPUTE_ENDPOINT=gke.url,
-        GOOGLE_APPLICATION_CREDENTIALS=str(service_account_file),
-    )
     gke.fail_next_operation()
     code, _, err = await caliban(
         ["cluster", "create", "--cluster_name", "a", "--zone", ZONE], cwd=folder, env=env
@@ -313,22 +308,18 @@ async def test_cluster_creation_failures(
 
 async def test_an_unknown_gke_cluster_is_bad_input(
     tmp_path: Path,
-    make_project: MakeProject,
     gke: FakeGke,
     kube: FakeKubernetes,
     service_account_file: Path,
-    genv: dict[str, str],
+    gke_session: OpenSession,
+    new_gke_request: GkeRequest,
 ) -> None:
     cluster = ClusterOptions(cluster_name="nope", zone=ZONE, cloud_key=str(service_account_file))
-    async with Session(home=tmp_path / "home", environ=genv) as s:
+    async with gke_session() as s:
         with pytest.raises(ValidationError, match="no GKE cluster nope in us-central1-a"):
-            await s.cluster_submit(
-                gke_request(make_project(), service_account_file, cluster=cluster)
-            )
+            await s.cluster_submit(new_gke_request(cluster=cluster))
         without_name = ClusterOptions(cloud_key=str(service_account_file))
         gke.add_cluster(P, "europe-west4", "second")
         with pytest.raises(ValidationError, match="several GKE clusters"):
-            await s.cluster_submit(
-                gke_request(make_project(), service_account_file, cluster=without_name)
-            )
+            await s.cluster_submit(new_gke_request(cluster=without_name))
     assert kube.requests == [] and not (tmp_path / "home" / "caliban.db").exists()

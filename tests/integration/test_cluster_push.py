@@ -12,8 +12,6 @@ from caliban.session import Session
 from tests.conftest import MakeProject
 from tests.fakes.k8s import FakeKubernetes
 
-from .cluster_support import kube, kubeconfig  # noqa: F401  (fixtures)
-
 pytestmark = [pytest.mark.docker, pytest.mark.registry]
 
 

@@ -13,13 +13,13 @@ from caliban.core import names
 from caliban.errors import ValidationError
 from caliban.platforms.kubernetes import spec as k8sspec
 from caliban.platforms.kubernetes.versions import NEWEST, OLDEST, OLDEST_INDEXED
-from caliban.session import Session
 from caliban.spec import JobState
 from tests.conftest import MakeProject
 from tests.fakes.k8s import FakeKubernetes
 from tests.fakes.k8s_fixtures import K8S_TOKEN
+from tests.integration.conftest import KubeRequest, OpenSession
 
-from .cluster_support import JOB_LABEL, cenv, request  # noqa: F401  (fixtures)
+from .cluster_support import JOB_LABEL, request
 
 VERSION_PATHS = ("/version", "/version/")
 
@@ -51,16 +51,15 @@ def version_reads(kube: FakeKubernetes) -> int:
     indirect=["kube"],
 )
 async def test_both_ends_of_the_supported_range_accept_what_caliban_sends(
-    tmp_path: Path,
     make_project: MakeProject,
     kube: FakeKubernetes,
     kubeconfig: Path,
-    cenv: dict[str, str],
+    cluster_session: OpenSession,
     indexed: bool,
 ) -> None:
     folder = make_project()
     req = request(folder, kubeconfig, xgroup="v", indexed=indexed, experiments={"i": [1, 2, 3]})
-    async with Session(home=tmp_path / "home", environ=cenv) as s:
+    async with cluster_session() as s:
         result = await s.cluster_submit(req)
         assert result.ok and {j.state for j in result.jobs} == {JobState.SUBMITTED}
         await s.status(xgroup="v", max_jobs=0)
@@ -83,11 +82,11 @@ async def test_indexed_on_a_too_old_server_is_refused_before_anything_happens(
     make_project: MakeProject,
     kube: FakeKubernetes,
     kubeconfig: Path,
-    cenv: dict[str, str],
+    cluster_session: OpenSession,
 ) -> None:
     folder = make_project()
     req = request(folder, kubeconfig, xgroup="old", indexed=True, experiments={"i": [1, 2]})
-    async with Session(home=tmp_path / "home", environ=cenv) as s:
+    async with cluster_session() as s:
         with pytest.raises(ValidationError) as err:
             await s.cluster_submit(req)
     assert err.value.exit_code == 2
@@ -96,21 +95,17 @@ async def test_indexed_on_a_too_old_server_is_refused_before_anything_happens(
     assert kube.object_order == [] and not (tmp_path / "home" / "caliban.db").exists()
     # One Job per experiment is fine on the same server.
     plain = request(folder, kubeconfig, xgroup="old", experiments={"i": [1, 2]})
-    async with Session(home=tmp_path / "home", environ=cenv) as s:
+    async with cluster_session() as s:
         result = await s.cluster_submit(plain)
     assert result.ok and kube.calls["create jobs"] == 2
 
 
 @pytest.mark.parametrize("kube", ["1.25"], indirect=True)
 async def test_a_server_without_pod_failure_policies_is_refused(
-    tmp_path: Path,
-    make_project: MakeProject,
-    kube: FakeKubernetes,
-    kubeconfig: Path,
-    cenv: dict[str, str],
+    kube: FakeKubernetes, kube_request: KubeRequest, cluster_session: OpenSession
 ) -> None:
-    req = request(make_project(), kubeconfig, xgroup="old")
-    async with Session(home=tmp_path / "home", environ=cenv) as s:
+    req = kube_request(xgroup="old")
+    async with cluster_session() as s:
         with pytest.raises(ValidationError, match=r"these Jobs need 1\.26 or newer"):
             await s.cluster_submit(req)
     assert kube.object_order == []
@@ -150,25 +145,21 @@ def leftover(kube: FakeKubernetes, name: str, owner: str, data: str) -> None:
 
 
 async def test_a_stale_configmap_without_its_job_is_replaced(
-    tmp_path: Path,
-    make_project: MakeProject,
     kube: FakeKubernetes,
-    kubeconfig: Path,
-    cenv: dict[str, str],
+    kube_request: KubeRequest,
+    cluster_session: OpenSession,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     first = fixed_ids(monkeypatch)
     name = indexed_name(first, 3)
     leftover(kube, name, first, json.dumps([{"job": "x", "args": ["--old"]}]))
-    req = request(
-        make_project(),
-        kubeconfig,
+    req = kube_request(
         xgroup="st",
         name="sweep",
         indexed=True,
         experiments={"i": [1, 2, 3]},
     )
-    async with Session(home=tmp_path / "home", environ=cenv) as s:
+    async with cluster_session() as s:
         result = await s.cluster_submit(req)
     assert result.ok
     (cm,) = kube.configmaps("default")
@@ -181,25 +172,21 @@ async def test_a_stale_configmap_without_its_job_is_replaced(
 
 
 async def test_a_foreign_configmap_of_that_name_fails_the_sweep_and_is_kept(
-    tmp_path: Path,
-    make_project: MakeProject,
     kube: FakeKubernetes,
-    kubeconfig: Path,
-    cenv: dict[str, str],
+    kube_request: KubeRequest,
+    cluster_session: OpenSession,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     first = fixed_ids(monkeypatch)
     name = indexed_name(first, 2)
     leftover(kube, name, "someone-else", "[]")
-    req = request(
-        make_project(),
-        kubeconfig,
+    req = kube_request(
         xgroup="fo",
         name="sweep",
         indexed=True,
         experiments={"i": [1, 2]},
     )
-    async with Session(home=tmp_path / "home", environ=cenv) as s:
+    async with cluster_session() as s:
         result = await s.cluster_submit(req)
     assert {j.state for j in result.jobs} == {JobState.FAILED}
     assert "a ConfigMap named " + name in str(result.jobs[0].message)
@@ -208,15 +195,11 @@ async def test_a_foreign_configmap_of_that_name_fails_the_sweep_and_is_kept(
 
 
 async def test_a_job_refused_for_good_takes_its_configmap_with_it(
-    tmp_path: Path,
-    make_project: MakeProject,
-    kube: FakeKubernetes,
-    kubeconfig: Path,
-    cenv: dict[str, str],
+    kube: FakeKubernetes, kube_request: KubeRequest, cluster_session: OpenSession
 ) -> None:
     kube.fail_next(1, 403, "/apis/batch/v1/namespaces/default/jobs", method="POST")
-    req = request(make_project(), kubeconfig, xgroup="rf", indexed=True, experiments={"i": [1]})
-    async with Session(home=tmp_path / "home", environ=cenv) as s:
+    req = kube_request(xgroup="rf", indexed=True, experiments={"i": [1]})
+    async with cluster_session() as s:
         result = await s.cluster_submit(req)
     assert {j.state for j in result.jobs} == {JobState.FAILED}
     assert [k for k, _ in kube.object_order] == ["ConfigMap"]  # created first...
@@ -260,19 +243,17 @@ async def test_the_fake_answers_an_invalid_object_like_the_apiserver(
 
 async def test_a_file_with_an_indexed_job_is_refused_by_a_too_old_server(
     tmp_path: Path,
-    make_project: MakeProject,
     kube: FakeKubernetes,
+    kube_request: KubeRequest,
     kubeconfig: Path,
-    cenv: dict[str, str],
+    cluster_session: OpenSession,
 ) -> None:
     from caliban.options import ClusterOptions
 
     out = tmp_path / "sweep.yaml"
-    req = request(
-        make_project(), kubeconfig, indexed=True, export=str(out), experiments={"i": [1, 2]}
-    )
+    req = kube_request(indexed=True, export=str(out), experiments={"i": [1, 2]})
     kube.git_version = f"v1.{OLDEST_INDEXED - 1}.0"
-    async with Session(home=tmp_path / "home", environ=cenv) as s:
+    async with cluster_session() as s:
         await s.cluster_submit(req)
         with pytest.raises(ValidationError, match=r"an Indexed Job needs 1\.29"):
             await s.cluster_submit_file(ClusterOptions(kubeconfig=str(kubeconfig)), str(out))
@@ -280,11 +261,9 @@ async def test_a_file_with_an_indexed_job_is_refused_by_a_too_old_server(
 
 
 async def test_a_job_left_without_its_configmap_is_adopted_and_given_one(
-    tmp_path: Path,
-    make_project: MakeProject,
     kube: FakeKubernetes,
-    kubeconfig: Path,
-    cenv: dict[str, str],
+    kube_request: KubeRequest,
+    cluster_session: OpenSession,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # What an older caliban (Job first) left when it was killed before the ConfigMap.
@@ -305,15 +284,13 @@ async def test_a_job_left_without_its_configmap_is_adopted_and_given_one(
             "status": {},
         },
     )
-    req = request(
-        make_project(),
-        kubeconfig,
+    req = kube_request(
         xgroup="oj",
         name="sweep",
         indexed=True,
         experiments={"i": [1, 2]},
     )
-    async with Session(home=tmp_path / "home", environ=cenv) as s:
+    async with cluster_session() as s:
         result = await s.cluster_submit(req)
     assert {j.state for j in result.jobs} == {JobState.SUBMITTED}
     assert kube.creates_accepted == 0  # the Job was adopted after its create met a 409

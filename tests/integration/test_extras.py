@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CALIBAN, MakeProject, run_cli
+from tests.conftest import MakeProject, run_cli
 
 BLOCKER = """
 import sys
@@ -129,14 +129,8 @@ def test_the_core_commands_work_without_the_extras(
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout) == []
 
-    expansion = subprocess.run(
-        [str(Path(CALIBAN).with_name("expansion")), "--print_flags", "exp.json"],
-        cwd=folder,
-        env=core_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    expansion = run_cli(
+        ["--print_flags", "exp.json"], cwd=folder, env=core_env, timeout=60, script="expansion"
     )
     assert expansion.returncode == 0, expansion.stderr
     assert expansion.stdout.splitlines()[0] == "--lr 0.1 --deep"

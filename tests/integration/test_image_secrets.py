@@ -15,15 +15,7 @@ from caliban.session import Session
 from tests.conftest import MakeProject, docker_cli
 from tests.fakes.k8s import FakeKubernetes
 from tests.fakes.vertex import FakeVertex
-from tests.integration.cloud_helpers import (  # noqa: F401  (fixtures)
-    caliban,
-    cli_env,
-    oauth_server,
-    service_account,
-    service_account_file,
-    vertex_server,
-)
-from tests.integration.cluster_support import kube, kubeconfig  # noqa: F401  (fixtures)
+from tests.integration.cloud_helpers import caliban, cli_env
 
 PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\n-----END RSA PRIVATE KEY-----\n"
 OPENSSH = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n"

@@ -19,14 +19,10 @@ from tests.conftest import (
     docker_cli,
     labelled_containers,
     run_cli,
+    store_id,
 )
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
-
-
-def _store_id(home: Path) -> str:
-    with sqlite3.connect(home / "caliban.db") as db:
-        return str(db.execute("SELECT value FROM meta WHERE key='store_id'").fetchone()[0])
 
 
 def _states(home: Path, xgroup: str) -> list[str]:
@@ -44,7 +40,7 @@ def _wait_running(home: Path, count: int, timeout: float = 120) -> str:
     while time.monotonic() < deadline:
         if (home / "caliban.db").exists():
             try:
-                store = _store_id(home)
+                store = store_id(home)
             except sqlite3.Error:
                 store = ""
             running = docker_cli(
@@ -222,7 +218,7 @@ def test_a_container_created_but_never_started_is_settled_by_status(
     folder = make_project()
     done = run_cli(["run", "--xgroup", "gate", "job.py"], cwd=folder, env=env)
     assert done.returncode == 0, done.stderr
-    store = _store_id(home)
+    store = store_id(home)
     with sqlite3.connect(home / "caliban.db") as db:
         (job_id,) = db.execute("SELECT id FROM jobs").fetchone()
         db.execute("UPDATE jobs SET state = 'RUNNING', claimed_by = NULL WHERE id = ?", (job_id,))

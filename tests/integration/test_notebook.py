@@ -10,40 +10,26 @@ import json
 import re
 import signal
 import socket
-import sqlite3
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from pexpect.popen_spawn import PopenSpawn
 
 from caliban.dev.notebook import port_free
-from tests.conftest import CALIBAN, MakeProject, docker_cli, labelled_containers, run_cli
+from tests.conftest import (
+    CALIBAN,
+    MakeProject,
+    docker_cli,
+    run_cli,
+    store_containers,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 START = 300
-
-
-def _store_id(home: Path) -> str:
-    with sqlite3.connect(home / "caliban.db") as db:
-        return str(db.execute("SELECT value FROM meta WHERE key='store_id'").fetchone()[0])
-
-
-def _containers(home: Path, **labels: str) -> list[str]:
-    return labelled_containers(**{"caliban.store": _store_id(home), **labels})
-
-
-@pytest.fixture
-def remove_leftovers(home: Path) -> Iterator[None]:
-    yield
-    if (home / "caliban.db").exists():
-        ids = _containers(home)
-        if ids:
-            docker_cli("rm", "-fv", *ids, check=False)
 
 
 def _free_port() -> int:
@@ -109,7 +95,7 @@ def test_notebook_serves_the_folder_with_its_token_and_ctrl_c_removes_it(
         listed = {item["name"] for item in json.loads(body)["content"]}
         assert {"analysis.py", "job.py"} <= listed  # the project folder, live
         # Published on the loopback interface only.
-        (container,) = _containers(home, **{"caliban.kind": "notebook"})
+        (container,) = store_containers(home, **{"caliban.kind": "notebook"})
         ports = docker_cli("port", container).split()
         assert f"127.0.0.1:{port}" in ports and f"0.0.0.0:{port}" not in ports
         assert url.startswith(f"http://127.0.0.1:{port}/")
@@ -117,7 +103,7 @@ def test_notebook_serves_the_folder_with_its_token_and_ctrl_c_removes_it(
         assert child.wait() == 130
     finally:
         _end(child)
-    assert _containers(home) == []
+    assert store_containers(home) == []
     assert port_free(port)
 
 
@@ -142,7 +128,7 @@ def test_default_port_is_the_first_free_one_from_8888(
         assert child.wait() == 130
     finally:
         _end(child)
-    assert _containers(home) == []
+    assert store_containers(home) == []
 
 
 def test_a_port_in_use_is_refused_before_anything_is_built(
@@ -174,4 +160,4 @@ def test_a_server_that_dies_at_start_is_explained_and_removed(
     assert result.returncode == 1
     assert re.search(r"exited with code [1-9]\d* before answering; its last output:", result.stderr)
     assert "notebook" in result.stderr.split("its last output:")[1]
-    assert _containers(home) == []
+    assert store_containers(home) == []

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import sqlite3
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -21,31 +20,17 @@ import pexpect
 import pytest
 
 from caliban.session import host_user
-from tests.conftest import CALIBAN, MakeProject, docker_cli, labelled_containers
+from tests.conftest import (
+    CALIBAN,
+    MakeProject,
+    docker_cli,
+    store_containers,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 # Generous: the first test of a run may build the image.
 START = 300
-
-
-def _store_id(home: Path) -> str:
-    with sqlite3.connect(home / "caliban.db") as db:
-        return str(db.execute("SELECT value FROM meta WHERE key='store_id'").fetchone()[0])
-
-
-def _containers(home: Path, **labels: str) -> list[str]:
-    return labelled_containers(**{"caliban.store": _store_id(home), **labels})
-
-
-@pytest.fixture
-def remove_leftovers(home: Path) -> Iterator[None]:
-    """Whatever a failing test leaves behind: this store's containers, nobody else's."""
-    yield
-    if (home / "caliban.db").exists():
-        ids = _containers(home)
-        if ids:
-            docker_cli("rm", "-fv", *ids, check=False)
 
 
 def _spawn(
@@ -105,7 +90,7 @@ def test_shell_runs_as_the_host_user_in_the_live_folder_and_returns_its_exit_cod
     assert home_inside == host_user().home and pwd == "/usr/app"
 
     # Exactly one shell container, labelled for this store, while it runs.
-    assert len(_containers(home, **{"caliban.kind": "shell"})) == 1
+    assert len(store_containers(home, **{"caliban.kind": "shell"})) == 1
 
     # The folder is live: files made inside appear on the host, owned by the host user.
     child.sendline("echo made-inside > from-shell.txt && cat job.py | wc -l && echo wrote-$((6*7))")
@@ -120,7 +105,7 @@ def test_shell_runs_as_the_host_user_in_the_live_folder_and_returns_its_exit_cod
     history = host_home / ".bash_history"
     assert "from-shell.txt" in history.read_text()
     assert history.stat().st_uid == os.getuid()
-    assert _containers(home) == []
+    assert store_containers(home) == []
 
 
 def test_terminal_size_follows_the_window_and_ctrl_c_goes_to_the_shell(
@@ -146,7 +131,7 @@ def test_terminal_size_follows_the_window_and_ctrl_c_goes_to_the_shell(
     child.expect("still-2")
     child.sendeof()  # Ctrl-D at the prompt ends the shell: exit code 0
     assert _finish(child) == 0
-    assert _containers(home) == []
+    assert store_containers(home) == []
 
 
 def test_the_terminal_is_back_to_normal_afterwards(
@@ -175,7 +160,7 @@ def test_the_terminal_is_back_to_normal_afterwards(
     outer.sendline("exit 0")
     outer.expect(pexpect.EOF)
     outer.close()
-    assert _containers(home) == []
+    assert store_containers(home) == []
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
@@ -189,13 +174,13 @@ def test_signals_to_caliban_hang_up_the_shell_and_remove_the_container(
     folder = make_project()
     child = _spawn(folder, env, "--bare")
     _ready(child)
-    assert len(_containers(home)) == 1
+    assert len(store_containers(home)) == 1
     child.kill(sig)
     code = _finish(child)
     # SIGINT/SIGTERM: caliban's "interrupted"; SIGHUP (terminal closed): the
     # shell's own answer to a hangup, 128 + 1.
     assert code == (129 if sig == signal.SIGHUP else 130)
-    assert _containers(home) == []
+    assert store_containers(home) == []
 
 
 def test_a_shell_left_by_a_killed_caliban_is_removed_by_the_next_one(
@@ -204,18 +189,18 @@ def test_a_shell_left_by_a_killed_caliban_is_removed_by_the_next_one(
     folder = make_project()
     first = _spawn(folder, env, "--bare")
     _ready(first)
-    (orphan,) = _containers(home)
+    (orphan,) = store_containers(home)
     first.kill(signal.SIGKILL)  # no cleanup can run; the TTY shell keeps running
     first.close(force=True)
-    assert _containers(home) == [orphan]
+    assert store_containers(home) == [orphan]
 
     second = _spawn(folder, env, "--bare")
     _ready(second)
-    running = _containers(home)
+    running = store_containers(home)
     assert orphan not in running and len(running) == 1
     second.sendline("exit 0")
     assert _finish(second) == 0
-    assert _containers(home) == []
+    assert store_containers(home) == []
 
 
 def test_gpus_are_given_as_in_caliban_run(
@@ -233,7 +218,7 @@ def test_gpus_are_given_as_in_caliban_run(
     assert child.match.groups() == ("1,2", "1,2", "0,1")
     child.sendline("exit 0")
     assert _finish(child) == 0
-    assert _containers(home) == []
+    assert store_containers(home) == []
 
 
 def _docker_socket() -> Path | None:
@@ -317,9 +302,9 @@ def test_files_belong_to_a_non_root_host_user(
         if child.isalive():
             child.terminate(force=True)
         if (caliban_home / "caliban.db").exists():
-            ids = _containers(caliban_home)
+            ids = store_containers(caliban_home)
             if ids:
                 docker_cli("rm", "-fv", *ids, check=False)
     for made in (folder / "made.txt", user_home / "in-home.txt"):
         assert (made.stat().st_uid, made.stat().st_gid) == (uid, gid), made
-    assert _containers(caliban_home) == []
+    assert store_containers(caliban_home) == []
