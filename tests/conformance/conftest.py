@@ -1,16 +1,18 @@
 """``platform_case``: one platform under test, with what the conformance suite
 needs to drive it and to see what reached it.
 
-Only the in-memory platform is here so far. A real platform's case opens a
-Session against its local fake server (tests/fakes) and reads the counters from
-what that server saw.
+Four cases: the in-memory platform (memory.py), and Vertex AI and Kubernetes
+against their local fake servers (remote.py), each opening a Session whose
+registry maps the kind to the real platform, and reading the counters from what
+that server saw. Each case is an async context manager, so a fake server lives
+exactly as long as the test that uses it.
 """
 
 from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,7 @@ from caliban.platforms import base
 from caliban.session import Session
 from caliban.spec import JobRecord, JobState
 from caliban.spec import Platform as Kind
-from tests.conformance import memory
+from tests.conformance import memory, remote
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,8 @@ class PlatformCase:
     lose_answer: Callable[[int], None]
     #: The next create of the job with this index is refused, retryably.
     refuse_once: Callable[[int], None]
+    #: Creates the platform carried out without its answer reaching caliban.
+    lost: Callable[[], int]
     #: Create requests that reached the platform, per caliban job id.
     creates: Callable[[], Counter[str]]
     #: Jobs that exist on the platform, per caliban job id.
@@ -58,7 +62,8 @@ def _environ(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def _memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PlatformCase:
+@asynccontextmanager
+async def _memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[PlatformCase]:
     cloud = memory.Cloud()
     kind = Kind.VERTEX  # the kind it answers for in this session's registry
     monkeypatch.setattr(memory, "Installed", memory.bound(cloud, kind), raising=False)
@@ -76,7 +81,7 @@ def _memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PlatformCase:
     def made() -> Counter[str]:
         return Counter(remote.job_id for remote in cloud.jobs)
 
-    return PlatformCase(
+    yield PlatformCase(
         kind=kind,
         session=session,
         request=request,
@@ -84,20 +89,27 @@ def _memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PlatformCase:
         finish=lambda job, state: cloud.finish(job.job_id, state),
         lose_answer=cloud.lose_answer.add,
         refuse_once=cloud.refuse_once.add,
+        lost=lambda: cloud.lost,
         creates=lambda: Counter(cloud.creates),
         made=made,
         lists=lambda: Counter(cloud.lists),
     )
 
 
-CASES: dict[str, Callable[[Path, pytest.MonkeyPatch], PlatformCase]] = {"memory": _memory}
+Case = Callable[[Path, pytest.MonkeyPatch], AbstractAsyncContextManager[PlatformCase]]
+CASES: dict[str, Case] = {
+    "memory": _memory,
+    "vertex": remote.vertex_case,
+    "kubernetes": remote.kubernetes_case,
+}
 
 
 @pytest.fixture(params=sorted(CASES))
-def platform_case(
+async def platform_case(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[PlatformCase]:
-    yield CASES[request.param](tmp_path, monkeypatch)
+) -> AsyncIterator[PlatformCase]:
+    async with CASES[request.param](tmp_path, monkeypatch) as case:
+        yield case
 
 
 @pytest.fixture

@@ -56,6 +56,7 @@ async def test_a_create_whose_answer_was_lost_is_found_not_sent_again(
     async with platform_case.session() as session:
         jobs = await _launch(platform_case, session, project, 3)
     assert all(j.state in ACCEPTED for j in jobs)
+    assert platform_case.lost() == 1  # the fault really happened
     ids = [j.job_id for j in jobs]
     assert platform_case.creates() == Counter(ids)
     assert platform_case.made() == Counter(ids)
