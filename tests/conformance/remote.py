@@ -11,6 +11,7 @@ after the job was stored).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from collections import Counter
@@ -44,7 +45,7 @@ REGIONS = ("us-central1", "europe-west4")
 def index_of(home: Path, job_id: str) -> int:
     """The experiment index of a recorded job: every job is recorded before it
     is sent, so a create names a job the store already has."""
-    with sqlite3.connect(home / "caliban.db") as db:
+    with contextlib.closing(sqlite3.connect(home / "caliban.db")) as db:
         row = db.execute(
             "SELECT e.idx FROM jobs j JOIN experiments e ON e.id = j.experiment_id WHERE j.id = ?",
             (job_id,),
@@ -129,9 +130,11 @@ def _vertex_listed(request: web.Request) -> str | None:
 
 
 @asynccontextmanager
-async def vertex_case(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Any]:
+async def vertex_case(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     from tests.conformance.conftest import PlatformCase
 
+    tmp_path: Path = request.getfixturevalue("tmp_path")
+    monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
     # The production policy, with backoff in tens of milliseconds (as test_cloud_faults).
     monkeypatch.setattr(
         vertexplan, "RETRY_POLICY", RetryPolicy(attempts=8, initial=0.02, max_delay=0.5)
@@ -155,7 +158,7 @@ async def vertex_case(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncI
                 async with Session(home=home, environ=env) as s:
                     yield s
 
-            def request(project: ProjectOptions, experiments: object, xgroup: str) -> object:
+            def sweep(project: ProjectOptions, experiments: object, xgroup: str) -> object:
                 return cloud_helpers.cloud_request(
                     project.folder,
                     key,
@@ -176,7 +179,7 @@ async def vertex_case(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncI
             yield PlatformCase(
                 kind=Kind.VERTEX,
                 session=session,
-                request=request,
+                request=sweep,
                 targets=len(REGIONS),
                 finish=finish,
                 lose_answer=observer.lose.add,
@@ -212,9 +215,11 @@ def _k8s_listed(request: web.Request) -> str | None:
 
 
 @asynccontextmanager
-async def kubernetes_case(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Any]:
+async def kubernetes_case(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     from tests.conformance.conftest import PlatformCase
 
+    tmp_path: Path = request.getfixturevalue("tmp_path")
+    monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
     env = _environ(tmp_path)
     home = Path(env["CALIBAN_HOME"])
     kube = FakeKubernetes(token=K8S_TOKEN, seed=0)
@@ -244,7 +249,7 @@ async def kubernetes_case(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> As
             async with Session(home=home, environ=env) as s:
                 yield s
 
-        def request(project: ProjectOptions, experiments: object, xgroup: str) -> object:
+        def sweep(project: ProjectOptions, experiments: object, xgroup: str) -> object:
             req: ClusterJobRequest = cluster_support.request(
                 project.folder,
                 kubeconfig,
@@ -269,7 +274,7 @@ async def kubernetes_case(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> As
         yield PlatformCase(
             kind=Kind.GKE,
             session=session,
-            request=request,
+            request=sweep,
             # One sweep goes to one cluster and namespace.
             targets=1,
             finish=finish,
