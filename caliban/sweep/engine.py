@@ -459,6 +459,12 @@ async def stop(
     for kind, group in _by_kind(jobs).items():
         platform = await host.platform(kind)
         if not platform.remote:
+            # A job no live run holds may have ended unseen (its run was killed):
+            # how it ended is recorded, not overwritten with STOPPED. Jobs a live
+            # run holds are skipped by refresh and stopped below.
+            group = [j for j in await refresh(host, group) if not j.state.terminal]
+            if not group:
+                continue
             # Recorded first: a launch still waiting on these jobs must see
             # STOPPED, not turn the kill into FAILED.
             await store.record(

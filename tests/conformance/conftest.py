@@ -1,16 +1,18 @@
 """``platform_case``: one platform under test, with what the conformance suite
 needs to drive it and to see what reached it.
 
-Only the in-memory platform is here so far. A real platform's case opens a
-Session against its local fake server (tests/fakes) and reads the counters from
-what that server saw.
+Four cases: the in-memory platform (memory.py), and Vertex AI and Kubernetes
+against their local fake servers (remote.py), each opening a Session whose
+registry maps the kind to the real platform, and reading the counters from what
+that server saw. Each case is an async context manager, so a fake server lives
+exactly as long as the test that uses it.
 """
 
 from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,7 @@ from caliban.platforms import base
 from caliban.session import Session
 from caliban.spec import JobRecord, JobState
 from caliban.spec import Platform as Kind
-from tests.conformance import memory
+from tests.conformance import local, memory, remote
 
 
 @dataclass(frozen=True)
@@ -37,18 +39,29 @@ class PlatformCase:
     request: Callable[[ProjectOptions, object, str], object]
     #: How many targets (regions, clusters...) a sweep of 2+ jobs is spread over.
     targets: int
-    #: Make a launched job end on the platform with SUCCEEDED or FAILED.
-    finish: Callable[[JobRecord, JobState], None]
+    #: Make a launched job end on the platform with SUCCEEDED or FAILED (by the
+    #: time it returns or its awaitable is done, the platform says so).
+    finish: Callable[[JobRecord, JobState], Awaitable[None] | None]
     #: The next create of the job with this index makes the job, its answer is lost.
     lose_answer: Callable[[int], None]
     #: The next create of the job with this index is refused, retryably.
     refuse_once: Callable[[int], None]
+    #: Creates the platform carried out without its answer reaching caliban.
+    lost: Callable[[], int]
     #: Create requests that reached the platform, per caliban job id.
     creates: Callable[[], Counter[str]]
     #: Jobs that exist on the platform, per caliban job id.
     made: Callable[[], Counter[str]]
     #: List (refresh/lookup) calls the platform answered, per target.
     lists: Callable[[], Counter[str]]
+    #: Launch a request; its jobs once the platform runs them. None: the engine's
+    #: submit, which for a remote platform returns once every job is accepted.
+    start: Callable[[Session, object], Awaitable[list[JobRecord]]] | None = None
+    #: Resubmit a group; the jobs launched. None: the Session's resubmit.
+    resubmit: Callable[[Session, str], Awaitable[list[JobRecord]]] | None = None
+    #: Why a create the platform refused is not sent again (None: it is, once
+    #: the refusal is retryable). A platform that says so fails that job instead.
+    no_create_retry: str | None = None
 
 
 def _environ(tmp_path: Path) -> dict[str, str]:
@@ -58,7 +71,10 @@ def _environ(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def _memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PlatformCase:
+@asynccontextmanager
+async def _memory(request: pytest.FixtureRequest) -> AsyncIterator[PlatformCase]:
+    tmp_path: Path = request.getfixturevalue("tmp_path")
+    monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
     cloud = memory.Cloud()
     kind = Kind.VERTEX  # the kind it answers for in this session's registry
     monkeypatch.setattr(memory, "Installed", memory.bound(cloud, kind), raising=False)
@@ -70,34 +86,40 @@ def _memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PlatformCase:
         async with Session(home=tmp_path / "caliban-home", environ=env) as s:
             yield s
 
-    def request(project: ProjectOptions, experiments: object, xgroup: str) -> object:
+    def sweep(project: ProjectOptions, experiments: object, xgroup: str) -> object:
         return memory.MemoryRequest(project=project, experiments=experiments, xgroup=xgroup)
 
     def made() -> Counter[str]:
         return Counter(remote.job_id for remote in cloud.jobs)
 
-    return PlatformCase(
+    yield PlatformCase(
         kind=kind,
         session=session,
-        request=request,
+        request=sweep,
         targets=len(memory.MemoryRequest.targets),
         finish=lambda job, state: cloud.finish(job.job_id, state),
         lose_answer=cloud.lose_answer.add,
         refuse_once=cloud.refuse_once.add,
+        lost=lambda: cloud.lost,
         creates=lambda: Counter(cloud.creates),
         made=made,
         lists=lambda: Counter(cloud.lists),
     )
 
 
-CASES: dict[str, Callable[[Path, pytest.MonkeyPatch], PlatformCase]] = {"memory": _memory}
+Case = Callable[[pytest.FixtureRequest], AbstractAsyncContextManager[PlatformCase]]
+CASES: dict[str, Case] = {
+    "memory": _memory,
+    "local": local.local_case,
+    "vertex": remote.vertex_case,
+    "kubernetes": remote.kubernetes_case,
+}
 
 
 @pytest.fixture(params=sorted(CASES))
-def platform_case(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[PlatformCase]:
-    yield CASES[request.param](tmp_path, monkeypatch)
+async def platform_case(request: pytest.FixtureRequest) -> AsyncIterator[PlatformCase]:
+    async with CASES[request.param](request) as case:
+        yield case
 
 
 @pytest.fixture

@@ -74,6 +74,8 @@ class Cloud:
     lose_answer: set[int] = field(default_factory=set)
     #: Job indexes whose next create is refused with a retryable error.
     refuse_once: set[int] = field(default_factory=set)
+    #: Creates carried out whose answer was lost.
+    lost: int = 0
 
     def create(self, job: JobRecord, target: str) -> Update:
         self.creates[job.job_id] += 1
@@ -84,6 +86,7 @@ class Cloud:
         self.jobs.append(remote)
         if job.index in self.lose_answer:
             self.lose_answer.discard(job.index)
+            self.lost += 1
             raise OutcomeUnknown("memory: the answer was lost")
         return self._update(remote)
 

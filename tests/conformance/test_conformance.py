@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
 from caliban.options import ProjectOptions
 from caliban.session import Session
 from caliban.spec import JobRecord, JobState
@@ -24,11 +26,27 @@ async def _launch(
     case: PlatformCase, session: Session, project: ProjectOptions, count: int
 ) -> list[JobRecord]:
     request = case.request(project, {"seed": list(range(count))}, XGROUP)
-    result = await engine.submit(session, case.kind, request)
-    assert result.ok, result.counts
-    jobs = sorted(result.jobs, key=lambda j: j.index)
+    if case.start is not None:
+        launched = await case.start(session, request)
+    else:
+        result = await engine.submit(session, case.kind, request)
+        assert result.ok, result.counts
+        launched = result.jobs
+    jobs = sorted(launched, key=lambda j: j.index)
     assert [j.index for j in jobs] == list(range(count))
     return jobs
+
+
+async def _finish(case: PlatformCase, job: JobRecord, state: JobState) -> None:
+    done = case.finish(job, state)
+    if done is not None:
+        await done
+
+
+async def _resubmit(case: PlatformCase, session: Session) -> list[JobRecord]:
+    if case.resubmit is not None:
+        return await case.resubmit(session, XGROUP)
+    return (await session.resubmit(xgroup=XGROUP)).jobs
 
 
 async def _states(session: Session, *, refresh: bool = True) -> list[JobState]:
@@ -42,8 +60,8 @@ async def test_platform_states_map_to_job_states(
     async with platform_case.session() as session:
         jobs = await _launch(platform_case, session, project, 3)
         assert all(j.state in ACCEPTED for j in jobs)
-        platform_case.finish(jobs[0], JobState.SUCCEEDED)
-        platform_case.finish(jobs[1], JobState.FAILED)
+        await _finish(platform_case, jobs[0], JobState.SUCCEEDED)
+        await _finish(platform_case, jobs[1], JobState.FAILED)
         states = await _states(session)
     assert states[:2] == [JobState.SUCCEEDED, JobState.FAILED]
     assert states[2] in ACCEPTED
@@ -56,6 +74,7 @@ async def test_a_create_whose_answer_was_lost_is_found_not_sent_again(
     async with platform_case.session() as session:
         jobs = await _launch(platform_case, session, project, 3)
     assert all(j.state in ACCEPTED for j in jobs)
+    assert platform_case.lost() == 1  # the fault really happened
     ids = [j.job_id for j in jobs]
     assert platform_case.creates() == Counter(ids)
     assert platform_case.made() == Counter(ids)
@@ -64,6 +83,8 @@ async def test_a_create_whose_answer_was_lost_is_found_not_sent_again(
 async def test_a_create_refused_retryably_is_sent_again_once(
     platform_case: PlatformCase, project: ProjectOptions
 ) -> None:
+    if platform_case.no_create_retry is not None:
+        pytest.skip(f"{platform_case.kind.value}: {platform_case.no_create_retry}")
     platform_case.refuse_once(0)
     async with platform_case.session() as session:
         jobs = await _launch(platform_case, session, project, 2)
@@ -78,7 +99,7 @@ async def test_stop_ends_unfinished_jobs_and_leaves_finished_ones(
 ) -> None:
     async with platform_case.session() as session:
         jobs = await _launch(platform_case, session, project, 3)
-        platform_case.finish(jobs[0], JobState.SUCCEEDED)
+        await _finish(platform_case, jobs[0], JobState.SUCCEEDED)
         assert (await _states(session))[0] is JobState.SUCCEEDED
         stopped = await session.stop(xgroup=XGROUP)
         assert sorted(j.job_id for j in stopped) == sorted(j.job_id for j in jobs[1:])
@@ -94,7 +115,7 @@ async def test_stop_does_not_rewrite_a_job_that_ended_unseen(
         jobs = await _launch(platform_case, session, project, 2)
         # It ends on the platform, but nothing has refreshed it yet: the store
         # still says it runs when `stop` asks the platform to cancel it.
-        platform_case.finish(jobs[0], JobState.SUCCEEDED)
+        await _finish(platform_case, jobs[0], JobState.SUCCEEDED)
         await session.stop(xgroup=XGROUP)
         states = await _states(session)
     assert states[0] is JobState.SUCCEEDED
@@ -119,14 +140,14 @@ async def test_resubmit_launches_new_jobs_for_failed_ones_only(
 ) -> None:
     async with platform_case.session() as session:
         jobs = await _launch(platform_case, session, project, 3)
-        platform_case.finish(jobs[0], JobState.SUCCEEDED)
-        platform_case.finish(jobs[1], JobState.FAILED)
+        await _finish(platform_case, jobs[0], JobState.SUCCEEDED)
+        await _finish(platform_case, jobs[1], JobState.FAILED)
         await _states(session)
         before = platform_case.creates()
-        result = await session.resubmit(xgroup=XGROUP)
+        resubmitted = await _resubmit(platform_case, session)
         sent = platform_case.creates() - before
         latest = sorted(await session.status(xgroup=XGROUP), key=lambda j: j.index)
-    [again] = result.jobs
+    [again] = resubmitted
     assert again.job_id not in {j.job_id for j in jobs}
     assert (again.index, again.args) == (jobs[1].index, jobs[1].args)
     assert again.state in ACCEPTED
