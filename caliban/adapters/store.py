@@ -216,7 +216,9 @@ _JOB_FROM = """
 
 
 def _record(row: Sequence[Any]) -> JobRecord:
-    return JobRecord(
+    # The spec is the biggest column and listing jobs rarely needs it: decoded on first read.
+    return JobRecord.with_spec_json(
+        row[9],
         job_id=row[0],
         platform=Platform(row[1]),
         state=JobState(row[2]),
@@ -226,7 +228,6 @@ def _record(row: Sequence[Any]) -> JobRecord:
         args=tuple(json.loads(row[6])),
         kwargs=dict(json.loads(row[7])),
         image=row[8],
-        spec=json.loads(row[9]),
         details=json.loads(row[10]),
         platform_id=row[11],
         exit_code=row[12],
@@ -655,10 +656,27 @@ class Store:
         platform: Platform | None = None,
         states: Iterable[JobState] | None = None,
         limit: int | None = None,
+        per_experiment: int | None = None,
     ) -> list[JobRecord]:
-        """Jobs, oldest first; ``limit`` keeps the most recent ones."""
+        """Jobs, oldest first; ``limit`` keeps the most recent ones, ``per_experiment``
+        the most recent ones of each experiment (both in the query, so a group of
+        10,000 experiments with a long history is never loaded whole)."""
         where: list[str] = []
         params: list[object] = []
+        if per_experiment is not None and per_experiment > 0:
+            # Ranked over the group's jobs only, not the whole history.
+            scope = (
+                " WHERE experiment_id IN (SELECT e2.id FROM experiments e2"
+                " JOIN xgroups x2 ON x2.id = e2.xgroup_id WHERE x2.name = ?)"
+                if xgroup is not None
+                else ""
+            )
+            where.append(
+                "j.rowid IN (SELECT rowid FROM (SELECT rowid, ROW_NUMBER() OVER ("
+                "PARTITION BY experiment_id ORDER BY created DESC, rowid DESC) AS rank"
+                f" FROM jobs{scope}) WHERE rank <= ?)"
+            )
+            params += [xgroup, int(per_experiment)] if xgroup is not None else [per_experiment]
         if xgroup is not None:
             where.append("x.name = ?")
             params.append(xgroup)
@@ -682,6 +700,7 @@ class Store:
                         job_ids=job_ids[start : start + 500],
                         platform=platform,
                         states=states,
+                        per_experiment=per_experiment,
                     )
                 return out
             where.append(f"j.id IN ({','.join('?' * len(job_ids))})")
