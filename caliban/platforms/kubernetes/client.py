@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import anyio
 import yaml
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
 
 from caliban.errors import (
     AuthError,
@@ -148,6 +150,45 @@ def gke_client(endpoint: str, ca_file: str, token: Callable[[], Awaitable[str]])
 
     config.refresh_api_key_hook = refresh
     return k8s.ApiClient(configuration=config)
+
+
+def _env_proxy(host: str) -> str | None:
+    """The proxy the environment names for ``host``, the way aiohttp reads it with
+    ``trust_env`` (HTTP(S)_PROXY, NO_PROXY, credentials in the URL or ~/.netrc),
+    credentials kept in the URL, where aiohttp turns them into Proxy-Authorization.
+    Blocking (reads ~/.netrc)."""
+    try:
+        proxy, auth = get_env_proxy_for_url(URL(host))
+    except LookupError:
+        return None
+    if auth is not None:
+        proxy = proxy.with_user(auth.login).with_password(auth.password)
+    return str(proxy)
+
+
+async def settle_transport(api: k8s.ApiClient) -> None:
+    """Fix per cluster what kubernetes_asyncio's HTTP session looks up per request.
+
+    The library makes its aiohttp session with ``trust_env=True``, so every request
+    asks a worker thread for ~/.netrc credentials and another for the proxy
+    environment: two thread hops a request, most of the client's CPU in a sweep of
+    hundreds of creates on a small machine. The proxy is looked up once here instead
+    (a kubeconfig ``proxy-url`` still wins), and the session is remade on the
+    library's own connector (its TLS context, client certificate and pool) without
+    ``trust_env``. Authentication is untouched: tokens, exec plugins and refresh hooks
+    still run per request in the ApiClient. netrc credentials are dropped on purpose:
+    kubectl never sends them, and next to a bearer token aiohttp refuses the request.
+    """
+    rest = api.rest_client
+    old = rest.pool_manager
+    if rest.proxy is None:
+        rest.proxy = await anyio.to_thread.run_sync(_env_proxy, api.configuration.host)
+    connector = old.connector
+    old.detach()  # the new session owns the connector and closes it
+    # The library's read buffer: a watch event of a big object outgrows aiohttp's default.
+    rest.pool_manager = aiohttp.ClientSession(
+        connector=connector, trust_env=False, read_bufsize=2**21
+    )
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -495,6 +536,7 @@ class KubeConnections:
                 api = await (
                     self._gke(target) if target.kind == "gke" else _kubeconfig_client(target)
                 )
+                await settle_transport(api)
                 self._clients[target.key] = KubeClient(api, target)
             return self._clients[target.key]
 
