@@ -99,3 +99,51 @@ async def test_specs_are_decoded_when_read_and_records_behave_as_before(tmp_path
     built = dataclasses.replace(second, spec={"other": True})
     assert built.spec == {"other": True} and built != second
     assert JobRecord.__dataclass_fields__["spec"].default is dataclasses.MISSING
+
+
+async def test_a_batch_of_transitions_changes_what_one_by_one_would(tmp_path: Path) -> None:
+    async with Store(tmp_path / "c.db") as store:
+        await _history(store, "g", experiments=5, attempts=1)
+        a, b, c, d, e = (f"g{i}-0" for i in range(5))
+        await store.transitions(
+            [
+                (a, JobState.SUBMITTED, None, None, None, {"k": 1}),
+                (b, JobState.SUBMITTED, None, None, None, None),
+                (c, JobState.SUBMITTED, None, None, None, None),
+                (d, JobState.SUCCEEDED, 0, None, None, None),
+            ]
+        )
+        changed = await store.transitions(
+            [
+                (a, JobState.RUNNING, None, "started", "pod-a", {"node": "n1"}),
+                (a, JobState.RUNNING, None, None, None, None),  # same state, nothing new
+                (a, JobState.SUCCEEDED, 0, None, None, None),
+                (b, JobState.SUBMITTED, None, None, None, None),  # no change at all
+                (c, JobState.SUBMITTED, None, None, "job-c", None),  # an id: recorded
+                (d, JobState.FAILED, 1, "late", None, None),  # terminal is sticky
+                ("no-such-job", JobState.RUNNING, None, None, None, None),
+                (e, JobState.STOPPED, None, "stopped", None, None),
+                (e, JobState.RUNNING, None, None, None, None),  # after a terminal one
+            ]
+        )
+        assert changed == 4
+        jobs = {j.job_id: j for j in await store.jobs(xgroup="g")}
+        assert (jobs[a].state, jobs[a].exit_code, jobs[a].message) == (
+            JobState.SUCCEEDED,
+            0,
+            "started",
+        )
+        assert jobs[a].platform_id == "pod-a" and jobs[a].details == {"k": 1, "node": "n1"}
+        assert jobs[b].state is JobState.SUBMITTED and jobs[c].platform_id == "job-c"
+        assert (jobs[d].state, jobs[d].exit_code, jobs[d].message) == (JobState.SUCCEEDED, 0, None)
+        assert jobs[e].state is JobState.STOPPED
+        states = {j: [s for _, s, _ in await store.events(j)] for j in (a, b, c, d, e)}
+        assert states == {
+            a: ["PLANNED", "SUBMITTED", "RUNNING", "SUCCEEDED"],
+            b: ["PLANNED", "SUBMITTED"],
+            c: ["PLANNED", "SUBMITTED", "SUBMITTED"],
+            d: ["PLANNED", "SUCCEEDED"],
+            e: ["PLANNED", "STOPPED"],
+        }
+        assert await store.transitions([(d, JobState.FAILED, 1, "forced", None, None)], force=True)
+        assert (await store.job(d)).state is JobState.FAILED  # type: ignore[union-attr]
