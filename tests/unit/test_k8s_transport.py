@@ -51,13 +51,13 @@ async def proxy() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
         await runner.cleanup()
 
 
-def _api(host: str, proxy: str | None = None) -> k8s.ApiClient:
+def _api(host: str, proxy: str | None = None) -> kc.JsonApiClient:
     config = type.__call__(k8s.Configuration)
     config.host = host
     config.api_key = {"BearerToken": "secret-token"}
     config.api_key_prefix = {"BearerToken": "Bearer"}
     config.proxy = proxy
-    return k8s.ApiClient(configuration=config)
+    return kc.JsonApiClient(configuration=config)
 
 
 _TARGET = ClusterTarget.from_details({"kind": "kubeconfig", "kubeconfig": "kc", "namespace": "ns"})
@@ -102,3 +102,32 @@ async def test_no_proxy_and_a_kubeconfig_proxy_url_are_respected(
     await kc.settle_transport(api)
     assert api.rest_client.proxy == url
     await api.close()
+
+
+async def test_plain_bodies_are_sent_as_given_and_models_still_serialised(
+    proxy: tuple[str, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, seen = proxy
+    monkeypatch.setenv("HTTP_PROXY", url)
+    api = _api("http://cluster.invalid:8080")
+    await kc.settle_transport(api)
+    body = {
+        "metadata": {"name": "j2", "labels": {"a": "1"}},
+        "spec": {"args": ("--x", "1"), "n": 3, "f": 0.5, "none": None, "ok": True},
+    }
+    try:
+        await kc.KubeClient(api, _TARGET).create_job("ns", body, want_body=False)
+        with pytest.raises(TypeError):
+            await kc.KubeClient(api, _TARGET).create_job(
+                "ns", {"metadata": {"name": "j3"}, "when": object()}
+            )
+    finally:
+        await api.close()
+    assert seen[0]["body"] == {
+        "metadata": {"name": "j2", "labels": {"a": "1"}},
+        "spec": {"args": ["--x", "1"], "n": 3, "f": 0.5, "none": None, "ok": True},
+    }
+    assert len(seen) == 1  # the bad body never left
+    meta = k8s.V1ObjectMeta(name="m", labels={"b": "2"})
+    assert api.sanitize_for_serialization(meta) == {"name": "m", "labels": {"b": "2"}}
+    assert api.sanitize_for_serialization([meta]) == [{"name": "m", "labels": {"b": "2"}}]
