@@ -333,6 +333,9 @@ async def main(n: int, latency: float, faults: bool, controller: bool, rounds: i
                 "min": round(min(ratios), 2),
                 "median": round(statistics.median(ratios), 2),
                 "max": round(max(ratios), 2),
+                # Steadier on a shared machine than any one round's ratio.
+                "of_medians": round(statistics.median(walls) / statistics.median(floors), 2),
+                "of_minimums": round(min(walls) / min(floors), 2),
             }
             if ratios
             else None
