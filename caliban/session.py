@@ -18,7 +18,6 @@ import dataclasses
 import getpass
 import os
 import re
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
