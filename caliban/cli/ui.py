@@ -22,7 +22,6 @@ from rich.table import Table
 from rich.text import Text
 
 from caliban import events as ev
-from caliban.cli.joblist import json_chunks
 from caliban.core.output import sanitize_text
 from caliban.spec import JobRecord, JobState
 
@@ -337,7 +336,3 @@ def jobs_table(jobs: Sequence[JobRecord]) -> RenderableType:
             Text(sanitize_text(" ".join(job.args))),
         )
     return Group(*parts)
-
-
-def dumps_jobs(jobs: Sequence[JobRecord]) -> str:
-    return "".join(json_chunks(jobs))
