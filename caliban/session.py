@@ -18,7 +18,6 @@ import dataclasses
 import getpass
 import os
 import re
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -474,15 +473,7 @@ class Session:
             if not await store.has_xgroup(xgroup):
                 raise ValidationError(f"no experiment group named {xgroup!r} in {self.db_path}")
             per_experiment = 1 if max_jobs is None else max_jobs
-            jobs = await store.jobs(xgroup=xgroup)
-            if per_experiment > 0:
-                seen: Counter[int] = Counter()
-                kept: list[JobRecord] = []
-                for job in reversed(jobs):
-                    seen[job.experiment_id] += 1
-                    if seen[job.experiment_id] <= per_experiment:
-                        kept.append(job)
-                jobs = list(reversed(kept))
+            jobs = await store.jobs(xgroup=xgroup, per_experiment=per_experiment)
         else:
             jobs = await store.jobs(limit=8 if max_jobs is None else max_jobs)
         return await self.refresh(jobs) if refresh else jobs

@@ -7,9 +7,11 @@ pure modules (experiment, dockerfile, labels, ...) can pass it around freely.
 from __future__ import annotations
 
 import enum
+import json
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 if sys.version_info >= (3, 11):
     from enum import StrEnum
@@ -119,6 +121,39 @@ class Entrypoint:
         return self.target
 
 
+class _SpecJSON:
+    """A spec not decoded yet."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+class _DecodedOnRead:
+    """The ``spec`` field of :class:`JobRecord`: decoded from JSON when first read.
+
+    A data descriptor, so it sees every read and write of the attribute; the value
+    lives in the instance ``__dict__`` under the same name. Reading it on the class
+    raises AttributeError, which tells dataclasses the field has no default.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: object, owner: type | None = None) -> dict[str, object]:
+        if obj is None:
+            raise AttributeError(self.name)
+        value = obj.__dict__[self.name]
+        if isinstance(value, _SpecJSON):
+            # Two threads may both decode: harmless, the results are equal.
+            value = obj.__dict__[self.name] = json.loads(value.text)
+        return value  # type: ignore[no-any-return]
+
+    def __set__(self, obj: object, value: dict[str, object]) -> None:
+        obj.__dict__[self.name] = value
+
+
 @dataclass(frozen=True)
 class JobRecord:
     """One job as the store knows it.
@@ -138,7 +173,10 @@ class JobRecord:
     args: tuple[str, ...]
     kwargs: dict[str, object]
     image: str
-    spec: dict[str, object]
+    if TYPE_CHECKING:
+        spec: dict[str, object]
+    else:
+        spec: dict[str, object] = _DecodedOnRead()
     details: dict[str, object]
     platform_id: str | None
     exit_code: int | None
@@ -148,6 +186,17 @@ class JobRecord:
     created: str
     updated: str
     container_spec_id: int = 0
+
+    @classmethod
+    def with_spec_json(cls, spec_json: str, **fields: Any) -> JobRecord:
+        """A record whose ``spec`` stays JSON text until something reads it.
+
+        The store lists thousands of jobs for ``status``, which never looks at
+        their specs; decoding them all cost more than the query.
+        """
+        record = cls(spec={}, **fields)
+        record.__dict__["spec"] = _SpecJSON(spec_json)
+        return record
 
     @property
     def short_id(self) -> str:

@@ -216,7 +216,9 @@ _JOB_FROM = """
 
 
 def _record(row: Sequence[Any]) -> JobRecord:
-    return JobRecord(
+    # The spec is the biggest column and listing jobs rarely needs it: decoded on first read.
+    return JobRecord.with_spec_json(
+        row[9],
         job_id=row[0],
         platform=Platform(row[1]),
         state=JobState(row[2]),
@@ -226,7 +228,6 @@ def _record(row: Sequence[Any]) -> JobRecord:
         args=tuple(json.loads(row[6])),
         kwargs=dict(json.loads(row[7])),
         image=row[8],
-        spec=json.loads(row[9]),
         details=json.loads(row[10]),
         platform_id=row[11],
         exit_code=row[12],
@@ -616,34 +617,54 @@ class Store:
         *,
         force: bool = False,
     ) -> int:
-        """Apply many transitions in one transaction (status refreshes of big sweeps)."""
+        """Apply many transitions in one transaction (status refreshes of big sweeps).
+
+        A handful of statements per call, not two per job: each statement is a
+        round trip to aiosqlite's thread, and during a fast fan-out those hand-offs
+        of the GIL slowed every request of the event loop. Which rows change is
+        decided from one read inside the write transaction (nobody else can write
+        meanwhile), by the same rule the UPDATE itself checks.
+        """
         stamp = now()
-        changed = 0
-        terminal = tuple(s.value for s in JobState if s.terminal)
+        terminal = {s.value for s in JobState if s.terminal}
         async with self._tx() as db:
+            current: dict[str, str] = {}
+            ids = list(dict.fromkeys(c[0] for c in changes))
+            for first in range(0, len(ids), 500):
+                chunk = ids[first : first + 500]
+                async with db.execute(
+                    f"SELECT id, state FROM jobs WHERE id IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                ) as cur:
+                    current.update({str(r[0]): str(r[1]) for r in await cur.fetchall()})
+            updates: list[tuple[object, ...]] = []
+            events: list[tuple[str, str, str, str | None]] = []
             for job_id, state, exit_code, message, platform_id, details in changes:
-                guard = "" if force else f" AND state NOT IN ({','.join('?' * len(terminal))})"
-                params: list[object] = [state.value, stamp, exit_code, message, platform_id]
-                sql = (
+                was = current.get(job_id)
+                if was is None or (not force and was in terminal):
+                    continue
+                if was == state.value and platform_id is None and exit_code is None:
+                    continue
+                patch = None if details is None else _dumps(details)
+                updates.append(
+                    (state.value, stamp, exit_code, message, platform_id, patch, patch, job_id)
+                )
+                events.append((job_id, stamp, state.value, message))
+                current[job_id] = state.value  # a later change of the same job sees this one
+            if updates:
+                await db.executemany(
                     "UPDATE jobs SET state = ?, updated = ?,"
                     " exit_code = COALESCE(?, exit_code), message = COALESCE(?, message),"
-                    " platform_id = COALESCE(?, platform_id)"
+                    " platform_id = COALESCE(?, platform_id),"
+                    " details = CASE WHEN ? IS NULL THEN details ELSE json_patch(details, ?) END"
+                    " WHERE id = ?",
+                    updates,
                 )
-                if details is not None:
-                    sql += ", details = json_patch(details, ?)"
-                    params.append(_dumps(details))
-                sql += " WHERE id = ? AND (state != ? OR ? IS NOT NULL OR ? IS NOT NULL)" + guard
-                params += [job_id, state.value, platform_id, exit_code]
-                if not force:
-                    params += list(terminal)
-                cur = await db.execute(sql, params)
-                if cur.rowcount:
-                    changed += 1
-                    await db.execute(
-                        "INSERT INTO job_events (job_id, at, state, detail) VALUES (?, ?, ?, ?)",
-                        (job_id, stamp, state.value, message),
-                    )
-        return changed
+                await db.executemany(
+                    "INSERT INTO job_events (job_id, at, state, detail) VALUES (?, ?, ?, ?)",
+                    events,
+                )
+        return len(updates)
 
     # -- reads --------------------------------------------------------------------------
 
@@ -655,10 +676,27 @@ class Store:
         platform: Platform | None = None,
         states: Iterable[JobState] | None = None,
         limit: int | None = None,
+        per_experiment: int | None = None,
     ) -> list[JobRecord]:
-        """Jobs, oldest first; ``limit`` keeps the most recent ones."""
+        """Jobs, oldest first; ``limit`` keeps the most recent ones, ``per_experiment``
+        the most recent ones of each experiment (both in the query, so a group of
+        10,000 experiments with a long history is never loaded whole)."""
         where: list[str] = []
         params: list[object] = []
+        if per_experiment is not None and per_experiment > 0:
+            # Ranked over the group's jobs only, not the whole history.
+            scope = (
+                " WHERE experiment_id IN (SELECT e2.id FROM experiments e2"
+                " JOIN xgroups x2 ON x2.id = e2.xgroup_id WHERE x2.name = ?)"
+                if xgroup is not None
+                else ""
+            )
+            where.append(
+                "j.rowid IN (SELECT rowid FROM (SELECT rowid, ROW_NUMBER() OVER ("
+                "PARTITION BY experiment_id ORDER BY created DESC, rowid DESC) AS rank"
+                f" FROM jobs{scope}) WHERE rank <= ?)"
+            )
+            params += [xgroup, int(per_experiment)] if xgroup is not None else [per_experiment]
         if xgroup is not None:
             where.append("x.name = ?")
             params.append(xgroup)
@@ -682,6 +720,7 @@ class Store:
                         job_ids=job_ids[start : start + 500],
                         platform=platform,
                         states=states,
+                        per_experiment=per_experiment,
                     )
                 return out
             where.append(f"j.id IN ({','.join('?' * len(job_ids))})")

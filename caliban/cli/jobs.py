@@ -82,14 +82,9 @@ def cmd_status(ns: argparse.Namespace) -> int:
     jobs, code = running.execute(ns, work, sink)
     if jobs is None:
         return code if code is not None else EXIT_FAILURE
-    from caliban.cli.ui import dumps_jobs, jobs_table
+    from caliban.cli.joblist import show_jobs
 
-    if ns.json:
-        print(dumps_jobs(jobs))
-    elif not jobs:
-        sink.console.print("no jobs found")
-    else:
-        sink.console.print(jobs_table(jobs))
+    show_jobs(jobs, sink.console, as_json=ns.json)
     return code if code is not None else EXIT_OK
 
 

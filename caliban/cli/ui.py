@@ -8,7 +8,6 @@ with no cursor tricks, so logs stay readable.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -333,31 +332,7 @@ def jobs_table(jobs: Sequence[JobRecord]) -> RenderableType:
             Text(job.state.value, style=_STATE_STYLE[job.state]),
             "" if job.exit_code is None else str(job.exit_code),
             job.created[:19].replace("T", " "),
-            " ".join(job.args),
+            # Text, not a markup string: an argument like "[a,b]" is shown, not read as a style.
+            Text(sanitize_text(" ".join(job.args))),
         )
     return Group(*parts)
-
-
-def job_json(job: JobRecord) -> dict[str, object]:
-    return {
-        "job_id": job.job_id,
-        "xgroup": job.xgroup,
-        "index": job.index,
-        "platform": job.platform.value,
-        "state": job.state.value,
-        "exit_code": job.exit_code,
-        "message": job.message,
-        "image": job.image,
-        "args": list(job.args),
-        "kwargs": job.kwargs,
-        "platform_id": job.platform_id,
-        "details": job.details,
-        "log_path": job.log_path,
-        "user": job.user,
-        "created": job.created,
-        "updated": job.updated,
-    }
-
-
-def dumps_jobs(jobs: Sequence[JobRecord]) -> str:
-    return json.dumps([job_json(j) for j in jobs], indent=2)
