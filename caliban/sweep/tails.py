@@ -25,6 +25,9 @@ from caliban.spec import Platform as Kind
 # Log streams read at once for platforms without a batch read (local files,
 # pod logs): enough to overlap round trips without flooding an API server.
 MAX_STREAMS = 8
+# Lines read per job to find its cause, however few are shown: a traceback's
+# header and its last line are a few lines apart.
+CONTEXT = 100
 
 
 @dataclass(frozen=True)
@@ -89,14 +92,14 @@ async def failed_output(
     for kind, platform in platforms.items():
         mine = [j for j in failed if j.platform is kind]
         if mine:
-            read.update(await tails(platform, mine, lines))
+            read.update(await tails(platform, mine, max(lines, CONTEXT)))
     result = []
     for job in sorted(failed, key=lambda j: (j.index, j.created)):
         kept, error = read.get(job.job_id, ([], "no output recorded"))
         cause = causes.classify(kept, exit_code=job.exit_code, message=job.message)
         result.append(
             FailedOutput(
-                job, job_label(job, total), tuple(kept), cause, error if not kept else None
+                job, job_label(job, total), tuple(kept[-lines:]), cause, None if kept else error
             )
         )
     return result

@@ -16,6 +16,7 @@ from tests.conftest import MakeProject
 from tests.fakes.cloudlogging import FakeLogging
 from tests.fakes.vertex import FakeVertex
 from tests.integration.cloud_helpers import IMAGE, JOB_LABEL, caliban, cli_env, cloud_request
+    IMAGE,
     JOB_LABEL,
     caliban,
     cli_env,
@@ -187,3 +188,70 @@ async def test_a_missing_permission_is_one_line_naming_the_role(
     assert len(logging_server.calls) == 1  # a 403 is not retried
     assert "roles/logging.viewer" in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+async def test_the_cli_prints_a_job_s_logs_follows_an_ended_one_and_a_sweep_s_failures(
+    tmp_path: Path,
+    make_project: MakeProject,
+    service_account_file: Path,
+    vertex_server: FakeVertex,
+    logging_server: FakeLogging,
+) -> None:
+    folder = make_project()
+    env = cli_env(tmp_path, service_account_file, vertex_server)
+    env[cloudlog.ENDPOINT_ENV] = logging_server.url
+    (folder / "sweep.json").write_text('{"lr": [0.1, 0.2, 0.3]}')
+    args = ["cloud", "--experiment_config", "sweep.json", "--image_tag", IMAGE, "--xgroup", "cl"]
+    done = await caliban([*args, "job.py"], cwd=folder, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    first, second, third = vertex_server.jobs
+    logging_server.add(first, "epoch 1", "accuracy 0.95")
+    vertex_server.advance(first.name, "JOB_STATE_SUCCEEDED")
+    logging_server.add(second, "loading data", "Killed")
+    vertex_server.fail(second.name, 9, "The replica workerpool0-0 ran out-of-memory.")
+    logging_server.add(third, "Traceback (most recent call last):", "KeyError: 'lr'")
+    vertex_server.fail(third.name, 3, "The replica workerpool0-0 exited with status 1.")
+    short = first.labels[JOB_LABEL][-8:]
+
+    logs = await caliban(["logs", short], cwd=folder, env=env)
+    assert logs.returncode == 0, logs.stderr
+    assert logs.stdout == "epoch 1\naccuracy 0.95\n"
+    # The job has ended: -f prints what there is and returns.
+    followed = await caliban(["logs", "-f", short], cwd=folder, env=env)
+    assert (followed.returncode, followed.stdout) == (0, "epoch 1\naccuracy 0.95\n")
+
+    before = len(logging_server.calls)
+    failed = await caliban(
+        ["logs", "--xgroup", "cl", "--failed", "--tail", "1"], cwd=folder, env=env
+    )
+    assert failed.returncode == 0, failed.stderr
+    assert len(logging_server.calls) - before == 1
+    blocks = failed.stdout.strip().split("\n\n")
+    assert len(blocks) == 2, failed.stdout
+    assert blocks[0].startswith("==> 2/3 ")
+    assert "likely cause: killed for memory" in blocks[0].splitlines()[0]
+    assert blocks[0].splitlines()[1:] == ["Killed"]
+    assert blocks[1].startswith("==> 3/3 ")
+    assert blocks[1].splitlines()[0].endswith("likely cause: KeyError")
+    assert blocks[1].splitlines()[1:] == ["KeyError: 'lr'"]
+
+    logging_server.deny("test-proj")
+    denied = await caliban(["logs", short], cwd=folder, env=env)
+    assert denied.returncode == 1
+    assert denied.stdout == ""
+    (line,) = denied.stderr.strip().splitlines()
+    assert "roles/logging.viewer" in line
+
+
+async def test_bad_logs_flags_exit_2(tmp_path: Path, make_project: MakeProject) -> None:
+    env = {"CALIBAN_HOME": str(tmp_path / "home"), "HOME": str(tmp_path), "PATH": "/usr/bin"}
+    folder = make_project()
+    for args, words in (
+        (["logs"], "needs a job id"),
+        (["logs", "--failed"], "--failed needs --xgroup"),
+        (["logs", "abc", "--tail", "3"], "go with --failed"),
+        (["logs", "--xgroup", "x", "--failed", "-f"], "no --follow"),
+    ):
+        done = await caliban(args, cwd=folder, env=env)
+        assert done.returncode == 2, (args, done.stderr)
+        assert words in done.stderr, (args, done.stderr)
