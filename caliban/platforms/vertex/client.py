@@ -9,6 +9,7 @@ takes no request id, so a job is found again by its ``caliban_job`` label.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
 from datetime import datetime, timedelta, timezone
 from functools import partial
 from typing import Any
@@ -361,15 +362,17 @@ class VertexBackend:
         for project, ids in by_project.items():
             newest: dict[str, list[str]] = {job_id: [] for job_id in ids.values()}
             short = set(ids)
-            async for entry in self.reader.entries(project, list(ids), newest_first=True):
-                if entry.job_id not in short:
-                    continue
-                kept = newest[ids[entry.job_id]]
-                kept.extend(reversed(cloudlog.lines_of(entry.text)))
-                if len(kept) >= lines:
-                    short.discard(entry.job_id)
-                    if not short:
-                        break
+            read = self.reader.entries(project, list(ids), newest_first=True)
+            async with aclosing(read):
+                async for entry in read:
+                    if entry.job_id not in short:
+                        continue
+                    kept = newest[ids[entry.job_id]]
+                    kept.extend(reversed(cloudlog.lines_of(entry.text)))
+                    if len(kept) >= lines:
+                        short.discard(entry.job_id)
+                        if not short:
+                            break  # every job has its lines: no more pages
             for job_id, kept in newest.items():
                 out[job_id] = list(reversed(kept[:lines]))
         return out

@@ -18,7 +18,7 @@ otherwise (private endpoints; the local stand-in the tests run).
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,7 +122,8 @@ class LogReader:
         try:
             return await with_retries(once, self.policy, on_retry=on_retry)
         except AuthError as exc:
-            if exc.status != 403:
+            # A user token without a quota project is a 403 too, with its own advice.
+            if exc.status != 403 or "quota project" in exc.message:
                 raise
             raise AuthError(
                 f"reading the logs of Vertex jobs in project {project} needs the role {ROLE} "
@@ -137,7 +138,7 @@ class LogReader:
         *,
         since: str | None = None,
         newest_first: bool = False,
-    ) -> AsyncIterator[Entry]:
+    ) -> AsyncGenerator[Entry, None]:
         """Every entry of ``job_ids`` in ``project``, oldest first (or newest first)."""
         ids = sorted(set(job_ids))
         for start in range(0, len(ids), IDS_PER_QUERY):
