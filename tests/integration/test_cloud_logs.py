@@ -16,17 +16,6 @@ from tests.conftest import MakeProject
 from tests.fakes.cloudlogging import FakeLogging
 from tests.fakes.vertex import FakeVertex
 from tests.integration.cloud_helpers import IMAGE, JOB_LABEL, caliban, cli_env, cloud_request
-    IMAGE,
-    JOB_LABEL,
-    caliban,
-    cli_env,
-    cloud_request,
-    logging_server,
-    oauth_server,
-    service_account,
-    service_account_file,
-    vertex_server,
-)
 
 
 @pytest.fixture
