@@ -41,6 +41,7 @@ _EXPORTS = {
     "JobState": "caliban.spec",
     "JobMode": "caliban.spec",
     "Platform": "caliban.spec",
+    "FailedOutput": "caliban.sweep.tails",
     # The whole error tree, so `except caliban.QuotaError` needs no deeper import.
     "CalibanError": "caliban.errors",
     "ConfigError": "caliban.errors",

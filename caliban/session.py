@@ -48,7 +48,7 @@ from caliban.options import NotebookRequest, ProjectOptions, RunRequest, ShellRe
 from caliban.platforms import base
 from caliban.platforms.base import Platform as PlatformImpl
 from caliban.platforms.base import Prepared
-from caliban.spec import JobMode, JobRecord, Platform
+from caliban.spec import JobMode, JobRecord, JobState, Platform
 from caliban.sweep import engine as sweep
 from caliban.sweep.engine import Confirm, RunResult
 
@@ -63,6 +63,7 @@ if TYPE_CHECKING:
         ClusterOptions,
         SlurmRequest,
     )
+    from caliban.sweep.tails import FailedOutput
 
 __all__ = ["Confirm", "Prepared", "RunResult", "Session", "host_user"]
 
@@ -513,6 +514,16 @@ class Session:
         if found is None:
             raise ValidationError(f"no job with id {job_id!r} (see `caliban status`)")
         return found
+
+    async def failed_logs(self, xgroup: str, *, lines: int = 20) -> list[FailedOutput]:
+        """The last ``lines`` lines of output of every failed job of ``xgroup`` (the
+        latest job of each experiment, states refreshed first), each with a likely cause."""
+        from caliban.sweep import tails
+
+        jobs = await self.status(xgroup=xgroup)
+        kinds = {j.platform for j in jobs if j.state is JobState.FAILED}
+        platforms = {kind: await self.platform(kind) for kind in kinds}
+        return await tails.failed_output(platforms, jobs, lines)
 
     async def logs(self, job_id: str, *, follow: bool = False) -> AsyncIterator[str]:
         job = await self.job(job_id)

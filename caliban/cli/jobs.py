@@ -17,6 +17,7 @@ from caliban.errors import EXIT_FAILURE, EXIT_OK, ValidationError
 if TYPE_CHECKING:
     from caliban.session import RunResult, Session
     from caliban.spec import JobRecord
+    from caliban.sweep.tails import FailedOutput
 
 
 def _no_cloud_key(ns: argparse.Namespace) -> None:
@@ -147,7 +148,25 @@ def cmd_resubmit(ns: argparse.Namespace) -> int:
     return code if code is not None else summary
 
 
+def _logs_args(ns: argparse.Namespace) -> None:
+    if ns.failed:
+        if not ns.xgroup:
+            raise ValidationError("--failed needs --xgroup X: the experiment group to read")
+        if ns.job_id or ns.follow:
+            raise ValidationError("--failed reads a whole group: give no job id and no --follow")
+    elif ns.xgroup or ns.tail:
+        raise ValidationError(
+            "--xgroup and --tail go with --failed (caliban logs --xgroup X --failed)"
+        )
+    elif not ns.job_id:
+        raise ValidationError("caliban logs needs a job id, or --xgroup X --failed")
+
+
 def cmd_logs(ns: argparse.Namespace) -> int:
+    _logs_args(ns)
+    if ns.failed:
+        return _failed_logs(ns)
+
     async def work(session: Session) -> None:
         async for chunk in session.logs(ns.job_id, follow=ns.follow):
             sys.stdout.write(chunk)
@@ -155,3 +174,30 @@ def cmd_logs(ns: argparse.Namespace) -> int:
 
     _, code = running.execute(ns, work)
     return code if code is not None else EXIT_OK
+
+
+def _failed_logs(ns: argparse.Namespace) -> int:
+    sink = running.make_sink(ns)
+
+    async def work(session: Session) -> list[FailedOutput]:
+        return await session.failed_logs(ns.xgroup, lines=ns.tail or 20)
+
+    found, code = running.execute(ns, work, sink)
+    if found is None:
+        return code if code is not None else EXIT_FAILURE
+    if not found:
+        sink.console.print(f"no failed jobs in {ns.xgroup}")
+    for block in found:
+        sys.stdout.write(failed_block(block))
+    sys.stdout.flush()
+    return code if code is not None else EXIT_OK
+
+
+def failed_block(block: FailedOutput) -> str:
+    """One failed job as text: a header naming it and its likely cause, then its last lines."""
+    job = block.job
+    why = job.message or (f"exit code {job.exit_code}" if job.exit_code is not None else "")
+    cause = f"  likely cause: {block.cause.text}" if block.cause else ""
+    head = f"==> {block.label} {job.platform.value} {why}{cause}".rstrip()
+    body = [f"    ({block.error})"] if block.error else list(block.lines)
+    return "\n".join([head, *body, ""]) + "\n"

@@ -128,9 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", "-v", action="store_true")
     p.set_defaults(handler=jobs.cmd_resubmit)
 
-    p = sub.add_parser("logs", help="print the output of a job")
-    p.add_argument("job_id", help="job id, or its last 8 characters as `caliban status` shows")
+    p = sub.add_parser("logs", help="print the output of a job, or the end of a sweep's failures")
+    p.add_argument(
+        "job_id", nargs="?", help="job id, or its last 8 characters as `caliban status` shows"
+    )
     p.add_argument("--follow", "-f", action="store_true", help="keep printing while it runs")
+    p.add_argument("--xgroup", metavar="X", help="with --failed: the experiment group to read")
+    p.add_argument(
+        "--failed",
+        action="store_true",
+        help="the end of every failed job's output in --xgroup, each with a likely cause",
+    )
+    p.add_argument(
+        "--tail", type=positive_int, metavar="N", help="with --failed: lines per job (default 20)"
+    )
     p.add_argument("--verbose", "-v", action="store_true")
     p.set_defaults(handler=jobs.cmd_logs)
     cli_dev.register(sub)

@@ -37,7 +37,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from caliban.core import config as calibanconfig
 from caliban.core.dockerfile import BuildSpec
@@ -70,6 +70,7 @@ __all__ = [
     "Submitter",
     "SweepPlan",
     "SweepRequest",
+    "Tails",
     "Update",
     "job_label",
     "load",
@@ -374,6 +375,16 @@ class Platform(Protocol):
         ...
 
     async def remove(self, handles: Sequence[object]) -> None: ...
+
+
+@runtime_checkable
+class Tails(Protocol):
+    """A platform that reads the end of many jobs' output at once (one query for
+    all of them) rather than one :meth:`Platform.logs` stream per job."""
+
+    async def tails(self, jobs: Sequence[JobRecord], lines: int) -> Mapping[str, Sequence[str]]:
+        """The last ``lines`` lines of each job's output, by job id (missing: none)."""
+        ...
 
 
 _REGISTRY: dict[Kind, str] = {

@@ -155,3 +155,20 @@ async def test_resubmit_launches_new_jobs_for_failed_ones_only(
     assert [j.job_id for j in latest] == [jobs[0].job_id, again.job_id, jobs[2].job_id]
     assert latest[0].state is JobState.SUCCEEDED
     assert latest[2].state in ACCEPTED
+
+
+async def test_failed_logs_show_only_failed_jobs_with_their_output(
+    platform_case: PlatformCase, project: ProjectOptions
+) -> None:
+    async with platform_case.session() as session:
+        jobs = await _launch(platform_case, session, project, 3)
+        platform_case.finish(jobs[0], JobState.FAILED)
+        platform_case.finish(jobs[1], JobState.SUCCEEDED)
+        platform_case.finish(jobs[2], JobState.FAILED)
+        found = await session.failed_logs(XGROUP, lines=5)
+    assert [f.job.job_id for f in found] == [jobs[0].job_id, jobs[2].job_id]
+    assert [f.label.split()[0] for f in found] == ["1/3", "3/3"]
+    for block, job in zip(found, (jobs[0], jobs[2]), strict=True):
+        # The in-memory platform's output is the job's own command line.
+        assert block.lines and block.lines[-1].endswith(" ".join(job.args)), block
+        assert block.error is None

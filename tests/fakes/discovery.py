@@ -25,7 +25,11 @@ from importlib import resources
 from typing import Any
 
 # The API revisions caliban's request bodies are checked against (docs/cloud.md says so too).
-REVISIONS = {"aiplatform.v1": "20261106", "container.v1": "20261027"}
+REVISIONS = {
+    "aiplatform.v1": "20261106",
+    "container.v1": "20261027",
+    "logging.v2": "20260911",
+}
 
 _DURATION = re.compile(r"^-?\d+(\.\d{1,9})?s$")
 _DATETIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)$")
@@ -38,7 +42,11 @@ _RANGES = {
     "uint64": (0, 2**64 - 1),
 }
 _SCHEMA_PREFIXES = ("GoogleCloudAiplatformV1", "GoogleRpc", "GoogleProtobuf")
-_PACKAGES = {"aiplatform.v1": "google.cloud.aiplatform.v1", "container.v1": "google.container.v1"}
+_PACKAGES = {
+    "aiplatform.v1": "google.cloud.aiplatform.v1",
+    "container.v1": "google.container.v1",
+    "logging.v2": "google.logging.v2",
+}
 
 
 @dataclass(frozen=True)
@@ -256,3 +264,7 @@ def aiplatform() -> Discovery:
 
 def container() -> Discovery:
     return document("container.v1")
+
+
+def logging_v2() -> Discovery:
+    return document("logging.v2")

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from gcloud.aio.auth import Token
 from gcloud.aio.auth.token import BaseToken
 
+from .cloudlogging import FakeLogging
 from .federation import FakeFederation
 from .oauth import CLOUD_PLATFORM, FakeOAuth, write_credentials
 from .vertex import FakeVertex
@@ -102,3 +103,12 @@ def instant_token_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep gcloud-aio-auth's 5 token attempts but drop the random exponential wait."""
     retrying = BaseToken.acquire_access_token.retry
     monkeypatch.setattr(retrying, "wait", tenacity.wait_none())
+
+
+@pytest.fixture
+async def logging_server(
+    oauth_server: FakeOAuth, vertex_server: FakeVertex
+) -> AsyncIterator[FakeLogging]:
+    """A running :class:`FakeLogging` linked to ``vertex_server`` (its jobs get entries)."""
+    async with FakeLogging(vertex=vertex_server, token_validator=oauth_server.valid_token) as srv:
+        yield srv

@@ -221,6 +221,8 @@ class FakeVertex(FakeServer):
         self._scripted: dict[str, list[_Scripted]] = {}
         self._denied: dict[str, set[str]] = {}
         self._windows: dict[tuple[str, str, str], deque[float]] = {}
+        # Called with each job created (FakeLogging gives it log entries).
+        self.on_create: list[Callable[[FakeJob], None]] = []
 
     # ------------------------------------------------------------------ scripted faults
     def fail_next(
@@ -584,6 +586,8 @@ class FakeVertex(FakeServer):
         job.set_state(self.initial_state, now)
         self._jobs.append(job)
         self._by_id[job_id] = job
+        for hook in self.on_create:
+            hook(job)
         return job
 
     async def _lose(self, request: web.Request, payload: dict[str, Any]) -> web.Response:

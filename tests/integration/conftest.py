@@ -17,6 +17,7 @@ from tests.conftest import MakeProject
 from tests.fakes.fixtures import (  # noqa: F401  (imported so pytest registers them here)
     authorized_user_file,
     federation,
+    logging_server,
     oauth_server,
     service_account,
     service_account_file,

@@ -10,6 +10,7 @@ PURE = [
     "caliban.spec",
     "caliban.errors",
     "caliban.core.experiment",
+    "caliban.core.causes",
     "caliban.cli.expansion",
     "caliban.core.jobmode",
     "caliban.core.labels",

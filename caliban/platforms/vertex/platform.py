@@ -26,6 +26,7 @@ from caliban.events import Document, Notice
 from caliban.limits import Pacing
 from caliban.options import CloudRequest
 from caliban.platforms.base import Context, JobSpec, Launch, Prepared, Published, Rebound, Row
+from caliban.platforms.vertex import cloudlog
 from caliban.platforms.vertex import plan as vertexplan
 from caliban.platforms.vertex.client import VertexBackend, VertexClient, VertexSubmitter
 from caliban.platforms.vertex.plan import (
@@ -282,7 +283,8 @@ class VertexPlatform:
                 key = recorded
                 break
         api = GoogleApi(await self.ctx.http(), await self.ctx.credentials(key))
-        return VertexBackend(api, store_id=await self.ctx.store_id())
+        reader = cloudlog.LogReader(api, self.ctx.environ.get(cloudlog.ENDPOINT_ENV) or None)
+        return VertexBackend(api, store_id=await self.ctx.store_id(), reader=reader)
 
     async def refresh(self, jobs: Sequence[JobRecord]) -> list[Update]:
         return await (await self._backend(jobs)).refresh(jobs)
@@ -293,6 +295,9 @@ class VertexPlatform:
     async def logs(self, job: JobRecord, *, follow: bool = False) -> AsyncIterator[str]:
         async for chunk in (await self._backend([job])).logs(job, follow=follow):
             yield chunk
+
+    async def tails(self, jobs: Sequence[JobRecord], lines: int) -> dict[str, list[str]]:
+        return await (await self._backend(jobs)).tails(jobs, lines)
 
     async def leftovers(self) -> Mapping[str, object]:
         return {}  # Vertex removes what its jobs held
