@@ -14,6 +14,7 @@ pytestmark = [pytest.mark.docker]
 JOB = """\
 import argparse
 import sys
+import time
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--mode")
@@ -21,6 +22,9 @@ mode = parser.parse_args().mode
 for step in range(30):
     print(f"{mode} step {step}", flush=True)
 if mode == "value":
+    # stdout and the traceback's stderr are two pipes: the engine may interleave
+    # lines written within the same instant, so let stdout's reach it first.
+    time.sleep(0.5)
     def train(lr):
         raise ValueError(f"learning rate {lr} is not a number")
     train("abc")
