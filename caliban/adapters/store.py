@@ -327,6 +327,13 @@ class Store:
             )
         for number in range(version, SCHEMA_VERSION):
             async with self._tx() as db:
+                # Read again under the write lock: two caliban processes opening a
+                # new store at once both saw the old version, and only the first
+                # may migrate (the second would find its tables already made).
+                async with db.execute("PRAGMA user_version") as cur:
+                    row = await cur.fetchone()
+                if row and int(row[0]) > number:
+                    continue
                 for statement in MIGRATIONS[number]:
                     await db.execute(statement)
                 # PRAGMA takes no parameters; the value is our own integer.

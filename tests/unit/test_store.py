@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import anyio
@@ -170,3 +172,28 @@ async def test_cancelled_writes_leave_no_transaction_open(tmp_path: Path) -> Non
             assert await store.transition("j0", JobState.RUNNING, force=True)
         jobs = await store.jobs(xgroup="g")
         assert {j.state for j in jobs} <= {JobState.PLANNED, JobState.RUNNING}
+
+
+def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path: Path) -> None:
+    """Both read the schema version before either migrates: only one may migrate."""
+    path = tmp_path / "race.db"
+    code = (
+        "import anyio, sys\n"
+        "from caliban.adapters.store import Store\n"
+        "async def main():\n"
+        "    async with Store(sys.argv[1]) as s:\n"
+        "        print(s.store_id)\n"
+        "anyio.run(main)\n"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(8)
+    ]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8, [err for _, err in outs]
+    assert len({out.strip() for out, _ in outs}) == 1
