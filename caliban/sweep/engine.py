@@ -233,20 +233,27 @@ async def launch(
         # Another run of this group may hold some of them: we launch only what we
         # claim, and leave the rest to it.
         claim = await store.claim(run_id, wanted)
-        active = [p.job.job_id for p in planned if p.action == "active"]
-        held = {**claim.held, **await store.owners(active)}
         mine = len(claim.claimed)
         skipped = len(planned) - mine
         host.sink(JobsPlanned(xgroup, total, mine, skipped, remote=platform.remote))
-        notices = skip_notices(
-            xgroup,
-            planned=len(planned),
-            mine=mine,
-            held=held,
-            done=sum(1 for p in planned if p.action == "done"),
-            orphans=sum(1 for j in active if j not in held),
-        )
-        for line in notices if not platform.remote else notices[: 1 if claim.held else 0]:
+        if platform.remote:
+            # Finished and running remote jobs are the platform's to report: only
+            # jobs another run is submitting right now are worth a line.
+            notices = skip_notices(
+                xgroup, planned=len(planned), mine=mine, held=claim.held, done=0, orphans=0
+            )
+        else:
+            active = [p.job.job_id for p in planned if p.action == "active"]
+            held = {**claim.held, **await store.owners(active)}
+            notices = skip_notices(
+                xgroup,
+                planned=len(planned),
+                mine=mine,
+                held=held,
+                done=sum(1 for p in planned if p.action == "done"),
+                orphans=sum(1 for j in active if j not in held),
+            )
+        for line in notices:
             host.sink(Notice(line))
         todo = [p for p in planned if p.job.job_id in claim.claimed]
         if todo:
