@@ -250,7 +250,10 @@ def labelled_containers(**labels: str) -> list[str]:
 def store_id(home: Path) -> str:
     """The id of the store under ``home``, which labels every container it starts."""
     with sqlite3.connect(home / "caliban.db") as db:
-        return str(db.execute("SELECT value FROM meta WHERE key='store_id'").fetchone()[0])
+        row = db.execute("SELECT value FROM meta WHERE key='store_id'").fetchone()
+    if row is None:  # a store being created: migrated, its id not written yet
+        raise LookupError(f"{home / 'caliban.db'} has no store id yet")
+    return str(row[0])
 
 
 def store_containers(home: Path, **labels: str) -> list[str]:

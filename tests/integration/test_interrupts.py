@@ -41,7 +41,7 @@ def _wait_running(home: Path, count: int, timeout: float = 120) -> str:
         if (home / "caliban.db").exists():
             try:
                 store = store_id(home)
-            except sqlite3.Error:
+            except (sqlite3.Error, LookupError):  # still being created
                 store = ""
             running = docker_cli(
                 "ps", "-q", "--filter", f"label=caliban.store={store}", "--filter", "status=running"
