@@ -3,6 +3,7 @@ array throttling, GPU ids, exit codes, stop, resubmit, logs, kill -9 and re-run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -190,8 +191,9 @@ def _wrapper(bin_dir: Path, marker: Path, *, before: bool = False) -> dict[str, 
     script.write_text(
         "#!/bin/sh\n"
         f'case " $* " in *" --test-only "*) exec "{real}" "$@" ;; esac\n'
+        f'echo $$ >"{marker}.pid"\n'
         f'{call} >"{marker}.tmp" && mv "{marker}.tmp" "{marker}"\n'
-        "sleep 600\n"
+        "exec sleep 600\n"  # the pid written above is the sleep: one kill ends it
     )
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
@@ -210,6 +212,11 @@ async def _kill_in_sbatch(
         process.send_signal(signal.SIGKILL)
         await process.wait()
         await process.aclose()
+        # The hanging sbatch outlives the caliban that started it: it is ours to end.
+        pid_file = marker.parent / f"{marker.name}.pid"
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
 
 @pytest.mark.parametrize("before", [False, True], ids=["answer-lost", "never-sent"])
