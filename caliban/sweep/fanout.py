@@ -37,6 +37,10 @@ if sys.version_info < (3, 11):  # the builtin arrived in 3.11; anyio brings the 
     from exceptiongroup import BaseExceptionGroup
 
 
+# Added to a pause whose length the server named (see on_retry below).
+SERVER_DELAY_MARGIN = 0.05
+
+
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     first = group.exceptions[0]
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
@@ -125,7 +129,11 @@ async def submit_all(
             if isinstance(exc, QuotaError):
                 # Over the quota: the whole bucket waits (for Retry-After when
                 # the server said, else this job's backoff), not just this job.
-                bucket(job).pause(delay)
+                # A delay the server names is its earliest (RetryInfo is rounded
+                # to the millisecond): a hair early costs one more 429 for every
+                # request in flight, so the bucket waits a little longer.
+                named = exc.retry_after is not None
+                bucket(job).pause(delay + (SERVER_DELAY_MARGIN if named else 0.0))
             elif (
                 isinstance(exc, BackendError)
                 and exc.retry_after is not None
