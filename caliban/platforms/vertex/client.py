@@ -99,20 +99,13 @@ def list_filter(jobs: Sequence[JobRecord], store_id: str) -> str:
         parts.append(label_filter(vertexspec.XGROUP_LABEL, xgroups.pop()))
     oldest = min(datetime.fromisoformat(j.created) for j in jobs) - CLOCK_SKEW
     stamp = f"{oldest.astimezone(timezone.utc):%Y-%m-%dT%H:%M:%SZ}"
-    parts.append(f"create_time>={_quote(stamp)}")
+    parts.append(f"create_time>={vertexspec.quote_filter_value(stamp)}")
     return " AND ".join(parts)
-
-
-def _quote(value: str) -> str:
-    # AIP-160 reads an unquoted value as a text token, which breaks on '-', ':'
-    # and spaces; a quoted string is always a literal.
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
 
 
 def label_filter(key: str, value: str) -> str:
     """``labels.KEY="VALUE"``, the value quoted whatever it holds."""
-    return f"labels.{key}={_quote(value)}"
+    return f"labels.{key}={vertexspec.quote_filter_value(value)}"
 
 
 def _spec_label(job: JobRecord, key: str) -> str:

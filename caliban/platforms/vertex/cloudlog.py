@@ -25,6 +25,7 @@ from typing import Any
 from caliban.adapters.cloud.http import GoogleApi
 from caliban.errors import AuthError, QuotaError
 from caliban.limits import RetryPolicy, TokenBucket, with_retries
+from caliban.platforms.vertex.spec import quote_filter_value
 
 ENDPOINT_ENV = "CALIBAN_LOGGING_ENDPOINT"
 DEFAULT_ENDPOINT = "https://logging.googleapis.com"
@@ -51,22 +52,18 @@ class Entry:
     text: str
 
 
-def _quote(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def job_filter(job_ids: Iterable[str], *, since: str | None = None) -> str:
     """The Logging query for the output of ``job_ids`` (numeric ids), at or after ``since``."""
     ids = sorted(set(job_ids))
     if not ids:
         raise ValueError("no job ids")
     if len(ids) == 1:
-        which = f"resource.labels.job_id={_quote(ids[0])}"
+        which = f"resource.labels.job_id={quote_filter_value(ids[0])}"
     else:
-        which = "resource.labels.job_id=(" + " OR ".join(_quote(i) for i in ids) + ")"
+        which = "resource.labels.job_id=(" + " OR ".join(quote_filter_value(i) for i in ids) + ")"
     parts = ['resource.type="ml_job"', which]
     if since:
-        parts.append(f"timestamp>={_quote(since)}")
+        parts.append(f"timestamp>={quote_filter_value(since)}")
     return " AND ".join(parts)
 
 

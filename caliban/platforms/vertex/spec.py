@@ -149,3 +149,11 @@ def error_message(job: Mapping[str, Any]) -> str | None:
     if isinstance(err, dict) and err.get("message"):
         return str(err["message"])
     return _STATE_NOTES.get(str(job.get("state") or ""))
+
+
+def quote_filter_value(value: str) -> str:
+    """A value as a quoted string literal of a Google list filter (AIP-160, and
+    Cloud Logging's query language): unquoted, a value is read as a text token,
+    which breaks on '-', ':' and spaces."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
