@@ -61,7 +61,6 @@ class PlatformCase:
     resubmit: Callable[[Session, str], Awaitable[list[JobRecord]]] | None = None
     #: Why a create the platform refused is not sent again (None: it is, once
     #: the refusal is retryable). A platform that says so fails that job instead.
-    no_create_retry: str | None = None
 
 
 def _environ(tmp_path: Path) -> dict[str, str]:
@@ -114,6 +113,12 @@ CASES: dict[str, Case] = {
     "vertex": remote.vertex_case,
     "kubernetes": remote.kubernetes_case,
 }
+
+
+# Platforms whose create can be refused transiently and is then sent again. The
+# local engine's refusals are not transient: the job fails, and the sweep goes on
+# (tests/integration/test_claims.py::test_a_failed_create_fails_that_job_only).
+RETRYING_CREATES = ("kubernetes", "memory", "vertex")
 
 
 @pytest.fixture(params=sorted(CASES))

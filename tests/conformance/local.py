@@ -224,12 +224,11 @@ async def local_case(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
             targets=1,
             finish=finish,
             lose_answer=lose.add,
-            refuse_once=lambda index: None,
+            refuse_once=lambda index: None,  # never asked: not in RETRYING_CREATES
             # A create the engine refuses is not sent again: the engine is on this
             # machine, so a refusal (no such image, a bad mount, a name taken) is
             # not overload; that job fails and `caliban resubmit` runs it again
             # (tests/integration/test_claims.py: a failed create fails that job only).
-            no_create_retry="the local engine's refusals are not transient: the job fails",
             lost=lambda: len(lost),
             # A create the engine refuses leaves no event, so creates are those it made.
             creates=created,

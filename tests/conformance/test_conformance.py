@@ -16,7 +16,7 @@ from caliban.options import ProjectOptions
 from caliban.session import Session
 from caliban.spec import JobRecord, JobState
 from caliban.sweep import engine
-from tests.conformance.conftest import PlatformCase
+from tests.conformance.conftest import RETRYING_CREATES, PlatformCase
 
 XGROUP = "conformance"
 ACCEPTED = (JobState.SUBMITTED, JobState.RUNNING)
@@ -80,11 +80,10 @@ async def test_a_create_whose_answer_was_lost_is_found_not_sent_again(
     assert platform_case.made() == Counter(ids)
 
 
+@pytest.mark.parametrize("platform_case", RETRYING_CREATES, indirect=True)
 async def test_a_create_refused_retryably_is_sent_again_once(
     platform_case: PlatformCase, project: ProjectOptions
 ) -> None:
-    if platform_case.no_create_retry is not None:
-        pytest.skip(f"{platform_case.kind.value}: {platform_case.no_create_retry}")
     platform_case.refuse_once(0)
     async with platform_case.session() as session:
         jobs = await _launch(platform_case, session, project, 2)
