@@ -240,6 +240,10 @@ def _record(row: Sequence[Any]) -> JobRecord:
     )
 
 
+# How long opening the store waits for other processes that hold it.
+OPEN_WAIT_SECONDS = 30.0
+
+
 class Store:
     """Async context manager around the history database."""
 
@@ -253,13 +257,9 @@ class Store:
         try:
             await anyio.to_thread.run_sync(filemodes.secure_store, self.path)
             self._db = await aiosqlite.connect(self.path, isolation_level=None, timeout=30)
-            for pragma in (
-                "journal_mode=WAL",
-                "synchronous=NORMAL",
-                "busy_timeout=30000",
-                "foreign_keys=ON",
-            ):
+            for pragma in ("busy_timeout=30000", "synchronous=NORMAL", "foreign_keys=ON"):
                 await self._db.execute(f"PRAGMA {pragma}")
+            await self._enter_wal()
             await self._migrate()
             self.store_id = await self._ensure_store_id()
         except (sqlite3.Error, OSError) as exc:
@@ -269,6 +269,27 @@ class Store:
             await self.aclose()
             raise
         return self
+
+    async def _enter_wal(self) -> None:
+        """Switch a new store to WAL, waiting out other processes doing the same.
+
+        The switch needs a write lock on a file still in rollback mode, and
+        SQLite answers "database is locked" at once instead of calling the busy
+        handler when another connection holds it (waiting could deadlock). Two
+        caliban processes opening a brand-new store race exactly here, so the
+        loser retries for as long as the busy timeout would have waited.
+        """
+        deadline = anyio.current_time() + OPEN_WAIT_SECONDS
+        delay = 0.005
+        while True:
+            try:
+                await self.db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or anyio.current_time() >= deadline:
+                    raise
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()

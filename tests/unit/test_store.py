@@ -197,3 +197,28 @@ def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path: Path) -> No
     outs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0] * 8, [err for _, err in outs]
     assert len({out.strip() for out, _ in outs}) == 1
+
+
+async def test_opening_waits_for_a_writer_holding_a_store_still_in_rollback_mode(
+    tmp_path: Path,
+) -> None:
+    """SQLite refuses the switch to WAL at once, without the busy handler, here."""
+    path = tmp_path / "held.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE other (x)")
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO other VALUES (1)")
+
+    async def release() -> None:
+        await anyio.sleep(0.5)
+        holder.execute("COMMIT")
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(release)
+            async with Store(path) as store:
+                assert store.store_id
+        async with Store(path) as store, store.db.execute("PRAGMA journal_mode") as cur:
+            assert await cur.fetchone() == ("wal",)
+    finally:
+        holder.close()
