@@ -11,6 +11,8 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from caliban.core.names import short_id
+
 if sys.version_info >= (3, 11):
     from enum import StrEnum
 else:  # Python 3.10 (Ubuntu 22.04): the same behaviour, spelled out
@@ -151,7 +153,7 @@ class JobRecord:
 
     @property
     def short_id(self) -> str:
-        return self.job_id[-8:]
+        return short_id(self.job_id)
 
 
 @dataclass(frozen=True)
