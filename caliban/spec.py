@@ -150,6 +150,9 @@ class JobRecord:
     created: str
     updated: str
     container_spec_id: int = 0
+    provenance_id: int | None = None
+    #: Where the job's code came from (caliban.adapters.provenance.record), if recorded.
+    provenance: dict[str, object] | None = None
 
     @property
     def short_id(self) -> str:

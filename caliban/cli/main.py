@@ -37,7 +37,7 @@ from caliban.version import __version__
 def build_parser() -> Parser:
     from caliban.cli import cloud as cli_cloud
     from caliban.cli import cluster as cli_cluster
-    from caliban.cli import completion, helptext, jobs
+    from caliban.cli import completion, helptext, jobs, show
     from caliban.cli import config as cli_config
     from caliban.cli import dev as cli_dev
     from caliban.cli import slurm as cli_slurm
@@ -143,6 +143,7 @@ def build_parser() -> Parser:
     cli_cluster.register(sub)
     cli_config.register(sub)
     cli_slurm.register(sub)
+    show.register(sub)
     completion.register(sub, parser)
     helptext.apply(parser)
     return parser
@@ -195,6 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.verbose and ns.quiet:
         parser.error("--verbose and --quiet contradict each other: give one")
     ns.script_args = script_args
+    ns.argv = tuple(args)
     if script_args and not hasattr(ns, "module"):
         parser.error(f"`caliban {ns.command}` takes no script arguments after `--`")
     try:

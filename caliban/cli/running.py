@@ -42,6 +42,8 @@ def open_session(ns: argparse.Namespace, sink: ConsoleSink) -> Session:
 
     session = Session(sink=sink)
     session.quota_project = getattr(ns, "quota_project", None)
+    argv = getattr(ns, "argv", None)
+    session.argv = ("caliban", *argv) if argv is not None else None
     return session
 
 

@@ -371,7 +371,44 @@ def job_json(job: JobRecord) -> dict[str, object]:
         "user": job.user,
         "created": job.created,
         "updated": job.updated,
+        "provenance": job.provenance,
     }
+
+
+def provenance_lines(job: JobRecord, rerun: str | None) -> list[Text]:
+    """``caliban show``: the job, where its code came from, how to run it again."""
+    origin = job.provenance or {}
+    git = origin.get("git")
+    rows: list[tuple[str, object]] = [
+        ("job", job.job_id),
+        ("xgroup", job.xgroup),
+        ("platform", job.platform.value),
+        ("state", job.state.value + (f" (exit {job.exit_code})" if job.exit_code else "")),
+        ("args", " ".join(job.args)),
+        ("image", job.image),
+    ]
+    if not origin:
+        rows.append(("provenance", "not recorded (planned by an older caliban)"))
+    else:
+        if isinstance(git, dict):
+            dirty = ", dirty: diff " + str(git.get("diff_sha256"))[:16] if git.get("dirty") else ""
+            rows.append(
+                ("git", f"{git.get('commit')} on {git.get('branch') or '(detached)'}{dirty}")
+            )
+        else:
+            rows.append(("git", "none (not a git repository, or no git)"))
+        for key in ("image_digest", "image_id", "base_image", "base_image_digest"):
+            if origin.get(key):
+                rows.append((key.replace("_", " "), origin[key]))
+        rows.append(("caliban", origin.get("caliban_version")))
+        command = origin.get("command")
+        if isinstance(command, list):
+            import shlex
+
+            rows.append(("command", shlex.join(str(c) for c in command)))
+    rows.append(("rerun", rerun or "unknown: the command line was not recorded"))
+    width = max(len(k) for k, _ in rows)
+    return [Text(f"{k:<{width}}  {v}") for k, v in rows]
 
 
 def summary_json(result: RunResult) -> dict[str, object]:

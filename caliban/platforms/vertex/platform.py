@@ -107,6 +107,7 @@ class VertexPlan:
         xgroup: str,
         store_id: str,
         images: Mapping[str, str],
+        commit: str | None = None,
     ) -> Iterator[JobSpec]:
         plan, req = self.plan, self.request
         for row in rows:
@@ -120,6 +121,7 @@ class VertexPlan:
                 xgroup=xgroup,
                 image=images[region],
                 argv=row.argv,
+                commit=commit,
             )
             placement = VertexPlacement(
                 plan.project_id,
