@@ -32,7 +32,7 @@ HELP: dict[str, tuple[str, tuple[str, ...]]] = {
         (
             "caliban status",
             "caliban status --xgroup my-sweep --max_jobs 0",
-            "caliban status --json | jq '.[] | .provenance.git_commit'",
+            "caliban status --json | jq '.[] | .provenance.git.commit'",
         ),
     ),
     "stop": (
