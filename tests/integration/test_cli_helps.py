@@ -18,15 +18,7 @@ from tests.conftest import CALIBAN, MakeProject
 from tests.fakes.k8s import FakeKubernetes
 from tests.fakes.vertex import FakeVertex
 from tests.integration import cluster_support
-from tests.integration.cloud_helpers import (  # noqa: F401  (fixtures)
-    IMAGE,
-    cli_env,
-    oauth_server,
-    service_account,
-    service_account_file,
-    vertex_server,
-)
-from tests.integration.cluster_support import kube, kubeconfig  # noqa: F401  (fixtures)
+from tests.integration.cloud_helpers import IMAGE, cli_env
 
 
 async def cli(

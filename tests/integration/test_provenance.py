@@ -10,15 +10,7 @@ from pathlib import Path
 
 from tests.conftest import MakeProject, job_reports, run_cli
 from tests.fakes.vertex import FakeVertex
-from tests.integration.cloud_helpers import (  # noqa: F401  (fixtures)
-    IMAGE,
-    caliban,
-    cli_env,
-    oauth_server,
-    service_account,
-    service_account_file,
-    vertex_server,
-)
+from tests.integration.cloud_helpers import IMAGE, caliban, cli_env
 
 
 def _git(folder: Path, *args: str) -> str:
