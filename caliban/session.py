@@ -128,6 +128,8 @@ class Session:
         self.cloud_key: str | None = None
         # --quota_project: billed for Google API calls instead of the credentials' own.
         self.quota_project: str | None = None
+        # The command line that drives this session (the CLI sets it): provenance.
+        self.argv: tuple[str, ...] | None = None
         self._resources: dict[str, Any] = {}
         self._platforms: dict[Platform, PlatformImpl] = {}
         # --cloud_key of a push (check_push): kept out of the image it builds.

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from caliban.core.names import short_id
+
 if sys.version_info >= (3, 11):
     from enum import StrEnum
 else:  # Python 3.10 (Ubuntu 22.04): the same behaviour, spelled out
@@ -186,6 +188,9 @@ class JobRecord:
     created: str
     updated: str
     container_spec_id: int = 0
+    provenance_id: int | None = None
+    #: Where the job's code came from (caliban.adapters.provenance.record), if recorded.
+    provenance: dict[str, object] | None = None
 
     @classmethod
     def with_spec_json(cls, spec_json: str, **fields: Any) -> JobRecord:
@@ -200,7 +205,7 @@ class JobRecord:
 
     @property
     def short_id(self) -> str:
-        return self.job_id[-8:]
+        return short_id(self.job_id)
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,16 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE jobs ADD COLUMN claimed_by TEXT REFERENCES runs(id)",
         "CREATE INDEX jobs_by_claim ON jobs (claimed_by)",
     ],
+    # 3: where each job's code came from (git, image digests, command line), kept
+    # once per distinct record and referenced by the jobs planned with it.
+    [
+        """CREATE TABLE provenance (
+            id INTEGER PRIMARY KEY,
+            key TEXT NOT NULL UNIQUE,
+            data TEXT NOT NULL,
+            created TEXT NOT NULL)""",
+        "ALTER TABLE jobs ADD COLUMN provenance_id INTEGER REFERENCES provenance(id)",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -146,6 +156,7 @@ class PlanItem:
     spec: dict[str, object]
     details: dict[str, object]
     log_path: str | None = None
+    provenance_id: int | None = None
 
     @classmethod
     def again(
@@ -168,6 +179,8 @@ class PlanItem:
             spec=spec,
             details=details,
             log_path=log_path,
+            # The same image and arguments: the code came from where it did then.
+            provenance_id=old.provenance_id,
         )
 
 
@@ -208,10 +221,11 @@ class Claim:
 _JOB_COLUMNS = """
     j.id, j.platform, j.state, x.name, e.id, e.idx, e.args, e.kwargs, j.image, j.spec,
     j.details, j.platform_id, j.exit_code, j.message, j.log_path, j.user, j.created,
-    j.updated, e.container_spec_id
+    j.updated, e.container_spec_id, j.provenance_id, p.data
 """
 _JOB_FROM = """
     FROM jobs j JOIN experiments e ON e.id = j.experiment_id JOIN xgroups x ON x.id = e.xgroup_id
+    LEFT JOIN provenance p ON p.id = j.provenance_id
 """
 
 
@@ -237,6 +251,8 @@ def _record(row: Sequence[Any]) -> JobRecord:
         created=row[16],
         updated=row[17],
         container_spec_id=row[18],
+        provenance_id=row[19],
+        provenance=json.loads(row[20]) if row[20] else None,
     )
 
 
@@ -391,6 +407,20 @@ class Store:
                 (key, image, json.dumps(spec, sort_keys=True), user, now()),
             )
             async with db.execute("SELECT id FROM container_specs WHERE key = ?", (key,)) as cur:
+                row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async def provenance(self, data: dict[str, object]) -> int:
+        """The id of this provenance record, stored once however many sweeps share it."""
+        text = json.dumps(data, sort_keys=True)
+        key = hashlib.sha256(text.encode()).hexdigest()
+        async with self._tx() as db:
+            await db.execute(
+                "INSERT OR IGNORE INTO provenance (key, data, created) VALUES (?, ?, ?)",
+                (key, text, now()),
+            )
+            async with db.execute("SELECT id FROM provenance WHERE key = ?", (key,)) as cur:
                 row = await cur.fetchone()
         assert row is not None
         return int(row[0])
@@ -569,7 +599,8 @@ class Store:
             return
         await db.executemany(
             "INSERT INTO jobs (id, experiment_id, platform, state, image, spec, details,"
-            " log_path, user, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " log_path, user, created, updated, provenance_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     item.job_id,
@@ -583,6 +614,7 @@ class Store:
                     user,
                     stamp,
                     stamp,
+                    item.provenance_id,
                 )
                 for item, experiment_id in jobs
             ],

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from caliban.cli import inputs, running
 from caliban.cli.args import key_value, positive_float, positive_int
-from caliban.cli.flags import executing_flags
+from caliban.cli.flags import executing_flags, json_flag
 from caliban.errors import EXIT_FAILURE, EXIT_OK
 
 if TYPE_CHECKING:
@@ -66,6 +66,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "the credentials' quota_project_id)",
     )
     p.add_argument("--xgroup", help="experiment group (default: a new one)")
+    json_flag(p, "the outcome (xgroup, counts, job ids and states)")
     p.add_argument("--spot", action="store_true", help="run on Spot capacity")
     p.add_argument("--service_account", help="service account the jobs run as")
     p.add_argument(
@@ -138,5 +139,5 @@ def cmd_cloud(ns: argparse.Namespace) -> int:
     result, code = running.execute(ns, work, sink)
     if result is None or result.dry_run:
         return code if code is not None else (EXIT_OK if result else EXIT_FAILURE)
-    summary = running.summary(sink, result)
+    summary = running.summary(sink, result, ns)
     return code if code is not None else summary

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from caliban.cli import inputs, running
 from caliban.cli.args import key_value, non_negative_int, positive_int
-from caliban.cli.flags import Parser, executing_flags
+from caliban.cli.flags import Parser, executing_flags, json_flag
 from caliban.errors import EXIT_FAILURE, EXIT_OK
 
 if TYPE_CHECKING:
@@ -80,6 +80,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p = commands.add_parser("ls", help="list the project's GKE clusters")
     _gke_flags(p)
     _verbose(p)
+    json_flag(p, "the list")
     p.set_defaults(handler=cmd_ls)
 
     p = commands.add_parser("create", help="create a GKE cluster with node auto-provisioning")
@@ -146,6 +147,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p = job_commands.add_parser("ls", help="list Jobs (every namespace unless --namespace)")
     _cluster_flags(p)
     _verbose(p)
+    json_flag(p, "the list")
     p.set_defaults(handler=cmd_jobs)
 
     p = job_commands.add_parser(
@@ -234,6 +236,7 @@ def _submit_flags(p: argparse.ArgumentParser) -> None:
         help="label on every Job and pod; repeatable",
     )
     p.add_argument("--xgroup", help="experiment group (default: a new one)")
+    json_flag(p, "the outcome (xgroup, counts, job ids and states)")
     p.add_argument(
         "--export",
         metavar="FILE",
@@ -322,7 +325,15 @@ def _run_listing(ns: argparse.Namespace, work: Any, headers: list[str], empty: s
     rows, code = running.execute(ns, work, sink)
     if rows is None:
         return code if code is not None else EXIT_FAILURE
-    if rows:
+    if getattr(ns, "json", False):
+        import json
+        import sys
+
+        keys = [h.lower() for h in headers]
+        sys.stdout.write(
+            json.dumps([dict(zip(keys, row, strict=True)) for row in rows], indent=2) + "\n"
+        )
+    elif rows:
         _table(sink, headers, rows)
     else:
         sink.console.print(empty)
@@ -473,7 +484,7 @@ def cmd_submit(ns: argparse.Namespace) -> int:
     result, code = running.execute(ns, work, sink)
     if result is None or result.dry_run:
         return code if code is not None else (EXIT_OK if result else EXIT_FAILURE)
-    summary = running.summary(sink, result)
+    summary = running.summary(sink, result, ns)
     return code if code is not None else summary
 
 

@@ -51,6 +51,7 @@ def job_json(job: JobRecord) -> dict[str, object]:
         "user": job.user,
         "created": job.created,
         "updated": job.updated,
+        "provenance": job.provenance,
     }
 
 

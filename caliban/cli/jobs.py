@@ -71,7 +71,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
     result, code = running.execute(ns, work, sink)
     if result is None or result.dry_run:
         return code if code is not None else EXIT_OK
-    summary = running.summary(sink, result)
+    summary = running.summary(sink, result, ns)
     return code if code is not None else summary
 
 
@@ -92,8 +92,16 @@ def cmd_status(ns: argparse.Namespace) -> int:
 def cmd_stop(ns: argparse.Namespace) -> int:
     sink = running.make_sink(ns)
 
+    declined = False
+
     async def confirm(jobs: Sequence[JobRecord]) -> bool:
-        return ns.yes or await running.confirm(f"Stop these {len(jobs)} job(s)? [y/N] ", jobs, sink)
+        nonlocal declined
+        if ns.yes:
+            return True
+        if not running.can_ask():
+            raise running.no_terminal("stop", len(jobs), "stop")
+        declined = not await running.confirm(f"Stop these {len(jobs)} job(s)? [y/N] ", jobs, sink)
+        return not declined
 
     async def work(session: Session) -> list[JobRecord]:
         return await session.stop(xgroup=ns.xgroup, dry_run=ns.dry_run, confirm=confirm)
@@ -103,7 +111,9 @@ def cmd_stop(ns: argparse.Namespace) -> int:
         return code
     from caliban.cli.ui import jobs_table
 
-    if not jobs:
+    if declined:
+        sink.console.print("not stopped: the answer was not yes")
+    elif not jobs:
         sink.console.print("no running jobs to stop")
     elif ns.dry_run:
         sink.console.print(jobs_table(jobs))
@@ -116,10 +126,17 @@ def cmd_stop(ns: argparse.Namespace) -> int:
 def cmd_resubmit(ns: argparse.Namespace) -> int:
     sink = running.make_sink(ns)
 
+    declined = False
+
     async def confirm(jobs: Sequence[JobRecord]) -> bool:
-        return ns.yes or await running.confirm(
-            f"Resubmit these {len(jobs)} job(s)? [y/N] ", jobs, sink
-        )
+        nonlocal declined
+        if ns.yes:
+            return True
+        if not running.can_ask():
+            raise running.no_terminal("resubmit", len(jobs), "resubmit")
+        question = f"Resubmit these {len(jobs)} job(s)? [y/N] "
+        declined = not await running.confirm(question, jobs, sink)
+        return not declined
 
     async def work(session: Session) -> RunResult:
         session.cloud_key = ns.cloud_key
@@ -141,6 +158,9 @@ def cmd_resubmit(ns: argparse.Namespace) -> int:
             sink.console.print(jobs_table(result.jobs))
         sink.console.print(f"dry run: {len(result.jobs)} job(s) would be resubmitted")
         return EXIT_OK
+    if declined:
+        sink.console.print("nothing resubmitted: the answer was not yes")
+        return code if code is not None else EXIT_OK
     if not result.jobs:
         sink.console.print(f"nothing to resubmit in {ns.xgroup}")
         return code if code is not None else EXIT_OK

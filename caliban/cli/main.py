@@ -19,7 +19,14 @@ import sys
 from collections.abc import Sequence
 
 from caliban.cli.args import non_negative_int, positive_int
-from caliban.cli.flags import Parser, building_flags, executing_flags, split_script_args
+from caliban.cli.flags import (
+    Parser,
+    building_flags,
+    executing_flags,
+    json_flag,
+    split_script_args,
+    suggest,
+)
 from caliban.cli.running import report
 from caliban.errors import EXIT_FAILURE, EXIT_INTERRUPTED, CalibanError
 from caliban.version import __version__
@@ -27,12 +34,12 @@ from caliban.version import __version__
 # -- parsing --------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> Parser:
     from caliban.cli import cloud as cli_cloud
     from caliban.cli import cluster as cli_cluster
+    from caliban.cli import completion, helptext, jobs, show
     from caliban.cli import config as cli_config
     from caliban.cli import dev as cli_dev
-    from caliban.cli import jobs
     from caliban.cli import slurm as cli_slurm
 
     parser = Parser(
@@ -90,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="CPU cores each job holds exclusively, nearest its GPUs when known "
         "(default: jobs share all cores)",
     )
+    json_flag(p, "the outcome (xgroup, counts, job ids and states)")
     p.set_defaults(handler=jobs.cmd_run)
 
     p = sub.add_parser("status", help="show recorded jobs and their current state")
@@ -101,14 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="jobs to show (default 8; with --xgroup: per experiment, default 1; 0 = all)",
     )
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
-    p.add_argument("--verbose", "-v", action="store_true")
     p.set_defaults(handler=jobs.cmd_status)
 
     p = sub.add_parser("stop", help="stop running jobs")
     p.add_argument("--xgroup", help="only jobs of this experiment group")
     p.add_argument("--dry_run", action="store_true", help="list what would be stopped")
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
-    p.add_argument("--verbose", "-v", action="store_true")
     p.set_defaults(handler=jobs.cmd_stop)
 
     p = sub.add_parser("resubmit", help="run again the failed or stopped jobs of a group")
@@ -125,7 +131,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max_parallel", type=positive_int, metavar="N", help="local jobs to run at once"
     )
-    p.add_argument("--verbose", "-v", action="store_true")
     p.set_defaults(handler=jobs.cmd_resubmit)
 
     p = sub.add_parser("logs", help="print the output of a job, or the end of a sweep's failures")
@@ -149,10 +154,44 @@ def build_parser() -> argparse.ArgumentParser:
     cli_cluster.register(sub)
     cli_config.register(sub)
     cli_slurm.register(sub)
+    show.register(sub)
+    completion.register(sub, parser)
+    helptext.apply(parser)
     return parser
 
 
 # -- entry point ------------------------------------------------------------------------------
+
+
+def _reject_extra(
+    parser: Parser,
+    flag_parser: Parser,
+    ns: argparse.Namespace,
+    caliban_args: Sequence[str],
+    extra: Sequence[str],
+) -> None:
+    """Say why arguments were left over: a misspelt flag, or script arguments without `--`."""
+    module = getattr(ns, "module", None)
+    # A flag argparse did not know takes the place of the script when a value
+    # follows it (`run --max_paralel 4 train.py` makes '4' the module), so a
+    # flag before the script, or one close to a real flag, is a caliban flag
+    # misspelt, not a script argument in the wrong place.
+    module_at = max(
+        (i for i, a in enumerate(caliban_args) if a == module), default=len(caliban_args)
+    )
+    for arg in extra:
+        if not arg.startswith("-") or arg == "-":
+            continue
+        name = arg.split("=", 1)[0]
+        if caliban_args.index(arg) < module_at or suggest(name, flag_parser.flags()):
+            flag_parser.error(flag_parser.unknown_flag(arg))
+    if module is not None:
+        parser.error(
+            f"unexpected arguments {' '.join(extra)!r} after {module!r}: put caliban flags "
+            f"before the script and pass script arguments after `--`, e.g. "
+            f"caliban {ns.command} ... {module} -- {' '.join(extra)}"
+        )
+    flag_parser.error(f"unrecognized arguments: {' '.join(extra)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -160,24 +199,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     caliban_args, script_args = split_script_args(args)
     parser = build_parser()
     ns, extra = parser.parse_known_args(caliban_args)
+    flag_parser = vars(ns).pop("_flag_parser", parser)
     if extra:
-        module = getattr(ns, "module", None)
-        # An unknown flag before the script is a caliban flag misspelt, not a
-        # script argument in the wrong place.
-        module_at = max(
-            (i for i, a in enumerate(caliban_args) if a == module), default=len(caliban_args)
-        )
-        unknown = [a for a in extra if a.startswith("-") and caliban_args.index(a) < module_at]
-        if unknown:
-            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-        if module is not None:
-            parser.error(
-                f"unexpected arguments {' '.join(extra)!r} after {module!r}: put caliban flags "
-                f"before the script and pass script arguments after `--`, e.g. "
-                f"caliban {ns.command} ... {module} -- {' '.join(extra)}"
-            )
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        _reject_extra(parser, flag_parser, ns, caliban_args, extra)
+    ns.verbose = bool(getattr(ns, "verbose", False))
+    ns.quiet = bool(getattr(ns, "quiet", False))
+    if ns.verbose and ns.quiet:
+        parser.error("--verbose and --quiet contradict each other: give one")
     ns.script_args = script_args
+    ns.argv = tuple(args)
     if script_args and not hasattr(ns, "module"):
         parser.error(f"`caliban {ns.command}` takes no script arguments after `--`")
     try:

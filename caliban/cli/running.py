@@ -27,9 +27,14 @@ T = TypeVar("T")
 
 
 def make_sink(ns: argparse.Namespace, **kwargs: Any) -> ConsoleSink:
-    from caliban.cli.ui import ConsoleSink
+    from caliban.cli.ui import ConsoleSink, make_console
 
-    return ConsoleSink(verbose=getattr(ns, "verbose", False), **kwargs)
+    if getattr(ns, "json", False) and "console" not in kwargs:
+        # stdout carries the one JSON document; everything else goes to stderr.
+        kwargs["console"] = make_console(stderr=True)
+    return ConsoleSink(
+        verbose=getattr(ns, "verbose", False), quiet=getattr(ns, "quiet", False), **kwargs
+    )
 
 
 def open_session(ns: argparse.Namespace, sink: ConsoleSink) -> Session:
@@ -37,6 +42,8 @@ def open_session(ns: argparse.Namespace, sink: ConsoleSink) -> Session:
 
     session = Session(sink=sink)
     session.quota_project = getattr(ns, "quota_project", None)
+    argv = getattr(ns, "argv", None)
+    session.argv = ("caliban", *argv) if argv is not None else None
     return session
 
 
@@ -130,8 +137,19 @@ def report(exc: CalibanError, ns: argparse.Namespace) -> None:
     print_error(str(exc))
 
 
-def summary(sink: ConsoleSink, result: RunResult) -> int:
-    """Print a sweep's tally and where to look next; the exit code it deserves."""
+def summary(sink: ConsoleSink, result: RunResult, ns: argparse.Namespace | None = None) -> int:
+    """Print a sweep's tally and where to look next; the exit code it deserves.
+
+    With ``--json`` the tally is one JSON object on stdout instead, for scripts.
+    """
+    if ns is not None and getattr(ns, "json", False):
+        import json
+
+        from caliban.cli.ui import summary_json
+
+        sys.stdout.write(json.dumps(summary_json(result), indent=2) + "\n")
+        sys.stdout.flush()
+        return EXIT_OK if result.ok else EXIT_FAILURE
     if result.launched is not None:
         parts = [f"{n} {what}" for n, what in result.tally()]
     else:
@@ -147,6 +165,21 @@ def summary(sink: ConsoleSink, result: RunResult) -> int:
     hint = escape(f"caliban status --xgroup {shlex.quote(result.xgroup)}")
     sink.console.print(f"[dim]{hint}[/]")
     return EXIT_OK if result.ok else EXIT_FAILURE
+
+
+def can_ask() -> bool:
+    """Whether a question can be answered: someone at a terminal on stdin."""
+    return sys.stdin is not None and sys.stdin.isatty()
+
+
+def no_terminal(command: str, count: int, verb: str) -> CalibanError:
+    """The error for a question nobody can answer (a script, CI, cron)."""
+    from caliban.errors import ValidationError
+
+    return ValidationError(
+        f"`caliban {command}` would {verb} {count} job(s) but has no terminal to ask on: "
+        "pass --yes to go ahead, or --dry_run to list them"
+    )
 
 
 async def confirm(question: str, jobs: Sequence[JobRecord], sink: ConsoleSink) -> bool:

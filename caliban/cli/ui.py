@@ -13,7 +13,7 @@ import re
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from typing import IO, Any, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from rich.console import Console, Group, RenderableType
 from rich.markup import escape
@@ -24,6 +24,9 @@ from rich.text import Text
 from caliban import events as ev
 from caliban.core.output import sanitize_text
 from caliban.spec import JobRecord, JobState
+
+if TYPE_CHECKING:
+    from caliban.sweep.engine import RunResult
 
 _STATE_STYLE = {
     JobState.PLANNED: "dim",
@@ -94,12 +97,14 @@ class ConsoleSink:
         console: Console | None = None,
         *,
         verbose: bool = False,
+        quiet: bool = False,
         show_build_log: bool = True,
         show_output: bool = True,
     ) -> None:
         self.console = console or make_console()
         self.err = make_console(stderr=True) if console is None else console
         self.verbose = verbose
+        self.quiet = quiet
         self.show_build_log = show_build_log
         self.show_output = show_output
         self.counts: Counter[str] = Counter()
@@ -113,7 +118,7 @@ class ConsoleSink:
         self.remote = False
         self._progress: Progress | None = None
         self._task: Any = None
-        self._live = self.console.is_terminal
+        self._live = self.console.is_terminal and not quiet
 
     # -- the live progress line ------------------------------------------------------
 
@@ -179,6 +184,8 @@ class ConsoleSink:
     # -- events --------------------------------------------------------------------------
 
     def __call__(self, event: ev.Event) -> None:
+        if self.quiet and _chatter(event):
+            return
         handler = getattr(self, "_on_" + type(event).__name__, None)
         if handler is not None:
             handler(event)
@@ -224,10 +231,11 @@ class ConsoleSink:
             self.console.print(Text(f"  {e.layer}: {e.status}", style="dim"))
 
     def _on_JobsPlanned(self, e: ev.JobsPlanned) -> None:
-        self.console.print(
-            f"[bold]{e.total}[/] job(s) in experiment group [bold]{escape(e.xgroup)}[/]"
-            + (f", {e.skipped} already done or running" if e.skipped else "")
-        )
+        if not self.quiet:
+            self.console.print(
+                f"[bold]{e.total}[/] job(s) in experiment group [bold]{escape(e.xgroup)}[/]"
+                + (f", {e.skipped} already done or running" if e.skipped else "")
+            )
         if self._progress is not None:
             self.close()
         self.remote = e.remote
@@ -299,6 +307,13 @@ class ConsoleSink:
         self._update()
 
 
+def _chatter(event: ev.Event) -> bool:
+    """What --quiet leaves out: everything but warnings, errors and failed jobs."""
+    if isinstance(event, ev.Notice):
+        return event.level not in ("warning", "error")
+    return not isinstance(event, (ev.JobStateChanged, ev.JobsPlanned, ev.Document))
+
+
 def print_error(message: str, *, file: IO[str] | None = None) -> None:
     console = make_console(file or sys.stderr)
     console.print(Text(f"caliban: {message}", style="bold red"), soft_wrap=True)
@@ -336,3 +351,63 @@ def jobs_table(jobs: Sequence[JobRecord]) -> RenderableType:
             Text(sanitize_text(" ".join(job.args))),
         )
     return Group(*parts)
+
+
+def provenance_lines(job: JobRecord, rerun: str | None) -> list[Text]:
+    """``caliban show``: the job, where its code came from, how to run it again."""
+    origin = job.provenance or {}
+    git = origin.get("git")
+    rows: list[tuple[str, object]] = [
+        ("job", job.job_id),
+        ("xgroup", job.xgroup),
+        ("platform", job.platform.value),
+        ("state", job.state.value + (f" (exit {job.exit_code})" if job.exit_code else "")),
+        ("args", " ".join(job.args)),
+        ("image", job.image),
+    ]
+    if not origin:
+        rows.append(("provenance", "not recorded (planned by an older caliban)"))
+    else:
+        if isinstance(git, dict):
+            dirty = ", dirty: diff " + str(git.get("diff_sha256"))[:16] if git.get("dirty") else ""
+            rows.append(
+                ("git", f"{git.get('commit')} on {git.get('branch') or '(detached)'}{dirty}")
+            )
+        else:
+            rows.append(("git", "none (not a git repository, or no git)"))
+        for key in ("image_digest", "image_id", "base_image", "base_image_digest"):
+            if origin.get(key):
+                rows.append((key.replace("_", " "), origin[key]))
+        rows.append(("caliban", origin.get("caliban_version")))
+        command = origin.get("command")
+        if isinstance(command, list):
+            import shlex
+
+            rows.append(("command", shlex.join(str(c) for c in command)))
+    rows.append(("rerun", rerun or "unknown: the command line was not recorded"))
+    width = max(len(k) for k, _ in rows)
+    return [Text(f"{k:<{width}}  {v}") for k, v in rows]
+
+
+def summary_json(result: RunResult) -> dict[str, object]:
+    """A run's or submission's outcome, as ``--json`` prints it: one object."""
+    return {
+        "xgroup": result.xgroup,
+        "platform": result.platform.value,
+        "ok": result.ok,
+        "counts": {what: n for n, what in result.tally()},
+        "skipped": result.skipped,
+        "jobs": [
+            {
+                "job_id": j.job_id,
+                "short_id": j.short_id,
+                "index": j.index,
+                "state": j.state.value,
+                "exit_code": j.exit_code,
+                "platform_id": j.platform_id,
+                "args": list(j.args),
+            }
+            for j in result.jobs
+        ],
+    }
+

@@ -26,6 +26,9 @@ VERTEX_DISPLAY_NAME_MAX = 128
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 _JOB_ID_RE = re.compile(rf"[0-7][{_CROCKFORD}]{{25}}")
 _RANDOM_BITS = 80
+# A short id is the last 8 characters: 40 bits, all of them random.
+SHORT_ID_LENGTH = 8
+_SHORT_BITS = SHORT_ID_LENGTH * 5
 _DNS_INVALID = re.compile(r"[^a-z0-9-]")
 _DOCKER_SEPARATOR = re.compile(r"[^a-z0-9]+")
 
@@ -41,10 +44,12 @@ def _encode(number: int, length: int) -> str:
 class JobIdFactory:
     """Makes job ids that strictly increase within one process.
 
-    Within a millisecond (or if the clock steps back) the random part of the
-    previous id is incremented instead of drawn again, so ids made in a burst
-    still sort in creation order. The clock and random source are injectable
-    for tests.
+    Within a millisecond (or if the clock steps back) the high half of the
+    previous id's random part is incremented and the low half drawn again, so
+    ids made in a burst still sort in creation order, and their short ids (the
+    last :data:`SHORT_ID_LENGTH` characters, which are that low half) differ
+    everywhere rather than only in the last character. The clock and random
+    source are injectable for tests.
     """
 
     def __init__(
@@ -64,10 +69,13 @@ class JobIdFactory:
             if now > self._last_ms:
                 self._last_ms, self._last_random = now, self._random_bits(_RANDOM_BITS)
             else:
-                self._last_random += 1
+                high = (self._last_random >> _SHORT_BITS) + 1
+                self._last_random = (high << _SHORT_BITS) | self._random_bits(_SHORT_BITS)
                 if self._last_random >> _RANDOM_BITS:
-                    # 2**80 ids in one millisecond: borrow the next one.
-                    self._last_ms, self._last_random = self._last_ms + 1, 0
+                    # The high half ran out (2**40 ids in a millisecond, or it was
+                    # drawn near its top): borrow the next millisecond.
+                    self._last_ms = self._last_ms + 1
+                    self._last_random = self._random_bits(_SHORT_BITS)
             value = (self._last_ms << _RANDOM_BITS) | self._last_random
         return _encode(value, JOB_ID_LENGTH)
 
@@ -78,6 +86,11 @@ _new_id = JobIdFactory()
 def new_job_id() -> str:
     """A fresh job id, greater than every id made before it in this process."""
     return _new_id()
+
+
+def short_id(job_id: str) -> str:
+    """The part of a job id people type: its last characters, drawn at random."""
+    return job_id[-SHORT_ID_LENGTH:]
 
 
 def is_job_id(s: str) -> bool:

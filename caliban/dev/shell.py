@@ -31,6 +31,7 @@ from aiodocker.exceptions import DockerError
 from caliban.adapters import docker as engine
 from caliban.core import dockerargs, names
 from caliban.core.dockerfile import APP_DIR, ImageUser
+from caliban.dev import shellrc
 from caliban.dev.terminal import (
     HANGUP_GRACE,
     converse,
@@ -138,7 +139,7 @@ def shell_config(
     whose caliban died reads EOF and exits."""
     config = interactive_config(
         image=image,
-        entrypoint=[SHELLS[shell]],
+        entrypoint=shellrc.entrypoint(shell),
         argv=[],
         kind="shell",
         user=user,

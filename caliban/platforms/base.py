@@ -236,8 +236,10 @@ class SweepPlan(Protocol):
         xgroup: str,
         store_id: str,
         images: Mapping[str, str],
+        commit: str | None = None,
     ) -> Iterator[JobSpec]:
-        """The request body and placement of each job, in order (pure)."""
+        """The request body and placement of each job, in order (pure). ``commit``:
+        the short git commit of the code, for platforms whose jobs carry labels."""
         ...
 
     def spec_key(self, published: Published) -> str:

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import anyio
 
+from caliban.adapters import provenance
 from caliban.adapters.build import BuiltImage
 from caliban.adapters.store import PlanItem, Planned, RunOwner, Store
 from caliban.core import experiment, names
@@ -33,7 +34,15 @@ from caliban.errors import AuthError, BackendError, CalibanError, StoreError, Va
 from caliban.events import JobsPlanned, JobStateChanged, Notice, Sink
 from caliban.limits import Pacing, RetryPolicy, with_retries
 from caliban.options import ProjectOptions
-from caliban.platforms.base import Platform, Prepared, Row, Submitter, SweepRequest, job_label
+from caliban.platforms.base import (
+    Platform,
+    Prepared,
+    Published,
+    Row,
+    Submitter,
+    SweepRequest,
+    job_label,
+)
 from caliban.spec import JobRecord, JobState, Update
 from caliban.spec import Platform as Kind
 from caliban.sweep.fanout import submit_all
@@ -60,6 +69,13 @@ class Host(Protocol):
 
     @property
     def db_path(self) -> Path: ...
+
+    @property
+    def argv(self) -> Sequence[str] | None:
+        """The command line that asked for this work (recorded as provenance), if any."""
+        ...
+
+    async def docker(self) -> Any: ...
 
     async def store(self) -> Store: ...
 
@@ -172,13 +188,17 @@ async def submit(host: Host, kind: Kind, request: Any) -> RunResult:
         # A key in the build context: refused before the store is even created.
         await host.check_push(prepared, key_file=platform.push_key(plan))
     await host.check_store()  # an unwritable history fails before a long build
+    # Read before the build reads the folder, so a later edit is not credited.
+    git = await provenance.git_state(prepared.folder)
     built = None
     if plan.image is None:
         built = await host.build_prepared(prepared, no_cache=request.project.no_cache)
     published = await platform.publish(plan, prepared, built)
+    origin = await _provenance(host, kind, request.project, prepared, published, built, git)
 
     store = await host.store()
     user = host.user_name
+    provenance_id = await store.provenance(origin)
     xgroup_id = await store.xgroup(xgroup, user)
     spec_id = await store.container_spec(
         plan.spec_key(published),
@@ -193,7 +213,12 @@ async def submit(host: Host, kind: Kind, request: Any) -> RunResult:
 
     def items() -> Iterator[PlanItem]:
         for job in plan.jobs(
-            rows, total=total, xgroup=xgroup, store_id=store.store_id, images=published.images
+            rows,
+            total=total,
+            xgroup=xgroup,
+            store_id=store.store_id,
+            images=published.images,
+            commit=provenance.short_commit(origin),
         ):
             row = job.row
             yield PlanItem(
@@ -205,6 +230,7 @@ async def submit(host: Host, kind: Kind, request: Any) -> RunResult:
                 spec=job.spec,
                 details=job.details,
                 log_path=log_path(host.home, xgroup, row.job_id) if platform.keeps_logs else None,
+                provenance_id=provenance_id,
             )
 
     planned = await store.plan(
@@ -212,6 +238,35 @@ async def submit(host: Host, kind: Kind, request: Any) -> RunResult:
     )
     return await launch(
         host, platform, planned, platform.launch_settings(plan), xgroup=xgroup, total=total
+    )
+
+
+async def _provenance(
+    host: Host,
+    kind: Kind,
+    project: ProjectOptions,
+    prepared: Prepared,
+    published: Published,
+    built: BuiltImage | None,
+    git: dict[str, object] | None,
+) -> dict[str, object]:
+    """Where this submission's code came from, for every platform alike."""
+    base = prepared.spec.base_image
+    base_digest = None
+    if built is not None and base:
+        # The build just used it, so the engine has it; a registry digest if pulled.
+        base_digest = await provenance.image_digest(await host.docker(), base)
+    return provenance.record(
+        platform=kind.value,
+        git=git,
+        image=published.image,
+        image_digest=provenance.registry_digest(published.image),
+        image_id=built.image_id if built is not None else None,
+        base_image=base if built is not None else None,
+        base_image_digest=base_digest,
+        argv=host.argv,
+        cwd=str(prepared.folder),
+        entry=getattr(project, "entry", None),
     )
 
 

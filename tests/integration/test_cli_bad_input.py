@@ -162,7 +162,7 @@ CASES = [
     pytest.param(
         ["run", "--nogpu", "--cloud_key", "key.json", "job.py"], {}, "--cloud_key", id="cloud-key"
     ),
-    pytest.param(["run", "--bogus", "job.py"], {}, "unrecognized arguments: --bogus", id="bogus"),
+    pytest.param(["run", "--bogus", "job.py"], {}, "unknown flag --bogus", id="bogus"),
     pytest.param(
         ["cloud", "--nogpu", "--project_id", "bad id!", "job.py"],
         {},

@@ -74,3 +74,50 @@ async def test_batch_tutorial_submits_waits_and_tabulates(
     # Polling a 300-job sweep costs one list call per poll, not one call per job.
     assert vertex_server.get_calls == 0
     assert vertex_server.list_calls < 40
+
+
+async def test_the_readme_way_to_try_it_without_a_google_account(tmp_path: Path) -> None:
+    """tutorials/batch/README.md: start the stand-in as a program, source its env, run."""
+    import os
+    import shlex
+    import subprocess
+
+    folder = tmp_path / "standin"
+    server = await anyio.open_process(
+        [sys.executable, "-m", "tests.fakes.local_vertex", str(folder), "--running", "0.5"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        with anyio.fail_after(60):
+            while not (folder / "env").exists():
+                assert server.returncode is None, "the stand-in exited"
+                await anyio.sleep(0.1)
+        env = {**os.environ, "CALIBAN_HOME": str(tmp_path / "home"), "HOME": str(tmp_path)}
+        for line in (folder / "env").read_text().splitlines():
+            name, _, value = line.removeprefix("export ").partition("=")
+            env[name] = shlex.split(value)[0]
+        with anyio.fail_after(120):
+            done = await anyio.run_process(
+                [
+                    sys.executable, str(SCRIPT), "--jobs", "4", "--poll", "0.5",
+                    "--rate_limit", "6000", "--image_tag", IMAGE,
+                ],
+                env=env,
+                check=False,
+            )  # fmt: skip
+        out = done.stdout.decode()
+        assert done.returncode == 0, out + done.stderr.decode()
+        assert "4/4 finished" in out and "all" in out
+
+        env["GOOGLE_APPLICATION_CREDENTIALS"] = str(tmp_path / "missing.json")
+        missing = await anyio.run_process(
+            [sys.executable, str(SCRIPT), "--jobs", "1", "--image_tag", IMAGE], env=env, check=False
+        )
+        err = missing.stderr.decode()
+        assert missing.returncode == 2 and "Traceback" not in err
+        assert err.strip().endswith("does not exist") and len(err.strip().splitlines()) == 1
+    finally:
+        server.terminate()
+        with anyio.fail_after(30):
+            await server.wait()

@@ -206,6 +206,11 @@ async def test_cluster_commands(
     code, out, err = await caliban(["cluster", "ls"], cwd=folder, env=env)
     assert code == 0, err
     assert out.splitlines()[1].split()[:3] == ["blueshift", ZONE, "RUNNING"]
+    code, out, err = await caliban(["cluster", "ls", "--json"], cwd=folder, env=env)
+    assert code == 0, err
+    assert [(c["name"], c["location"], c["status"]) for c in json.loads(out)] == [
+        ("blueshift", ZONE, "RUNNING")
+    ]
 
     new = ["--cluster_name", "lab", "--zone", "us-central1-b"]
     code, out, err = await caliban(["cluster", "create", *new, "--dry_run"], cwd=folder, env=env)

@@ -196,11 +196,13 @@ def test_stop_from_another_terminal(
     assert dry.returncode == 0 and "3 job(s) would be stopped" in dry.stdout
     assert len(labelled_containers(**{"caliban.store": store})) == 2
 
-    refused = run_cli(["stop", "--xgroup", "stopme"], cwd=folder, env=env, stdin="n\n")
-    assert refused.returncode == 0
+    # Piped stdin is no terminal: caliban refuses to guess (tests/integration/
+    # test_cli_helps.py answers at a real prompt).
+    refused = run_cli(["stop", "--xgroup", "stopme"], cwd=folder, env=env, stdin="y\n")
+    assert refused.returncode == 2 and "--yes" in refused.stderr
     assert len(labelled_containers(**{"caliban.store": store})) == 2
 
-    stopped = run_cli(["stop", "--xgroup", "stopme"], cwd=folder, env=env, stdin="y\n")
+    stopped = run_cli(["stop", "--xgroup", "stopme", "--yes"], cwd=folder, env=env)
     assert stopped.returncode == 0, stopped.stderr
     out, _ = proc.communicate(timeout=60)
     # The run saw its jobs stopped (not failed) and ended without starting the queued one.

@@ -108,6 +108,33 @@ def test_shell_runs_as_the_host_user_in_the_live_folder_and_returns_its_exit_cod
     assert store_containers(home) == []
 
 
+def test_the_images_python_stays_first_after_the_users_bashrc(
+    make_project: MakeProject, shell_env: dict[str, str], home: Path, remove_leftovers: None
+) -> None:
+    """A host .bashrc that puts another python3 first (pyenv, conda init) is
+    overruled, and the shell says which file did it."""
+    folder = make_project()
+    host_home = Path(shell_env["HOME"])
+    fake = host_home / "hostpy" / "bin"
+    fake.mkdir(parents=True)
+    (fake / "python3").write_text("#!/bin/sh\necho HOST-PYTHON\n")
+    (fake / "python3").chmod(0o755)
+    (host_home / ".bashrc").write_text('PS1="calsh> "\nexport PATH="$HOME/hostpy/bin:$PATH"\n')
+    child = _spawn(folder, shell_env)
+    child.expect(
+        r"caliban: ~/\.bashrc put \S+/hostpy/bin/python3 ahead of (\S+) on PATH", timeout=START
+    )
+    image_python = child.match.group(1)
+    _ready(child)
+    # Split so that the echo of the typed line does not match.
+    child.sendline('echo "wh""ich=$(command -v python3)"; python3 -c "print(6*7+100)"')
+    child.expect(r"which=(/\S+)")
+    assert child.match.group(1) == image_python
+    child.expect("142")
+    child.sendline("exit 0")
+    assert _finish(child) == 0
+
+
 def test_terminal_size_follows_the_window_and_ctrl_c_goes_to_the_shell(
     make_project: MakeProject, env: dict[str, str], home: Path, remove_leftovers: None
 ) -> None:

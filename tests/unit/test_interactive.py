@@ -70,7 +70,9 @@ def test_shell_config_is_an_attachable_tty_as_the_host_user(tmp_path: Path) -> N
         term="xterm-256color",
     )
     assert cfg["Image"] == "caliban-p:abc"
-    assert cfg["Entrypoint"] == ["/bin/bash"] and cfg["Cmd"] == []
+    # Through the wrapper that keeps the image's Python first (caliban/dev/shellrc.py).
+    assert cfg["Entrypoint"][:2] == ["/bin/sh", "-c"] and "/bin/bash" in cfg["Entrypoint"][2]
+    assert cfg["Cmd"] == []
     assert cfg["Tty"] and cfg["OpenStdin"] and cfg["StdinOnce"] and cfg["AttachStdin"]
     assert cfg["User"] == "1000:1000" and cfg["WorkingDir"] == "/usr/app"
     assert cfg["HostConfig"]["Mounts"] == [
@@ -95,7 +97,7 @@ def test_root_gets_its_home_at_root_and_bare_mounts_only_the_folder(tmp_path: Pa
     cfg = ia.shell_config(
         image="i", shell="zsh", user=ROOT, folder=tmp_path, home=tmp_path / "h", store_id="s"
     )
-    assert cfg["Entrypoint"] == ["/bin/zsh"] and cfg["User"] == "0:0"
+    assert "/bin/zsh" in cfg["Entrypoint"][2] and cfg["User"] == "0:0"
     assert cfg["HostConfig"]["Mounts"][1]["Target"] == "/root"
     bare = ia.shell_config(
         image="i", shell="bash", user=ROOT, folder=tmp_path, home=None, store_id="s"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import random
 import re
 from datetime import datetime, timedelta, timezone
 
@@ -12,6 +14,7 @@ from hypothesis import strategies as st
 from caliban.core.labels import VALUE_RE
 from caliban.core.names import (
     JOB_ID_LENGTH,
+    SHORT_ID_LENGTH,
     JobIdFactory,
     default_xgroup_name,
     dns1123_name,
@@ -20,6 +23,7 @@ from caliban.core.names import (
     job_id_time,
     k8s_job_name,
     new_job_id,
+    short_id,
     vertex_display_name,
 )
 
@@ -68,6 +72,30 @@ def test_job_ids_increase_within_a_millisecond_and_when_the_clock_steps_back() -
     assert ids == sorted(ids) and len(set(ids)) == 5
     assert job_id_time(ids[0]) == datetime.fromtimestamp(1, tz=timezone.utc)
     assert job_id_time(ids[4]) == datetime.fromtimestamp(2, tz=timezone.utc)
+
+
+def test_ids_of_one_burst_differ_early_in_their_short_id() -> None:
+    rng = random.Random(4)
+    make = JobIdFactory(clock_ms=lambda: 1000, random_bits=rng.getrandbits)
+    ids = [make() for _ in range(200)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    shorts = [short_id(i) for i in ids]
+    assert all(len(s) == SHORT_ID_LENGTH for s in shorts)
+    assert all(i.endswith(s) for i, s in zip(ids, shorts, strict=True))
+    assert len(set(shorts)) == len(shorts)
+    # Drawn afresh, not counted up: consecutive ones differ in their first character
+    # almost always (1 in 32 by chance), not only in the last one.
+    differ_first = sum(a[0] != b[0] for a, b in itertools.pairwise(shorts))
+    assert differ_first > len(shorts) * 0.8
+
+
+def test_a_burst_whose_counter_runs_out_borrows_the_next_millisecond() -> None:
+    top = (1 << 80) - 1
+    make = JobIdFactory(clock_ms=lambda: 1000, random_bits=lambda n: top if n == 80 else 3)
+    first, second = make(), make()
+    assert second > first
+    assert job_id_time(second) > job_id_time(first)
+    assert short_id(second) == "00000003"
 
 
 def test_job_id_time_is_now() -> None:

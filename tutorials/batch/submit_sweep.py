@@ -139,5 +139,16 @@ async def main(argv: list[str]) -> int:
     return 0 if not failed and not unfinished else 1
 
 
+def run(argv: list[str]) -> int:
+    """``main``, with caliban's errors said in one line (as the CLI does), not a traceback."""
+    try:
+        return anyio.run(main, argv)
+    except caliban.CalibanError as exc:
+        print(f"submit_sweep: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit(anyio.run(main, sys.argv[1:]))
+    sys.exit(run(sys.argv[1:]))

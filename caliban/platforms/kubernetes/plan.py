@@ -176,10 +176,11 @@ def manifest_for(
     store_id: str | None,
     job_id: str,
     argv: Sequence[str],
+    commit: str | None = None,
 ) -> dict[str, Any]:
     """The Job manifest of one experiment."""
     job_labels = k8sspec.labels_for(
-        user=plan.user_labels, xgroup=xgroup, store_id=store_id, job_id=job_id
+        user=plan.user_labels, xgroup=xgroup, store_id=store_id, job_id=job_id, commit=commit
     )
     return k8sspec.job_manifest(
         shape,

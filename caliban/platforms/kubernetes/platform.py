@@ -114,13 +114,20 @@ class KubePlan:
         xgroup: str,
         store_id: str,
         images: Mapping[str, str],
+        commit: str | None = None,
     ) -> Iterator[JobSpec]:
         image = images[""]
         shape = shape_of(self.plan, self.request, image=image, xgroup=xgroup)
         group: str | None = None
         for row in rows:
             manifest = manifest_for(
-                self.plan, shape, xgroup=xgroup, store_id=store_id, job_id=row.job_id, argv=row.argv
+                self.plan,
+                shape,
+                xgroup=xgroup,
+                store_id=store_id,
+                job_id=row.job_id,
+                argv=row.argv,
+                commit=commit,
             )
             slot = None
             if self.request.indexed:

@@ -50,6 +50,7 @@ PREFIX = "caliban.dev/"
 JOB_LABEL = PREFIX + "job"
 STORE_LABEL = PREFIX + "store"
 XGROUP_LABEL = PREFIX + "xgroup"
+COMMIT_LABEL = PREFIX + "commit"
 INDEXED_LABEL = PREFIX + "indexed"
 INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 JOB_NAME_LABEL = "job-name"
@@ -130,8 +131,10 @@ def labels_for(
     store_id: str | None,
     job_id: str,
     indexed: bool = False,
+    commit: str | None = None,
 ) -> dict[str, str]:
-    """User labels (sanitised) under caliban's own, which always win."""
+    """User labels (sanitised) under caliban's own, which always win. ``commit``:
+    the short git commit of the code (hex, so a valid label value as it is)."""
     out: dict[str, str] = {}
     for key, value in user.items():
         clean = label_key(key)
@@ -143,6 +146,8 @@ def labels_for(
         out[STORE_LABEL] = store_id
     if indexed:
         out[INDEXED_LABEL] = "true"
+    if commit:
+        out[COMMIT_LABEL] = label_value(commit)
     return out
 
 

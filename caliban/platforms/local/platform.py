@@ -117,6 +117,7 @@ class LocalPlan:
         xgroup: str,
         store_id: str,
         images: Mapping[str, str],
+        commit: str | None = None,
     ) -> Iterator[JobSpec]:
         image = images[""]
         details = self.placement.to_details()

@@ -88,6 +88,7 @@ class SlurmPlan:
         xgroup: str,
         store_id: str,
         images: Mapping[str, str],
+        commit: str | None = None,
     ) -> Iterator[JobSpec]:
         image = images.get("") or self.run_image
         for row in rows:

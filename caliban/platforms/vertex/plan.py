@@ -162,6 +162,7 @@ def _body(
     xgroup: str,
     image: str,
     argv: Sequence[str],
+    commit: str | None = None,
 ) -> dict[str, Any]:
     job_labels = vertexspec.labels_for(
         job_id=job_id,
@@ -172,6 +173,7 @@ def _body(
         name=plan.name,
         user_labels=plan.user_labels,
         args=argv,
+        commit=commit,
     )
     return vertexspec.custom_job(
         display_name=names.vertex_display_name(plan.name, index + 1),

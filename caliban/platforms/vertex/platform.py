@@ -108,6 +108,7 @@ class VertexPlan:
         xgroup: str,
         store_id: str,
         images: Mapping[str, str],
+        commit: str | None = None,
     ) -> Iterator[JobSpec]:
         plan, req = self.plan, self.request
         for row in rows:
@@ -121,6 +122,7 @@ class VertexPlan:
                 xgroup=xgroup,
                 image=images[region],
                 argv=row.argv,
+                commit=commit,
             )
             placement = VertexPlacement(
                 plan.project_id,

@@ -18,6 +18,7 @@ from caliban.spec import JobState
 JOB_ID_LABEL = "caliban_job"
 STORE_LABEL = "caliban_store"
 XGROUP_LABEL = "caliban_xgroup"
+COMMIT_LABEL = "caliban_commit"
 
 # What the job's container is told about itself, as local containers are.
 JOB_ID_ENV = "CALIBAN_JOB_ID"
@@ -64,6 +65,7 @@ def labels_for(
     name: str,
     user_labels: Mapping[str, str],
     args: Sequence[str],
+    commit: str | None = None,
 ) -> dict[str, str]:
     base = {
         "gpu_enabled": str(gpu is not None).lower(),
@@ -71,6 +73,8 @@ def labels_for(
         "job_name": name,
     }
     reserved = {JOB_ID_LABEL: job_id, STORE_LABEL: store_id, XGROUP_LABEL: xgroup}
+    if commit:
+        reserved[COMMIT_LABEL] = commit
     return job_labels(base=base, user=user_labels, args=args, reserved=reserved)
 
 
