@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     from caliban.cli import config as cli_config
     from caliban.cli import dev as cli_dev
     from caliban.cli import jobs
+    from caliban.cli import results as cli_results
     from caliban.cli import slurm as cli_slurm
 
     parser = Parser(
@@ -138,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_cluster.register(sub)
     cli_config.register(sub)
     cli_slurm.register(sub)
+    cli_results.register(sub)
     return parser
 
 

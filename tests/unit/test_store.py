@@ -170,3 +170,24 @@ async def test_cancelled_writes_leave_no_transaction_open(tmp_path: Path) -> Non
             assert await store.transition("j0", JobState.RUNNING, force=True)
         jobs = await store.jobs(xgroup="g")
         assert {j.state for j in jobs} <= {JobState.PLANNED, JobState.RUNNING}
+
+
+async def test_a_store_of_schema_2_gains_the_metrics_table(tmp_path: Path) -> None:
+    from caliban.adapters.store import MIGRATIONS
+
+    path = tmp_path / "caliban.db"
+    # A history written before `caliban results` existed, with a job in it.
+    with sqlite3.connect(path) as db:
+        for statements in MIGRATIONS[:2]:
+            for statement in statements:
+                db.execute(statement)
+        db.execute("PRAGMA user_version = 2")
+    async with Store(path) as store:
+        await _plan(store, _items(2))
+        assert await store.metrics(["j0", "j1"]) == {}
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    async with Store(path) as store:
+        await store.keep_metrics({"j0": {"accuracy": 0.9}, "j1": None})
+    async with Store(path) as store:
+        assert await store.metrics(["j0", "j1", "nope"]) == {"j0": {"accuracy": 0.9}, "j1": None}
