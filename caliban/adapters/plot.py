@@ -34,10 +34,12 @@ def terminal(plot: Plot, *, width: int, height: int, color: bool) -> str:
     # Our size, not the terminal's: the text may go to a pipe.
     plotext.terminal.limit(False, False)
     fig.plot_size(width, height)
-    labelled = len(plot.series) > 1
-    for series in plot.series:
-        signal = fig.signal(series.x, series.y, marker="●")
-        fig.draw(signal.label(series.label) if labelled else signal)
+    # A marker of its own per series, so the series are told apart without
+    # colours too; the key goes below the plot, where it hides no point.
+    for series, marker in zip(plot.series, _markers(len(plot.series)), strict=True):
+        fig.draw(fig.signal(series.x, series.y, marker=marker))
+    fig.legend(False)
+    fig.theme("simple")  # colours for the points only, the terminal's own for the rest
     x = fig.ruler("x")
     if plot.log_x:
         x.scale("log")
@@ -46,9 +48,21 @@ def terminal(plot: Plot, *, width: int, height: int, color: bool) -> str:
         x.lim(-0.5, len(plot.ticks) - 0.5)
     fig.title(_title(plot))
     fig.label(plot.param, axis="x")
-    text: str = fig.build().string(colorless=not color)
+    text: str = fig.build().string(colorless=not color).rstrip("\n")
     fig.clear()
-    return text.rstrip("\n")
+    if len(plot.series) > 1:
+        key = "   ".join(
+            f"{m} {s.label}" for s, m in zip(plot.series, _markers(len(plot.series)), strict=True)
+        )
+        text += "\n" + key
+    return text
+
+
+_MARKERS = "●▲■◆✚✖★○"
+
+
+def _markers(n: int) -> list[str]:
+    return [_MARKERS[i % len(_MARKERS)] for i in range(n)]
 
 
 @dataclass(frozen=True)

@@ -144,7 +144,7 @@ def _show(ns: argparse.Namespace, found: list[Result], plot_file: Path | None, c
             draw.terminal(
                 plot,
                 width=min(size.columns, 120),
-                height=max(12, min(size.lines - 4, 30)),
+                height=max(12, min(size.lines - 6, 24)),
                 color=sys.stdout.isatty(),
             )
         )

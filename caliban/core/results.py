@@ -235,4 +235,3 @@ def plot(results: Sequence[Result], spec: str) -> Plot:
     xs = [x for s in series for x in s.x]
     log_x = numeric and bool(xs) and min(xs) > 0 and max(xs) / min(xs) >= 100
     return Plot(param, metric, series, ticks, log_x)
-
