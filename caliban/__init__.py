@@ -42,6 +42,9 @@ _EXPORTS = {
     "JobMode": "caliban.spec",
     "Platform": "caliban.spec",
     "FailedOutput": "caliban.sweep.tails",
+    # A job's metrics, as `caliban results` reads them: caliban.report(accuracy=0.97).
+    "report": "caliban.core.metrics",
+    "Result": "caliban.core.results",
     # The whole error tree, so `except caliban.QuotaError` needs no deeper import.
     "CalibanError": "caliban.errors",
     "ConfigError": "caliban.errors",

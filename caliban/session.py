@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     import aiohttp
 
     from caliban.adapters.cloud.auth import Credentials
+    from caliban.core.results import Result
     from caliban.options import (
         CloudRequest,
         ClusterCreateRequest,
@@ -480,6 +481,15 @@ class Session:
         else:
             jobs = await store.jobs(limit=8 if max_jobs is None else max_jobs)
         return await self.refresh(jobs) if refresh else jobs
+
+    async def results(self, *, xgroup: str | None = None) -> list[Result]:
+        """What the latest job of each experiment of ``xgroup`` (default: the group of
+        the most recent job) reported, in sweep order; see :mod:`caliban.sweep.results`.
+        Unfinished jobs are refreshed first and come without metrics."""
+        from caliban.sweep import results
+
+        group = xgroup if xgroup is not None else await results.latest_xgroup(self)
+        return await results.results(self, await self.status(xgroup=group, max_jobs=1))
 
     async def stop(
         self,

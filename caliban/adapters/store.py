@@ -22,7 +22,7 @@ import socket
 import sqlite3
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -109,6 +109,14 @@ MIGRATIONS: list[list[str]] = [
             data TEXT NOT NULL,
             created TEXT NOT NULL)""",
         "ALTER TABLE jobs ADD COLUMN provenance_id INTEGER REFERENCES provenance(id)",
+    ],
+    # 4: the metrics each ended job reported, read from its output once
+    # (`caliban results`); metrics NULL: the job printed none.
+    [
+        """CREATE TABLE job_metrics (
+            job_id TEXT PRIMARY KEY REFERENCES jobs(id),
+            metrics TEXT,
+            read TEXT NOT NULL)""",
     ],
 ]
 
@@ -835,6 +843,36 @@ class Store:
         spec: dict[str, Any] = json.loads(row[0])
         spec.setdefault("image", row[1])
         return spec
+
+    async def metrics(self, job_ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+        """The metrics kept for those of ``job_ids`` whose output was read (None:
+        it reported none); jobs not read yet are absent."""
+        out: dict[str, dict[str, Any] | None] = {}
+        ids = list(dict.fromkeys(job_ids))
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            async with self.db.execute(
+                "SELECT job_id, metrics FROM job_metrics"
+                f" WHERE job_id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ) as cur:
+                for job_id, metrics in await cur.fetchall():
+                    out[str(job_id)] = None if metrics is None else json.loads(metrics)
+        return out
+
+    async def keep_metrics(self, found: Mapping[str, Mapping[str, Any] | None]) -> None:
+        """Keep what ended jobs reported, so their output is never read again."""
+        if not found:
+            return
+        stamp = now()
+        async with self._tx() as db:
+            await db.executemany(
+                "INSERT OR REPLACE INTO job_metrics (job_id, metrics, read) VALUES (?, ?, ?)",
+                [
+                    (job_id, None if m is None else json.dumps(dict(m), default=str), stamp)
+                    for job_id, m in found.items()
+                ],
+            )
 
     async def events(self, job_id: str) -> list[tuple[str, str, str | None]]:
         async with self.db.execute(

@@ -135,6 +135,15 @@ HELP: dict[str, tuple[str, tuple[str, ...]]] = {
             "caliban completion fish > ~/.config/fish/completions/caliban.fish",
         ),
     ),
+    "results": (
+        "",
+        (
+            "caliban results --best accuracy",
+            "caliban results --xgroup my-sweep --sort loss --min",
+            "caliban results --plot learning_rate:accuracy --plot_file sweep.png",
+            "caliban results --csv > sweep.csv",
+        ),
+    ),
     "show": (
         "Print one job as recorded: its state, arguments, and where its code came from "
         "(git commit, dirty tree, image digest, caliban version, command line), with the "

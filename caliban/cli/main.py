@@ -40,6 +40,7 @@ def build_parser() -> Parser:
     from caliban.cli import completion, helptext, jobs, show
     from caliban.cli import config as cli_config
     from caliban.cli import dev as cli_dev
+    from caliban.cli import results as cli_results
     from caliban.cli import slurm as cli_slurm
 
     parser = Parser(
@@ -154,6 +155,7 @@ def build_parser() -> Parser:
     cli_cluster.register(sub)
     cli_config.register(sub)
     cli_slurm.register(sub)
+    cli_results.register(sub)
     show.register(sub)
     completion.register(sub, parser)
     helptext.apply(parser)

@@ -319,6 +319,11 @@ def print_error(message: str, *, file: IO[str] | None = None) -> None:
     console.print(Text(f"caliban: {message}", style="bold red"), soft_wrap=True)
 
 
+def state_text(state: JobState) -> Text:
+    """A job state in its colour, as tables show it."""
+    return Text(state.value, style=_STATE_STYLE[state])
+
+
 def jobs_table(jobs: Sequence[JobRecord]) -> RenderableType:
     """Jobs grouped by experiment group, in the order given (oldest first)."""
     parts: list[RenderableType] = []
@@ -410,4 +415,3 @@ def summary_json(result: RunResult) -> dict[str, object]:
             for j in result.jobs
         ],
     }
-

@@ -146,6 +146,7 @@ class MemoryPlan:
         xgroup: str,
         store_id: str,
         images: Mapping[str, str],
+        commit: str | None = None,
     ) -> Iterator[JobSpec]:
         targets = self.request.targets
         for row in rows:

@@ -1,8 +1,8 @@
-"""The core install works without the [cloud] and [cluster] extras; the commands that
+"""The core install works without the [cloud], [cluster] and [plot] extras; the commands that
 need one fail with one line naming it, exit 2, nothing recorded.
 
-The real console script runs with a sitecustomize that makes gcloud-aio-auth and
-kubernetes-asyncio unimportable, as in a venv where only the core is installed
+The real console script runs with a sitecustomize that makes gcloud-aio-auth,
+kubernetes-asyncio and matplotlib unimportable, as in a venv where only the core is installed
 (scripts/install-matrix.sh checks that case with real venvs too).
 """
 
@@ -23,7 +23,7 @@ import sys
 
 class _NotInstalled:
     def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in ("gcloud", "kubernetes_asyncio"):
+        if name.partition(".")[0] in ("gcloud", "kubernetes_asyncio", "matplotlib"):
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
         return None
 
@@ -45,6 +45,11 @@ CLOUD_LINE = (
 CLUSTER_LINE = (
     "caliban: Kubernetes support needs kubernetes_asyncio, which is not installed: "
     "pip install 'caliban-async[cluster]'"
+)
+
+PLOT_LINE = (
+    "caliban: --plot_file needs matplotlib, which is not installed: "
+    "pip install 'caliban-async[plot]'"
 )
 
 
@@ -93,6 +98,7 @@ def test_the_blocker_hides_both_libraries(core_env: dict[str, str], tmp_path: Pa
         ),
         (["cluster", "job", "submit", "--kubeconfig", "kube.yaml", "job.py"], CLUSTER_LINE),
         (["cluster", "ls", "--project_id", "my-project"], CLUSTER_LINE),
+        (["results", "--plot", "lr:acc", "--plot_file", "sweep.png"], PLOT_LINE),
     ],
 )
 def test_a_command_needing_a_missing_extra_says_which_in_one_line(
@@ -107,6 +113,7 @@ def test_a_command_needing_a_missing_extra_says_which_in_one_line(
     assert done.stderr.splitlines() == [line]
     assert done.stdout == ""
     assert not Path(core_env["CALIBAN_HOME"]).exists()
+    assert not (folder / "sweep.png").exists()
 
 
 def test_the_core_commands_work_without_the_extras(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,17 @@ def test_basic_tutorial_sweep(env: dict[str, str], home: Path) -> None:
     assert result.stdout.count("test accuracy") == 6
     status = run_cli(["status", "--xgroup", "tut"], cwd=folder, env=env)
     assert status.stdout.count("SUCCEEDED") == 6
+    # The answer to the sweep's question: the best learning rate, and a picture.
+    every = json.loads(run_cli(["results", "--json"], cwd=folder, env=env).stdout)
+    assert len(every) == 6 and all(0 < r["accuracy"] <= 1 for r in every)
+    best = run_cli(["results", "--best", "accuracy", "--json"], cwd=folder, env=env)
+    (row,) = json.loads(best.stdout)
+    assert row["accuracy"] == max(r["accuracy"] for r in every)
+    assert row["learning_rate"] in (0.001, 0.01, 0.1)
+    drawn = run_cli(["results", "--plot", "learning_rate:accuracy"], cwd=folder, env=env)
+    assert drawn.returncode == 0, drawn.stderr
+    assert "accuracy vs learning_rate" in drawn.stdout
+    assert "epochs=5" in drawn.stdout and "epochs=20" in drawn.stdout
 
 
 def test_library_tutorial(env: dict[str, str]) -> None:

@@ -39,6 +39,8 @@ PURE = [
     "caliban.core.topology",
     "caliban.core.settings",
     "caliban.core.userconfig",
+    "caliban.core.metrics",
+    "caliban.core.results",
 ]
 FORBIDDEN = ["aiohttp", "aiodocker", "kubernetes_asyncio", "aiosqlite", "rich", "anyio"]
 

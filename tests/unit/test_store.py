@@ -222,3 +222,24 @@ async def test_opening_waits_for_a_writer_holding_a_store_still_in_rollback_mode
             assert await cur.fetchone() == ("wal",)
     finally:
         holder.close()
+
+
+async def test_a_store_of_schema_2_gains_the_metrics_table(tmp_path: Path) -> None:
+    from caliban.adapters.store import MIGRATIONS
+
+    path = tmp_path / "caliban.db"
+    # A history written before `caliban results` existed, with a job in it.
+    with sqlite3.connect(path) as db:
+        for statements in MIGRATIONS[:2]:
+            for statement in statements:
+                db.execute(statement)
+        db.execute("PRAGMA user_version = 2")
+    async with Store(path) as store:
+        await _plan(store, _items(2))
+        assert await store.metrics(["j0", "j1"]) == {}
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    async with Store(path) as store:
+        await store.keep_metrics({"j0": {"accuracy": 0.9}, "j1": None})
+    async with Store(path) as store:
+        assert await store.metrics(["j0", "j1", "nope"]) == {"j0": {"accuracy": 0.9}, "j1": None}

@@ -5,13 +5,12 @@ Run from the repository root:
     .venv/bin/python tutorials/library/sweep.py
 
 It runs the digits tutorial with a sweep made in code (a list comprehension
-instead of a JSON file), prints each job's accuracy from its log, and exits 1
-if any job failed.
+instead of a JSON file), prints the accuracy each job reported (the metrics line
+`caliban results` reads, see docs/results.md), and exits 1 if any job failed.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -40,12 +39,10 @@ async def main() -> int:
                 max_parallel=3,
             )
         )
-        for job in result.jobs:
-            text = await anyio.Path(job.log_path).read_text() if job.log_path else ""
-            lines = text.splitlines()
-            metrics = [json.loads(line) for line in lines if line.startswith("{")]
-            accuracy = metrics[-1]["accuracy"] if metrics else None
-            print(f"{' '.join(job.args):40} {job.state.value:10} accuracy={accuracy}")
+        # What each job reported (its last JSON line), read once and kept in the history.
+        for row in await session.results(xgroup=result.xgroup):
+            accuracy = (row.metrics or {}).get("accuracy")
+            print(f"{' '.join(row.job.args):40} {row.job.state.value:10} accuracy={accuracy}")
         print(f"experiment group: {result.xgroup}")
     return 0 if result.ok else 1
 
