@@ -21,7 +21,7 @@ from caliban.spec import JobState
 from tests.conftest import MakeProject, run_cli
 from tests.fakes.k8s import FakeKubernetes
 
-from .cluster_support import cenv, kube, kubeconfig, request  # noqa: F401  (fixtures)
+from .cluster_support import request
 
 docker = pytest.mark.docker
 
