@@ -42,7 +42,7 @@ test: venv base-image
 lint: venv
 	@$(BIN)/ruff format --check caliban tests benchmarks tutorials
 	@$(BIN)/ruff check caliban tests benchmarks tutorials
-	@$(BIN)/mypy caliban
+	@$(BIN)/mypy caliban tests benchmarks
 
 bench: venv base-image
 	@export CALIBAN_BASE_IMAGE="$${CALIBAN_BASE_IMAGE:-$$(scripts/base-image.sh)}"; \

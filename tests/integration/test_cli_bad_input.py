@@ -391,7 +391,7 @@ def test_a_signal_while_planning_leaves_no_job_planned(
         text=True,
     )
     try:
-        while proc.poll() is None and not (db.exists() and sum(_job_states(db).values())):
+        while proc.poll() is None and not (db.exists() and sum(_job_states(db).values(), 0)):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=0.05)
         proc.send_signal(signal.SIGTERM)

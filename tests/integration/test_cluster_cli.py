@@ -134,7 +134,7 @@ async def run_until_killed(
     """Start caliban, wait for ``ready()``, then SIGKILL it: no cleanup of any kind runs."""
     process = await anyio.open_process([CALIBAN, *args], cwd=cwd, env=env)
     try:
-        await wait_for(ready, timeout=60)  # type: ignore[arg-type]
+        await wait_for(ready, timeout=60)
     finally:
         process.send_signal(signal.SIGKILL)
         await process.wait()

@@ -115,8 +115,8 @@ async def test_jobs_go_to_the_gke_cluster_over_verified_tls(
                 "cpu": "1500m",
                 "memory": "7000M",
             }
-        job = result.jobs[0]
-        assert job.details["cluster"] == {  # how status reconnects later
+        record = result.jobs[0]
+        assert record.details["cluster"] == {  # how status reconnects later
             "kind": "gke",
             "namespace": "default",
             "project": P,
@@ -125,10 +125,10 @@ async def test_jobs_go_to_the_gke_cluster_over_verified_tls(
             "cloud_key": str(service_account_file),
             "endpoint": gke.url,
         }
-        assert str(job.details["console_url"]).startswith(
+        assert str(record.details["console_url"]).startswith(
             "https://console.cloud.google.com/kubernetes/job/us-central1-a/blueshift/default/"
         )
-        kube.fail_job("default", str(job.platform_id))
+        kube.fail_job("default", str(record.platform_id))
         states = [j.state for j in await s.status(xgroup="g", max_jobs=0)]
         assert states == [JobState.FAILED, JobState.SUBMITTED, JobState.SUBMITTED]
     # Every API server request carried a token the OAuth server issued (else 401).

@@ -21,8 +21,11 @@ def _overlaps(a: dict[str, float], b: dict[str, float]) -> bool:
     return a["start"] < b["end"] and b["start"] < a["end"]
 
 
-def _max_concurrency(reports: list[dict[str, float]]) -> int:
-    points = sorted([(r["start"], 1) for r in reports] + [(r["end"], -1) for r in reports])
+def _max_concurrency(reports: list[dict[str, object]]) -> int:
+    points = sorted(
+        [(float(str(r["start"])), 1) for r in reports]
+        + [(float(str(r["end"])), -1) for r in reports]
+    )
     running = peak = 0
     for _, step in points:
         running += step
@@ -109,7 +112,7 @@ async def test_gpu_ids_are_never_shared(
     # exclusivity check above compared real overlaps). How close to the full slot
     # count a loaded machine gets is the benchmark's business, not this test's.
     slots = 4 // per_job
-    assert min(2, slots) <= _max_concurrency(reports) <= slots  # type: ignore[arg-type]
+    assert min(2, slots) <= _max_concurrency(reports) <= slots
     store = await session.store()
     job = (await store.jobs(job_ids=[result.jobs[0].job_id]))[0]
     assert len(job.details["gpu_ids"]) == per_job  # type: ignore[arg-type]

@@ -85,7 +85,7 @@ async def test_an_array_of_12_never_runs_more_than_3_at_once(
         reports.append(report)
     assert sorted(str(r["tag"]) for r in reports) == sorted(f"t{i}" for i in range(12))
     # The tasks' own clocks: never more than 3 running at one instant.
-    assert overlap([(float(r["start"]), float(r["end"])) for r in reports]) <= 3
+    assert overlap([(float(str(r["start"])), float(str(r["end"]))) for r in reports]) <= 3
 
 
 async def test_gpu_tasks_never_share_a_gpu(make_project: MakeProject, env: dict[str, str]) -> None:
@@ -103,7 +103,9 @@ async def test_gpu_tasks_never_share_a_gpu(make_project: MakeProject, env: dict[
     assert all(r["gpus"] in ("0", "1", "2", "3") and r["cuda"] == "0" for r in reports)
     for a in reports:
         for b in reports:
-            both = float(a["start"]) < float(b["end"]) and float(b["start"]) < float(a["end"])
+            a0, a1 = float(str(a["start"])), float(str(a["end"]))
+            b0, b1 = float(str(b["start"])), float(str(b["end"]))
+            both = a0 < b1 and b0 < a1
             if a is not b and both:
                 assert a["gpus"] != b["gpus"], (a, b)
 

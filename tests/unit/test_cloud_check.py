@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,7 +67,7 @@ def test_defaults() -> None:
         ({"labels": (("", "x"),)}, "no usable key"),
     ],
 )
-def test_bad_input_is_refused_with_a_suggestion(kw: dict[str, object], message: str) -> None:
+def test_bad_input_is_refused_with_a_suggestion(kw: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError) as caught:
         _check(**kw)
     assert message in str(caught.value)

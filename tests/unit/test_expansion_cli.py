@@ -167,7 +167,7 @@ def test_usage(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_version_is_the_installed_distribution() -> None:
-    from caliban.cli.main import __version__
+    from caliban.version import __version__
 
     result = run("--version")
     assert result.returncode == 0

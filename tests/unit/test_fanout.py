@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
@@ -12,8 +13,18 @@ from caliban.adapters.store import PlanItem, Planned, Store
 from caliban.errors import AuthError, OutcomeUnknown, QuotaError
 from caliban.events import Event, RetryScheduled
 from caliban.limits import Pacing, RetryPolicy
+from caliban.platforms.base import Submitter
 from caliban.spec import JobRecord, JobState, Platform, Update
 from caliban.sweep.fanout import submit_all
+
+
+async def _find_each(finder: Submitter, jobs: Sequence[JobRecord]) -> dict[str, Update]:
+    found = {}
+    for job in jobs:
+        update = await finder.find(job)
+        if update is not None:
+            found[job.job_id] = update
+    return found
 
 
 class MemoryPlatform:
@@ -44,6 +55,9 @@ class MemoryPlatform:
         self.log.append(("find", job.index, anyio.current_time()))
         name = self.jobs.get(job.job_id)
         return Update(job.job_id, JobState.SUBMITTED, platform_id=name) if name else None
+
+    async def find_many(self, jobs: Sequence[JobRecord]) -> dict[str, Update]:
+        return await _find_each(self, jobs)
 
 
 async def _planned(store: Store, n: int) -> list[Planned]:
@@ -172,6 +186,9 @@ async def test_a_timed_out_create_is_looked_up_twice_before_it_is_sent_again(
                 if self.finds >= 2
                 else None
             )
+
+        async def find_many(self, jobs: Sequence[JobRecord]) -> dict[str, Update]:
+            return await _find_each(self, jobs)
 
     submitter = Slow()
     async with Store(tmp_path / "c.db") as store:

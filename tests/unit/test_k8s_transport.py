@@ -78,7 +78,7 @@ async def test_the_environment_proxy_still_carries_requests(
         await kc.KubeClient(api, _TARGET).create_job("ns", _BODY, want_body=False)
     finally:
         await api.close()
-    assert connector.closed
+    assert connector is not None and connector.closed
     (request,) = seen
     assert request["url"] == "http://cluster.invalid:8080/apis/batch/v1/namespaces/ns/jobs"
     assert request["headers"]["Authorization"] == "Bearer secret-token"

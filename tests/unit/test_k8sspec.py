@@ -186,7 +186,10 @@ def test_tpu_job_on_gke() -> None:
     [("spot", "cloud.google.com/gke-spot"), ("preemptible", "cloud.google.com/gke-preemptible")],
 )
 def test_spot_and_preemptible_select_and_tolerate_their_nodes(flag: str, key: str) -> None:
-    pod = pod_spec(manifest(Placement(cluster_type="gke", **{flag: True})))
+    placement = Placement(
+        cluster_type="gke", spot=flag == "spot", preemptible=flag == "preemptible"
+    )
+    pod = pod_spec(manifest(placement))
     assert pod["nodeSelector"] == {key: "true"}
     assert pod["tolerations"] == [
         {"key": key, "operator": "Equal", "value": "true", "effect": "NoSchedule"}

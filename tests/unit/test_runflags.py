@@ -163,7 +163,7 @@ def test_mapped_flags_set_their_fields(args: str, body: dict[str, Any]) -> None:
 
 
 def test_mapped_fields_join_what_caliban_set() -> None:
-    base = {"HostConfig": {"Dns": ["8.8.8.8"], "Memory": 1}, "Env": ["A=1"]}
+    base: dict[str, Any] = {"HostConfig": {"Dns": ["8.8.8.8"], "Memory": 1}, "Env": ["A=1"]}
     out = parse_docker_run_args("--dns 1.1.1.1 --sysctl a.b=1 -e B=2", environ={}).apply(base)
     assert out["HostConfig"] == {
         "Dns": ["8.8.8.8", "1.1.1.1"],

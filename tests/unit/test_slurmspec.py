@@ -227,10 +227,10 @@ def test_parse_squeue_json_expands_pending_tasks_and_reads_raw_exit_codes() -> N
 
 
 def test_parse_squeue_json_newer_number_objects() -> None:
-    def num(n: int) -> dict[str, object]:
+    def num(n: int) -> object:
         return {"set": True, "number": n}
 
-    job = {"job_id": num(9), "array_job_id": num(8), "array_task_id": num(1)}
+    job: dict[str, object] = {"job_id": num(9), "array_job_id": num(8), "array_task_id": num(1)}
     job |= {"job_state": ["FAILED"], "exit_code": num(512), "name": "n", "comment": ""}
     doc = {"jobs": [job]}
     (seen,) = spec.parse_squeue_json(json.dumps(doc))
