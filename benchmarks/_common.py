@@ -66,7 +66,8 @@ def cleanup() -> None:
     if ids:
         subprocess.run([DOCKER, "rm", "-f", *ids], capture_output=True, check=False)
     images = subprocess.run(
-        [DOCKER, "images", "-q", "--filter", f"label={LABEL}"],
+        # Built images carry the run's label under caliban's built-with prefix.
+        [DOCKER, "images", "-q", "--filter", f"label=caliban.built_with.{LABEL}"],
         capture_output=True,
         text=True,
         check=False,

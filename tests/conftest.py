@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from caliban.adapters.docker import BUILT_WITH_PREFIX
 from caliban.session import Session
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,7 +98,10 @@ def _cleanup_engine() -> Iterator[None]:
     ids = docker_cli("ps", "-aq", "--filter", label, check=False).split()
     if ids:
         docker_cli("rm", "-fv", *ids, check=False)
-    images = docker_cli("images", "-q", "--filter", label, check=False).split()
+    # Images carry the run's label under caliban's built-with prefix (see
+    # caliban.adapters.docker.image_labels); containers carry it as it is.
+    built = f"label={BUILT_WITH_PREFIX}{TEST_LABEL}={RUN_ID}"
+    images = docker_cli("images", "-q", "--filter", built, check=False).split()
     if images:
         docker_cli("rmi", "-f", *sorted(set(images)), check=False)
 

@@ -29,7 +29,7 @@ import aiodocker
 import anyio
 from aiodocker.exceptions import DockerError
 
-from caliban.adapters.docker import MANAGED_LABEL, error_text, image_exists
+from caliban.adapters.docker import MANAGED_LABEL, error_text, image_exists, image_labels
 from caliban.core import dockerfile, secretfiles
 from caliban.core.config import BuildEnv
 from caliban.core.dockerignore import DockerIgnore, walk_context
@@ -316,7 +316,11 @@ async def build(
                 forcerm=True,
                 nocache=no_cache,
                 buildargs=spec.build_args() or None,
-                labels={MANAGED_LABEL: "true", "caliban.digest": ctx.digest, **(labels or {})},
+                labels={
+                    MANAGED_LABEL: "true",
+                    "caliban.digest": ctx.digest,
+                    **image_labels(labels or {}),
+                },
                 stream=True,
             )
             async for chunk in stream:

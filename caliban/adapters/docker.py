@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiodocker
@@ -21,6 +21,14 @@ from caliban.errors import EngineUnavailable
 # Everything caliban creates carries this label, and cleanup only ever
 # touches objects that have it.
 MANAGED_LABEL = "caliban.managed"
+# A session's own labels go on the images it builds under this prefix, not as they are:
+# Docker copies an image's labels onto every container made from it, and an image is
+# shared by every later run with the same content, whatever labels that run was given.
+BUILT_WITH_PREFIX = "caliban.built_with."
+
+
+def image_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    return {BUILT_WITH_PREFIX + key: value for key, value in labels.items()}
 
 
 @contextlib.asynccontextmanager

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 
 from caliban import events as ev
+from caliban.adapters.docker import BUILT_WITH_PREFIX
 from caliban.errors import BuildError
 from caliban.options import ProjectOptions
 from caliban.session import Session
-from tests.conftest import RUN_ID, MakeProject, docker_cli
+from tests.conftest import RUN_ID, TEST_LABEL, MakeProject, docker_cli
 
 pytestmark = [pytest.mark.docker]
 
@@ -140,3 +142,25 @@ async def test_missing_base_image_says_what_to_do(
             await s.build(ProjectOptions(folder=make_project(), entry="job.py"))
     assert "caliban-test-no-such-image:never" in str(info.value)
     assert "CALIBAN_BASE_IMAGE" in str(info.value)
+
+
+async def test_a_sessions_labels_on_an_image_do_not_reach_containers_of_later_runs(
+    env: dict[str, str], home: Path, make_project: MakeProject
+) -> None:
+    """Docker copies image labels onto containers, and the image is shared by content:
+    a later run without the label must not get it (cleanup by label would hit it)."""
+    folder = make_project({"run_marker.txt": RUN_ID + "-labels"})
+    labels = {TEST_LABEL: RUN_ID, "team": "vision"}
+    async with Session(home=home, environ=env, labels=labels) as labelled:
+        built = await labelled.build(ProjectOptions(folder=folder, entry="job.py"))
+    image = json.loads(docker_cli("image", "inspect", built.tag))[0]["Config"]["Labels"]
+    assert image[f"{BUILT_WITH_PREFIX}team"] == "vision"
+    assert "team" not in image and TEST_LABEL not in image
+    # What Docker itself gives a container made from it, with only this run's label.
+    name = f"caliban-labels-{RUN_ID}"
+    docker_cli("create", "--name", name, "--label", f"{TEST_LABEL}={RUN_ID}", built.tag)
+    try:
+        info = json.loads(docker_cli("container", "inspect", name))[0]["Config"]["Labels"]
+    finally:
+        docker_cli("rm", "-f", name)
+    assert "team" not in info and info[TEST_LABEL] == RUN_ID
