@@ -3,13 +3,14 @@ jobs move on by themselves (QUEUED -> PENDING -> RUNNING -> SUCCEEDED), some fai
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
 
 import anyio
 
-from tests.conftest import ROOT
+from tests.conftest import CALIBAN, ROOT
 from tests.fakes.vertex import FakeVertex
 from tests.fakes.vertex_jobs import Lifecycle
 from tests.integration.cloud_helpers import IMAGE, JOB_LABEL, cli_env
@@ -109,6 +110,13 @@ async def test_the_readme_way_to_try_it_without_a_google_account(tmp_path: Path)
         out = done.stdout.decode()
         assert done.returncode == 0, out + done.stderr.decode()
         assert "4/4 finished" in out and "all" in out
+        # What the README shows next: one job's output, through Cloud Logging.
+        listed = await anyio.run_process([CALIBAN, "status", "--json"], env=env, check=False)
+        first = json.loads(listed.stdout)[0]
+        logs = await anyio.run_process([CALIBAN, "logs", first["job_id"]], env=env, check=False)
+        assert logs.returncode == 0, logs.stderr.decode()
+        printed = logs.stdout.decode().splitlines()
+        assert printed == [f"started with arguments {' '.join(first['args'])}", "done"]
 
         env["GOOGLE_APPLICATION_CREDENTIALS"] = str(tmp_path / "missing.json")
         missing = await anyio.run_process(
