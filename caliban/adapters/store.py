@@ -15,6 +15,7 @@ ever grows.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -237,6 +238,14 @@ _JOB_FROM = """
 """
 
 
+@functools.lru_cache(maxsize=64)
+def _provenance(text: str) -> dict[str, object]:
+    # A sweep's jobs share one provenance record: a 10,000-job listing decodes it once.
+    # The dict is shared between those records; nothing modifies it.
+    data: dict[str, object] = json.loads(text)
+    return data
+
+
 def _record(row: Sequence[Any]) -> JobRecord:
     # The spec is the biggest column and listing jobs rarely needs it: decoded on first read.
     return JobRecord.with_spec_json(
@@ -260,7 +269,7 @@ def _record(row: Sequence[Any]) -> JobRecord:
         updated=row[17],
         container_spec_id=row[18],
         provenance_id=row[19],
-        provenance=json.loads(row[20]) if row[20] else None,
+        provenance=_provenance(row[20]) if row[20] else None,
     )
 
 
