@@ -120,6 +120,7 @@ async def test_an_indexed_sweep_is_one_workload_queued_then_running_then_succeed
         env=env,
     )
     assert code == 0, err
+    assert "3 job(s): 3 queued" in out
     (job,) = kube.jobs(NS)
     (workload,) = kube.kueue.workloads(NS)
     name = job["metadata"]["name"]
