@@ -175,3 +175,8 @@ def test_every_index_of_a_held_indexed_job_is_queued() -> None:
 
 def test_queued_is_an_active_not_a_terminal_state() -> None:
     assert JobState.QUEUED.active and not JobState.QUEUED.terminal
+
+
+def test_the_placement_repr_of_a_submission_without_a_compute_class_is_unchanged() -> None:
+    # The repr is part of the spec key that lets a re-run resume recorded jobs.
+    assert "compute_class" not in repr(Placement())

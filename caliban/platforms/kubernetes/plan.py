@@ -287,6 +287,7 @@ def _spec_key(plan: ClusterPlan, req: ClusterJobRequest, image: str) -> str:
             sorted(plan.user_labels.items()),
             # Only when set, so keys of submissions without a queue stay as they were.
             *([req.queue, req.priority_class] if req.queue else []),
+            *([plan.placement.compute_class] if plan.placement.compute_class else []),
         ],
         sort_keys=True,
         default=str,

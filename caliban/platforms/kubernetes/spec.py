@@ -206,7 +206,9 @@ class Placement:
     min_cpu: int | None = None  # milli-CPU
     min_mem: int | None = None  # MB
     node_selector: Mapping[str, str] = field(default_factory=dict)
-    compute_class: str | None = None
+    # Out of the repr, which is part of a submission's spec key: keys made before this
+    # field existed stay the same (plan._spec_key adds it when set).
+    compute_class: str | None = field(default=None, repr=False)
 
     def check(self) -> None:
         """Raise ValidationError for combinations no cluster can run."""
