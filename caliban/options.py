@@ -216,6 +216,10 @@ class ClusterJobRequest:
     image_registry: str | None = None
     artifact_repo: str = "caliban"
     max_sweep: int = DEFAULT_MAX_SWEEP
+    # Kueue: the LocalQueue that admits the Jobs, and a WorkloadPriorityClass.
+    queue: str | None = None
+    priority_class: str | None = None
+    compute_class: str | None = None  # a GKE custom ComputeClass
 
 
 @dataclass(frozen=True)

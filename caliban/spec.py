@@ -61,11 +61,15 @@ class JobState(StrEnum):
     sent again. UNKNOWN means the last lookup failed; it is *not* terminal and
     the next refresh tries again. CANCELLING: a cancel was accepted but the
     platform ends jobs asynchronously (Vertex), so the job may still finish; it
-    is refreshed until the platform says how it ended.
+    is refreshed until the platform says how it ended. QUEUED: accepted by the
+    platform but held by its queue (a Kubernetes Job that Kueue has not admitted:
+    suspended, no pods), as opposed to SUBMITTED, whose pods exist and wait for
+    a node or an image.
     """
 
     PLANNED = "PLANNED"
     SUBMITTED = "SUBMITTED"
+    QUEUED = "QUEUED"
     RUNNING = "RUNNING"
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
@@ -82,6 +86,7 @@ class JobState(StrEnum):
         """Submitted to (or running on) a platform and not finished."""
         return self in (
             JobState.SUBMITTED,
+            JobState.QUEUED,
             JobState.RUNNING,
             JobState.UNKNOWN,
             JobState.CANCELLING,

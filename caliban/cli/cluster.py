@@ -220,6 +220,23 @@ def _submit_flags(p: argparse.ArgumentParser) -> None:
         help="node label every pod needs; repeatable",
     )
     p.add_argument(
+        "--compute_class",
+        metavar="NAME",
+        help="GKE custom ComputeClass the pods run on (it picks the machine, GPU type "
+        "and Spot; needs --cluster_type gke)",
+    )
+    p.add_argument(
+        "--queue",
+        metavar="LOCALQUEUE",
+        help="Kueue LocalQueue of the namespace: Jobs are created suspended and start "
+        "when Kueue admits them (QUEUED until then)",
+    )
+    p.add_argument(
+        "--priority_class",
+        metavar="NAME",
+        help="with --queue: Kueue WorkloadPriorityClass of the Jobs",
+    )
+    p.add_argument(
         "--force",
         action="store_true",
         help="skip checking the GPUs against the GKE cluster's limits",
@@ -475,6 +492,9 @@ def cmd_submit(ns: argparse.Namespace) -> int:
         image_registry=ns.image_registry,
         artifact_repo=ns.artifact_repo,
         max_sweep=ns.max_sweep,
+        queue=ns.queue,
+        priority_class=ns.priority_class,
+        compute_class=ns.compute_class,
     )
     sink = running.make_sink(ns, show_output=False)
 

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 _STATE_STYLE = {
     JobState.PLANNED: "dim",
     JobState.SUBMITTED: "cyan",
+    JobState.QUEUED: "bright_cyan",
     JobState.RUNNING: "blue",
     JobState.SUCCEEDED: "green",
     JobState.FAILED: "bold red",

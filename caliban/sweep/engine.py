@@ -121,7 +121,7 @@ class RunResult:
     def ok(self) -> bool:
         """Every job this call launched succeeded (local) or was accepted (remote).
         Jobs left to another run are that run's to report."""
-        accepted = (JobState.SUBMITTED, JobState.RUNNING, JobState.SUCCEEDED)
+        accepted = (JobState.SUBMITTED, JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED)
         return all(
             j.state is JobState.SUCCEEDED if j.platform is Kind.LOCAL else j.state in accepted
             for j in self.jobs
@@ -510,7 +510,13 @@ async def stop(
         raise ValidationError(f"no experiment group named {xgroup!r} in {host.db_path}")
     candidates = await store.jobs(
         xgroup=xgroup,
-        states=(JobState.PLANNED, JobState.SUBMITTED, JobState.RUNNING, JobState.UNKNOWN),
+        states=(
+            JobState.PLANNED,
+            JobState.SUBMITTED,
+            JobState.QUEUED,
+            JobState.RUNNING,
+            JobState.UNKNOWN,
+        ),
     )
     jobs = [j for j in candidates if j.user == host.user_name]
     if dry_run or not jobs:

@@ -44,6 +44,7 @@ from .google_http import DisconnectStyle
 from .k8s_admission import PODS
 from .k8s_http import Fault, KubeApi, RequestRecord, TokenValidator
 from .k8s_jobs import AutoLifecycle, JobController, PodLogs
+from .k8s_kueue import FakeKueue
 from .k8s_schema import schema_dir
 from .k8s_store import JsonObj, Store, new_uid, now_rfc3339
 from .k8s_tls import CertBundle, make_certificates
@@ -112,6 +113,9 @@ class FakeKubernetes:
         self.logs = PodLogs()
         self.controller = JobController(self.store, self.logs)
         self.controller.auto = auto
+        # Kueue: Jobs labelled with a queue stay suspended until admitted (k8s_kueue).
+        self.kueue = FakeKueue(self.store, self.controller)
+        self.controller.kueue = self.kueue
         self.certs: CertBundle | None = make_certificates() if tls else None
         # fault knobs
         self.latency = 0.0
@@ -315,6 +319,10 @@ class FakeKubernetes:
         self.controller.auto = value
 
     # drive methods (the test as controller and kubelet) -----------------------------------
+
+    def admit_job(self, ns: str, name: str) -> JsonObj:
+        """Kueue admits a held Job: ``spec.suspend`` false, the controller makes its pods."""
+        return self.kueue.admit(ns, name)
 
     def set_job_running(self, ns: str, name: str) -> JsonObj:
         """Pods Running and ready; status.active/ready/startTime set. Returns the Job."""

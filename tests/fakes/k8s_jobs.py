@@ -19,7 +19,7 @@ import copy
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from .k8s_admission import (
     BATCH_CONTROLLER_UID_LABEL,
@@ -28,6 +28,9 @@ from .k8s_admission import (
     generated_name,
 )
 from .k8s_store import JsonObj, Store, new_uid, now_rfc3339
+
+if TYPE_CHECKING:
+    from .k8s_kueue import FakeKueue
 
 BACKOFF_MESSAGE = "Job has reached the specified backoff limit"
 _FAIL_MESSAGES = {
@@ -169,6 +172,8 @@ class JobController:
         self.store = store
         self.logs = logs
         self.auto: AutoLifecycle | None = None
+        self.kueue: FakeKueue | None = None  # set by FakeKubernetes
+        self._resumed: dict[str, asyncio.Event] = {}  # by uid: held Jobs an AutoLifecycle awaits
         self._index: dict[str, _IndexState] = {}  # by job uid
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -361,11 +366,10 @@ class JobController:
 
     def sync(self, job: JsonObj) -> None:
         """Create missing pods, update counts, and finish the Job when it has succeeded."""
-        if (
-            job_finished(job)
-            or job["spec"].get("suspend")
-            or job["metadata"].get("deletionTimestamp")
-        ):
+        if job_finished(job) or job["metadata"].get("deletionTimestamp"):
+            return
+        if job["spec"].get("suspend"):
+            self._set_suspended(job, True, "JobSuspended", "Job suspended")
             return
         spec, status = job["spec"], job.get("status") or {}
         pods = self.pods_of(job)
@@ -408,6 +412,34 @@ class JobController:
                 self.store.insert("pods", self._new_pod(job, None))
         self._refresh_counts(job)
 
+    def _set_suspended(self, job: JsonObj, value: bool, reason: str, message: str) -> None:
+        """The controller's ``Suspended`` condition, as it keeps it for suspended Jobs."""
+        meta = job["metadata"]
+        with self.store.modify("jobs", meta["namespace"], meta["name"]) as live:
+            conditions = live.setdefault("status", {}).setdefault("conditions", [])
+            want = "True" if value else "False"
+            for cond in conditions:
+                if cond["type"] == "Suspended":
+                    if cond["status"] != want:
+                        cond.update(_condition("Suspended", reason, message), status=want)
+                    return
+            if value:
+                conditions.append(_condition("Suspended", reason, message))
+
+    def resume(self, job: JsonObj) -> None:
+        """``spec.suspend`` went false: the controller resumes the Job and makes its pods."""
+        self._set_suspended(job, False, "JobResumed", "Job resumed")
+        meta = job["metadata"]
+        if (event := self._resumed.pop(meta["uid"], None)) is not None:
+            event.set()
+        with self.store.modify("jobs", meta["namespace"], meta["name"]) as live:
+            live["status"]["startTime"] = now_rfc3339()
+        self.sync(self.job(meta["namespace"], meta["name"]))
+
+    def _settled(self) -> None:
+        if self.kueue is not None:
+            self.kueue.reconcile()
+
     def _finish_success(self, job: JsonObj) -> None:
         meta = job["metadata"]
         with self.store.modify("jobs", meta["namespace"], meta["name"]) as live:
@@ -421,6 +453,7 @@ class JobController:
         with self.store.modify("jobs", meta["namespace"], meta["name"]) as live:
             live["status"]["conditions"].append(_condition("Complete", *_COMPLETE_REASON))
             live["status"]["completionTime"] = now_rfc3339()
+        self._settled()
 
     def _finish_failure(self, job: JsonObj, reason: str, message: str) -> None:
         meta = job["metadata"]
@@ -439,6 +472,7 @@ class JobController:
         self._refresh_counts(job)
         with self.store.modify("jobs", meta["namespace"], meta["name"]) as live:
             live["status"]["conditions"].append(_condition("Failed", reason, message))
+        self._settled()
 
     # transitions a test drives -------------------------------------------------------------
 
@@ -546,11 +580,17 @@ class JobController:
 
     def forget(self, job: JsonObj) -> None:
         self._index.pop(job["metadata"]["uid"], None)
+        if (event := self._resumed.pop(job["metadata"]["uid"], None)) is not None:
+            event.set()  # deleted while held: its driver sees it gone
+        if self.kueue is not None:
+            self.kueue.job_gone(job)
 
     # auto lifecycle ------------------------------------------------------------------------
 
     def job_created(self, job: JsonObj) -> None:
         self.sync(job)
+        if self.kueue is not None:
+            self.kueue.job_created(job)
         if self.auto is not None:
             task = asyncio.get_running_loop().create_task(self._drive(job, self.auto))
             self._tasks.add(task)
@@ -566,6 +606,9 @@ class JobController:
 
         if auto.log is not None:
             self.logs.set_job(ns, name, auto.log(job) if callable(auto.log) else auto.log)
+        # A Job held by a queue starts only once admitted (by the test or a capacity).
+        if ((self.store.get("jobs", ns, name) or {}).get("spec") or {}).get("suspend"):
+            await self._resumed.setdefault(uid, asyncio.Event()).wait()
         await asyncio.sleep(auto.start_after)
         if not still_there():
             return

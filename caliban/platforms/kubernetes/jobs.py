@@ -149,7 +149,9 @@ class KubeSubmitter:
             if found is None:  # deleted between the 409 and the read: try again
                 raise BackendError(exc.message, retryable=True) from exc
             return found
-        return self._accepted(job, {"metadata": {"name": name_of(job)}})
+        # Sent suspended (a Kueue queue), it is held until admitted: QUEUED at once.
+        sent = {**job.spec, "metadata": {**job.spec["metadata"], "name": name_of(job)}}  # type: ignore[dict-item]
+        return self._accepted(job, sent)
 
     async def find(self, job: JobRecord) -> Update | None:
         target = self._target(job)
@@ -311,14 +313,15 @@ async def submit_indexed(
             raise
     await _own(client, ns, name, existing, policy, sink)
     url = console_url(target, name)
+    # Held by Kueue until its one Workload is admitted; otherwise its pods are coming.
+    held = k8sspec.job_state(existing)[0] is JobState.QUEUED
+    state = JobState.QUEUED if held else JobState.SUBMITTED
     changes: list[Update] = []
     for i, job in enumerate(group):
         details: dict[str, object] = {"completion_index": i, "k8s_job": name}
         if url:
             details["console_url"] = url
-        changes.append(
-            Update(job.job_id, JobState.SUBMITTED, platform_id=f"{name}/{i}", details=details)
-        )
+        changes.append(Update(job.job_id, state, platform_id=f"{name}/{i}", details=details))
     await run.record(changes)
     sink(Notice(f"Indexed Job {name}: {len(group)} experiment(s) in one Job ({label})"))
     for job in group:
@@ -326,7 +329,7 @@ async def submit_indexed(
             JobStateChanged(
                 job.job_id,
                 job_label(job, total or len(group)),
-                JobState.SUBMITTED,
+                state,
                 detail=url or name,
                 argv=job.args,
             )

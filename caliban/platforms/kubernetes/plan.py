@@ -63,6 +63,7 @@ def placement_for(req: ClusterJobRequest, mode: JobMode, cluster_type: str) -> P
         min_cpu=req.min_cpu,
         min_mem=req.min_mem,
         node_selector=dict(req.node_selector),
+        compute_class=req.compute_class,
     )
     placement.check()
     return placement
@@ -93,10 +94,21 @@ async def check(session: Context, req: ClusterJobRequest, prepared: Prepared) ->
     cluster_type = req.cluster_type or ("generic" if kubeconfig else "gke")
     placement = placement_for(req, prepared.mode, cluster_type)
     shape = JobShape(
-        image="-", placement=placement, backoff_limit=req.backoff_limit, ttl_seconds=req.ttl_seconds
+        image="-",
+        placement=placement,
+        backoff_limit=req.backoff_limit,
+        ttl_seconds=req.ttl_seconds,
+        queue=req.queue,
+        priority_class=req.priority_class,
     )
     shape.check()
     user_labels = dict(labels.parse_label_flag(f"{k}={v}") for k, v in req.labels)
+    if any(k.startswith(k8sspec.KUEUE_PREFIX) for k in user_labels):
+        # As a -l label it would reach the pods too, and the Job would not be suspended.
+        raise ValidationError(
+            f"Kueue labels ({k8sspec.KUEUE_PREFIX}...) are set by caliban",
+            hint="pass --queue LOCALQUEUE [--priority_class NAME] instead of -l",
+        )
     prefix = names.dns1123_name(req.name or f"caliban-{session.user_name}")
     if (req.dry_run or req.export) and not kubeconfig:
         target = _offline_target(req.cluster, session)
@@ -165,6 +177,8 @@ def shape_of(plan: ClusterPlan, req: ClusterJobRequest, *, image: str, xgroup: s
         xgroup=xgroup,
         backoff_limit=req.backoff_limit,
         ttl_seconds=req.ttl_seconds,
+        queue=req.queue,
+        priority_class=req.priority_class,
     )
 
 
@@ -271,6 +285,9 @@ def _spec_key(plan: ClusterPlan, req: ClusterJobRequest, image: str) -> str:
             req.indexed,
             plan.prefix,
             sorted(plan.user_labels.items()),
+            # Only when set, so keys of submissions without a queue stay as they were.
+            *([req.queue, req.priority_class] if req.queue else []),
+            *([plan.placement.compute_class] if plan.placement.compute_class else []),
         ],
         sort_keys=True,
         default=str,

@@ -23,6 +23,15 @@ Choices, and why:
   pods killed by a disruption (spot reclaim, node drain), so those are retried
   without counting as failures. Finished Jobs are deleted after
   ``ttlSecondsAfterFinished`` (default 7 days).
+* **Kueue.** With a queue, the Job carries ``kueue.x-k8s.io/queue-name`` (and
+  ``kueue.x-k8s.io/priority-class`` for a WorkloadPriorityClass) and is created
+  with ``spec.suspend: true``: Kueue makes one Workload per Job and admits it by
+  setting ``suspend`` to false. The labels are on the Job only, not on its pod
+  template: Kueue's pod integration would otherwise try to manage the pods as
+  Workloads of their own. Admission is read from ``spec.suspend`` (see
+  :func:`job_state`). ``compute_class`` selects a GKE custom ComputeClass with
+  the ``cloud.google.com/compute-class`` node label; the class then chooses the
+  machine, so the GPU type label and the spot labels are left out.
 * **Indexed sweeps.** One Indexed Job for the whole sweep; each pod reads its
   arguments from a mounted ConfigMap at ``JOB_COMPLETION_INDEX`` (see
   :data:`LAUNCHER`). ``backoffLimitPerIndex`` records a failure per index instead of
@@ -37,7 +46,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +77,11 @@ GKE_PREEMPTIBLE = "cloud.google.com/gke-preemptible"
 GKE_ACCELERATOR = "cloud.google.com/gke-accelerator"
 GPU_RESOURCE = "nvidia.com/gpu"
 TPU_RESOURCE = "google.com/tpu"
+GKE_COMPUTE_CLASS = "cloud.google.com/compute-class"
+KUEUE_PREFIX = "kueue.x-k8s.io/"
+KUEUE_QUEUE_LABEL = KUEUE_PREFIX + "queue-name"
+KUEUE_PRIORITY_LABEL = KUEUE_PREFIX + "priority-class"
+_KUEUE_LABELS = (KUEUE_QUEUE_LABEL, KUEUE_PRIORITY_LABEL)
 
 # (milli-CPU, MB) requested when --min_cpu/--min_mem are not given. On GKE the
 # original's figures: node auto-provisioning makes a node that fits, and a CPU job
@@ -98,6 +112,19 @@ LAUNCHER = (
 _VALUE_BAD = re.compile(r"[^A-Za-z0-9._-]+")
 _PREFIX_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _QUANTITY = re.compile(r"[0-9]+")
+# LocalQueue, WorkloadPriorityClass and ComputeClass names are object names
+# (DNS-1123 subdomains) used as label values, so at most 63 characters.
+_OBJECT_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?")
+
+
+def check_object_name(value: str, flag: str) -> None:
+    """Raise ValidationError unless ``value`` names a Kubernetes object and fits a label."""
+    if not _OBJECT_NAME.fullmatch(value):
+        raise ValidationError(
+            f"{flag} {value!r} is not a Kubernetes object name "
+            "(at most 63 lowercase letters, digits, '-' and '.', starting and ending "
+            "with a letter or digit)"
+        )
 
 
 # -- labels -------------------------------------------------------------------------------
@@ -179,9 +206,29 @@ class Placement:
     min_cpu: int | None = None  # milli-CPU
     min_mem: int | None = None  # MB
     node_selector: Mapping[str, str] = field(default_factory=dict)
+    # Out of the repr, which is part of a submission's spec key: keys made before this
+    # field existed stay the same (plan._spec_key adds it when set).
+    compute_class: str | None = field(default=None, repr=False)
 
     def check(self) -> None:
         """Raise ValidationError for combinations no cluster can run."""
+        if self.compute_class is not None:
+            check_object_name(self.compute_class, "--compute_class")
+            if self.cluster_type != "gke":
+                raise ValidationError(
+                    "--compute_class selects a GKE ComputeClass, which this cluster may not have",
+                    hint="pass --cluster_type gke if it is a GKE cluster",
+                )
+            if self.spot or self.preemptible:
+                raise ValidationError(
+                    "--compute_class and --spot/--preemptible exclude each other: "
+                    "the ComputeClass says whether its nodes are Spot VMs"
+                )
+            if GKE_COMPUTE_CLASS in self.node_selector:
+                raise ValidationError(
+                    f"--compute_class and --node_selector {GKE_COMPUTE_CLASS}=... "
+                    "exclude each other; pick one"
+                )
         if self.cluster_type not in CLUSTER_TYPES:
             raise ValidationError(
                 f"unknown cluster type {self.cluster_type!r}; use one of {', '.join(CLUSTER_TYPES)}"
@@ -230,8 +277,12 @@ class Placement:
     def selector(self) -> dict[str, str]:
         out: dict[str, str] = {}
         if self.cluster_type == "gke":
-            if self.gpu is not None:
+            # A ComputeClass lists the GPU types it may fall back to; pinning one
+            # with the accelerator label would defeat its priorities.
+            if self.gpu is not None and self.compute_class is None:
                 out[GKE_ACCELERATOR] = gke_accelerator_label(self.gpu)
+            if self.compute_class is not None:
+                out[GKE_COMPUTE_CLASS] = self.compute_class
             if self.tpu is not None:
                 out.update(gke_tpu_selectors(self.tpu))
             if self.spot:
@@ -266,9 +317,28 @@ class JobShape:
     backoff_limit: int = 0
     ttl_seconds: int | None = DEFAULT_TTL
     env: Mapping[str, str] = field(default_factory=dict)
+    queue: str | None = None  # a Kueue LocalQueue in the Job's namespace
+    priority_class: str | None = None  # a Kueue WorkloadPriorityClass
 
     def check(self) -> None:
         self.placement.check()
+        if self.queue is not None:
+            check_object_name(self.queue, "--queue")
+        if self.priority_class is not None:
+            if self.queue is None:
+                raise ValidationError(
+                    "--priority_class is a Kueue WorkloadPriorityClass and needs --queue",
+                    hint="pass --queue LOCALQUEUE too",
+                )
+            check_object_name(self.priority_class, "--priority_class")
+
+    def kueue_labels(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        if self.queue is not None:
+            out[KUEUE_QUEUE_LABEL] = self.queue
+        if self.priority_class is not None:
+            out[KUEUE_PRIORITY_LABEL] = self.priority_class
+        return out
         if self.backoff_limit < 0:
             raise ValidationError("--backoff_limit must be 0 or more")
         if self.ttl_seconds is not None and self.ttl_seconds < 0:
@@ -323,10 +393,14 @@ def job_manifest(
     }
     if shape.ttl_seconds is not None:
         spec["ttlSecondsAfterFinished"] = shape.ttl_seconds
+    if shape.queue is not None:
+        # Kueue's webhook would suspend it too; created suspended, no pod can start
+        # before admission even where the webhook is not in the request path.
+        spec["suspend"] = True
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": name, "labels": dict(labels)},
+        "metadata": {"name": name, "labels": {**labels, **shape.kueue_labels()}},
         "spec": spec,
     }
 
@@ -441,7 +515,8 @@ def indexed_manifest(
     labels[INDEXED_LABEL] = "true"
     job["metadata"] = {"name": name, "labels": labels}
     spec = job["spec"]
-    spec["template"]["metadata"] = {"labels": dict(labels)}
+    pod_labels = {k: v for k, v in labels.items() if k not in _KUEUE_LABELS}
+    spec["template"]["metadata"] = {"labels": pod_labels}
     # Per index: a failed experiment is recorded in status.failedIndexes and the
     # others go on; a global backoffLimit would fail the whole sweep instead.
     spec["backoffLimitPerIndex"] = spec.pop("backoffLimit", 0)
@@ -495,28 +570,71 @@ def _reason(cond: Mapping[str, Any]) -> str:
     return ": ".join(parts) or str(cond.get("type"))
 
 
-def job_state(job: Mapping[str, Any]) -> tuple[JobState, str | None]:
-    """A Job's state from its status.
+_Rule = Callable[[Mapping[str, Any]], tuple[JobState, str | None] | None]
 
-    Only ``Complete`` and ``Failed`` conditions with status True are final;
-    ``SuccessCriteriaMet`` and ``FailureTarget`` come first while pods are still
-    being terminated, so they read as RUNNING. Ready pods mean RUNNING; pods that
-    exist but are not ready yet (pulling, unschedulable) mean SUBMITTED.
-    """
-    status = job.get("status") or {}
-    if _condition(status, "Complete") is not None:
-        return JobState.SUCCEEDED, None
-    if (failed := _condition(status, "Failed")) is not None:
-        return JobState.FAILED, _reason(failed)
-    for interim in ("FailureTarget", "SuccessCriteriaMet"):
-        if _condition(status, interim) is not None:
-            return JobState.RUNNING, None
+
+def _finished(kind: str, state: JobState, explain: bool) -> _Rule:
+    def rule(job: Mapping[str, Any]) -> tuple[JobState, str | None] | None:
+        cond = _condition(job.get("status") or {}, kind)
+        if cond is None:
+            return None
+        return state, (_reason(cond) if explain else None)
+
+    return rule
+
+
+def _deleting(job: Mapping[str, Any]) -> tuple[JobState, str | None] | None:
     if (job.get("metadata") or {}).get("deletionTimestamp"):
         return JobState.RUNNING, "being deleted"
+    return None
+
+
+def _held(job: Mapping[str, Any]) -> tuple[JobState, str | None] | None:
+    if not (job.get("spec") or {}).get("suspend"):
+        return None
+    queue = ((job.get("metadata") or {}).get("labels") or {}).get(KUEUE_QUEUE_LABEL)
+    # Kueue re-suspends a Job it evicts (preemption, lost quota): the condition says why.
+    cond = _condition(job.get("status") or {}, "Suspended")
+    why = _reason(cond) if cond is not None and cond.get("reason") != "JobSuspended" else None
+    if queue:
+        where = f"waiting for Kueue to admit it from queue {queue}"
+        return JobState.QUEUED, f"{where} ({why})" if why else where
+    return JobState.QUEUED, why or "suspended"
+
+
+def _active(job: Mapping[str, Any]) -> tuple[JobState, str | None] | None:
+    status = job.get("status") or {}
     active = int(status.get("active") or 0)
     ready = status.get("ready")
     if active and (ready is None or int(ready) > 0):
         return JobState.RUNNING, None
+    return None
+
+
+# First match wins. Only ``Complete`` and ``Failed`` conditions with status True are
+# final; ``SuccessCriteriaMet`` and ``FailureTarget`` come first while pods are still
+# being terminated, so they read as RUNNING. A suspended Job has no pods and gets none
+# until it is resumed: Kueue resumes it (``spec.suspend`` false) when it admits its
+# Workload, so QUEUED comes before the pod counts. Ready pods mean RUNNING; pods that
+# exist but are not ready yet (pulling, unschedulable) mean SUBMITTED.
+_JOB_RULES: tuple[_Rule, ...] = (
+    _finished("Complete", JobState.SUCCEEDED, explain=False),
+    _finished("Failed", JobState.FAILED, explain=True),
+    _finished("FailureTarget", JobState.RUNNING, explain=False),
+    _finished("SuccessCriteriaMet", JobState.RUNNING, explain=False),
+    _deleting,
+    _held,
+    _active,
+)
+
+
+def job_state(job: Mapping[str, Any]) -> tuple[JobState, str | None]:
+    """A Job's state from its spec and status, by the first of :data:`_JOB_RULES` that
+    matches; SUBMITTED when none does."""
+    for rule in _JOB_RULES:
+        found = rule(job)
+        if found is not None:
+            return found
     return JobState.SUBMITTED, None
 
 
@@ -546,6 +664,8 @@ def index_states(
             out[i] = (JobState.SUCCEEDED, None)
         elif i in running_now:
             out[i] = (JobState.RUNNING, None)
+        elif whole is JobState.QUEUED:
+            out[i] = (JobState.QUEUED, message)
         else:
             out[i] = (JobState.SUBMITTED, None)
     return out
