@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 import pytest
@@ -22,7 +23,7 @@ k8s_api = k8s_fixtures.k8s_api
 NS = "default"
 
 
-def queued(name: str, queue: str = "team-a", **spec: object) -> dict[str, object]:
+def queued(name: str, queue: str = "team-a", **spec: Any) -> dict[str, Any]:
     job = make_job(name, suspend=True, **spec)
     job["metadata"]["labels"][QUEUE_LABEL] = queue
     return job
