@@ -21,6 +21,7 @@ PURE = [
     "caliban.platforms.kubernetes.versions",
     "caliban.platforms.kubernetes.gkespec",
     "caliban.platforms.vertex.spec",
+    "caliban.platforms.vertex.scheduling",
     "caliban.platforms.slurm.spec",
     "caliban.events",
     "caliban.options",
