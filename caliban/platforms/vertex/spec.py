@@ -163,6 +163,16 @@ def error_message(job: Mapping[str, Any]) -> str | None:
     return _STATE_NOTES.get(str(job.get("state") or ""))
 
 
+def remote_facts(job: Mapping[str, Any]) -> dict[str, object]:
+    """Vertex's own state and error code, which our JobState folds together
+    (EXPIRED and a stockout are both FAILED)."""
+    facts: dict[str, object] = {"vertex_state": str(job.get("state") or "")}
+    err = job.get("error")
+    if isinstance(err, dict) and err.get("code") is not None:
+        facts["error_code"] = int(err["code"])
+    return facts
+
+
 def quote_filter_value(value: str) -> str:
     """A value as a quoted string literal of a Google list filter (AIP-160, and
     Cloud Logging's query language): unquoted, a value is read as a text token,
