@@ -171,6 +171,9 @@ async def test_kill_9_of_watch_mid_move_then_a_restart_changes_nothing(
     assert again.returncode == 0, again.stdout + again.stderr
     status = await caliban(["status", "--xgroup", "k9", "--json"], cwd=folder, env=env)
     latest = json.loads(status.stdout)
+    table = await caliban(["status", "--xgroup", "k9"], cwd=folder, env=env)
+    assert table.stdout.count("vertex #2 europe-west4 standard") == 2, table.stdout
+    assert table.stdout.count("vertex #1 europe-west4 standard") == 1, table.stdout
     assert [j["state"] for j in latest] == ["SUCCEEDED"] * 3
     assert vertex_server.duplicates(JOB_LABEL) == {}
     assert len(vertex_server.jobs) == 5  # 3 first attempts, 2 moved out of us-central1

@@ -22,6 +22,7 @@ PURE = [
     "caliban.platforms.kubernetes.gkespec",
     "caliban.platforms.vertex.spec",
     "caliban.platforms.vertex.scheduling",
+    "caliban.platforms.vertex.ladder",
     "caliban.platforms.slurm.spec",
     "caliban.events",
     "caliban.options",
