@@ -146,6 +146,16 @@ class CloudRequest:
     timeout_s: int | None = None
     endpoint: str | None = None
     artifact_repo: str = "caliban"
+    # Placement (caliban.platforms.vertex.scheduling checks them); durations as written.
+    flex_start: bool = False
+    max_wait: str | None = None
+    reservation: str | None = None
+    persistent_resource: str | None = None
+    timeout: str | None = None
+    no_platform_retries: bool = False
+    #: A capacity ladder, ``reservation:NAME,flex:2h,spot,standard`` (docs/capacity.md).
+    capacity: str | None = None
+    queue_timeout: str | None = None
     image_registry: str | None = None
     max_sweep: int = DEFAULT_MAX_SWEEP
 

@@ -482,6 +482,19 @@ class Session:
             jobs = await store.jobs(limit=8 if max_jobs is None else max_jobs)
         return await self.refresh(jobs) if refresh else jobs
 
+    async def watch(
+        self,
+        *,
+        xgroup: str | None = None,
+        interval: float = 10.0,
+        max_recoveries: int = 0,
+    ) -> RunResult:
+        """Follow ``xgroup`` (default: the latest job's) until every job has ended,
+        moving Vertex jobs along their capacity ladder (see docs/capacity.md)."""
+        from caliban.sweep.watch import watch
+
+        return await watch(self, xgroup=xgroup, interval=interval, max_recoveries=max_recoveries)
+
     async def results(self, *, xgroup: str | None = None) -> list[Result]:
         """What the latest job of each experiment of ``xgroup`` (default: the group of
         the most recent job) reported, in sweep order; see :mod:`caliban.sweep.results`.

@@ -68,6 +68,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--xgroup", help="experiment group (default: a new one)")
     json_flag(p, "the outcome (xgroup, counts, job ids and states)")
     p.add_argument("--spot", action="store_true", help="run on Spot capacity")
+    _placement_flags(p)
     p.add_argument("--service_account", help="service account the jobs run as")
     p.add_argument(
         "--rate_limit",
@@ -103,6 +104,49 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.set_defaults(handler=cmd_cloud)
 
 
+def _placement_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("placement (docs/capacity.md)")
+    g.add_argument(
+        "--flex_start",
+        action="store_true",
+        help="queue for capacity with Dynamic Workload Scheduler (FLEX_START)",
+    )
+    g.add_argument(
+        "--max_wait",
+        metavar="DURATION",
+        help="with --flex_start: how long to wait for capacity, e.g. 2h (0: no limit; "
+        "Vertex's default 24h)",
+    )
+    g.add_argument(
+        "--reservation",
+        metavar="ZONE/NAME|any",
+        help="consume this Compute Engine reservation (or any matching one)",
+    )
+    g.add_argument(
+        "--persistent_resource", metavar="ID", help="run on this Vertex persistent resource"
+    )
+    g.add_argument(
+        "--timeout", metavar="DURATION", help="longest a job may run, e.g. 12h (default 7 days)"
+    )
+    g.add_argument(
+        "--no_platform_retries",
+        action="store_true",
+        help="do not let Vertex restart failed workers or retry the job itself",
+    )
+    g.add_argument(
+        "--capacity",
+        metavar="RUNG,...",
+        help="capacity ladder: reservation:ZONE/NAME, flex[:DURATION], spot, standard; "
+        "`caliban watch` moves a job waiting or refused for capacity to the next rung or region",
+    )
+    g.add_argument(
+        "--queue_timeout",
+        metavar="DURATION",
+        help="with --capacity: how long a job may wait for capacity before it is moved "
+        "(default 30m)",
+    )
+
+
 def cmd_cloud(ns: argparse.Namespace) -> int:
     from caliban.options import CloudRequest
 
@@ -125,6 +169,14 @@ def cmd_cloud(ns: argparse.Namespace) -> int:
         rate_limit=ns.rate_limit,
         max_inflight=ns.max_inflight,
         spot=ns.spot,
+        flex_start=ns.flex_start,
+        max_wait=ns.max_wait,
+        reservation=ns.reservation,
+        persistent_resource=ns.persistent_resource,
+        timeout=ns.timeout,
+        no_platform_retries=ns.no_platform_retries,
+        capacity=ns.capacity,
+        queue_timeout=ns.queue_timeout,
         service_account=ns.service_account,
         endpoint=ns.api_endpoint,
         artifact_repo=ns.artifact_repo,

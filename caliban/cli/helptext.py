@@ -35,6 +35,16 @@ HELP: dict[str, tuple[str, tuple[str, ...]]] = {
             "caliban status --json | jq '.[] | .provenance.git.commit'",
         ),
     ),
+    "watch": (
+        "Follow a sweep on any platform until every job has ended: a live display on a "
+        "terminal, one line per change otherwise; exits as `run` does (0 when every job "
+        "succeeded). Vertex jobs of a --capacity ladder that wait too long, expire or find "
+        "no capacity are moved to the next rung or region; stop and start it at any time.",
+        (
+            "caliban watch",
+            "caliban watch --xgroup my-sweep --max_recoveries 2",
+        ),
+    ),
     "stop": (
         "Stop your unfinished jobs, of every platform: local containers are killed, Vertex "
         "jobs cancelled, Kubernetes Jobs deleted. Asks first; without a terminal, --yes is "

@@ -55,6 +55,16 @@ def job_json(job: JobRecord) -> dict[str, object]:
     }
 
 
+def platform_cell(job: JobRecord) -> str:
+    """The platform, and for a job of a capacity ladder (docs/capacity.md) which
+    attempt it is and where it went: ``vertex #2 europe-west4 standard``."""
+    d = job.details
+    if "attempt" not in d:
+        return job.platform.value
+    where = " ".join(str(d[k]) for k in ("region", "rung") if d.get(k))
+    return f"{job.platform.value} #{d['attempt']} {where}".rstrip()
+
+
 def json_chunks(jobs: Iterable[JobRecord]) -> Iterator[str]:
     """The text of ``json.dumps([job_json(j) for j in jobs], indent=2)``, one job at a
     time, so a big listing is never one big string."""
@@ -91,7 +101,7 @@ def _cells(job: JobRecord) -> tuple[str, ...]:
     return (
         job.short_id,
         str(job.index + 1),
-        job.platform.value,
+        platform_cell(job),
         job.state.value,
         "" if job.exit_code is None else str(job.exit_code),
         job.created[:19].replace("T", " "),

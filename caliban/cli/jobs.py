@@ -89,6 +89,22 @@ def cmd_status(ns: argparse.Namespace) -> int:
     return code if code is not None else EXIT_OK
 
 
+def cmd_watch(ns: argparse.Namespace) -> int:
+    sink = running.make_sink(ns)
+
+    async def work(session: Session) -> RunResult:
+        session.cloud_key = ns.cloud_key
+        return await session.watch(
+            xgroup=ns.xgroup, interval=ns.interval, max_recoveries=ns.max_recoveries
+        )
+
+    result, code = running.execute(ns, work, sink)
+    if result is None:
+        return code if code is not None else EXIT_FAILURE
+    summary = running.summary(sink, result, ns)
+    return code if code is not None else summary
+
+
 def cmd_stop(ns: argparse.Namespace) -> int:
     sink = running.make_sink(ns)
 

@@ -18,7 +18,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from caliban.cli.args import non_negative_int, positive_int
+from caliban.cli.args import non_negative_int, positive_float, positive_int
 from caliban.cli.flags import (
     Parser,
     building_flags,
@@ -111,6 +111,25 @@ def build_parser() -> Parser:
     )
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.set_defaults(handler=jobs.cmd_status)
+
+    p = sub.add_parser("watch", help="follow a sweep until every job has ended")
+    p.add_argument("--xgroup", help="experiment group (default: the latest job's)")
+    p.add_argument(
+        "--max_recoveries",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="create a preempted Spot job again, up to N times (default 0)",
+    )
+    p.add_argument(
+        "--interval",
+        type=positive_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how often to ask the platforms (default 10)",
+    )
+    p.add_argument("--cloud_key", metavar="KEY_FILE", help="service account key file")
+    p.set_defaults(handler=jobs.cmd_watch)
 
     p = sub.add_parser("stop", help="stop running jobs")
     p.add_argument("--xgroup", help="only jobs of this experiment group")

@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from caliban import events as ev
+from caliban.cli.joblist import platform_cell
 from caliban.core.output import sanitize_text
 from caliban.spec import JobRecord, JobState
 
@@ -349,7 +350,7 @@ def jobs_table(jobs: Sequence[JobRecord]) -> RenderableType:
         table.add_row(
             job.short_id,
             str(job.index + 1),
-            job.platform.value,
+            platform_cell(job),
             Text(job.state.value, style=_STATE_STYLE[job.state]),
             "" if job.exit_code is None else str(job.exit_code),
             job.created[:19].replace("T", " "),

@@ -36,6 +36,7 @@ from collections.abc import (
     Set,
 )
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -66,6 +67,7 @@ __all__ = [
     "Prepared",
     "Published",
     "Rebound",
+    "Relocates",
     "Row",
     "Submitter",
     "SweepPlan",
@@ -257,6 +259,19 @@ class Rebound:
 
     spec: dict[str, object]
     details: dict[str, object]
+
+
+@runtime_checkable
+class Relocates(Protocol):
+    """A platform whose jobs ``caliban watch`` may move (Vertex's capacity
+    ladder, Spot recoveries): the engine cancels the old attempt, waits until the
+    platform confirms it ended, then launches what :meth:`relocate` returned."""
+
+    def relocate(
+        self, job: JobRecord, *, job_id: str, now: datetime, max_recoveries: int = 0
+    ) -> Rebound | None:
+        """The next attempt of ``job`` as ``job_id``, or None to leave it be."""
+        ...
 
 
 class Launch(Protocol):

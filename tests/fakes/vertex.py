@@ -189,6 +189,11 @@ class FakeVertex(FakeServer):
         # finished before the cancel took effect.
         self.cancel_delay = 0.0
         self.cancel_outcome = CANCELLED
+        # Capacity per place: (location, strategy) -> the lifecycle its jobs follow, with
+        # (location, "*") for every strategy there. A region without capacity is a
+        # Lifecycle(pending=math.inf); flex-start expiry, stockouts and Spot preemption are
+        # the Lifecycle's waiting_outcome / outcome (see capacity_lifecycle()).
+        self.capacity: dict[tuple[str, str], Lifecycle | Callable[[FakeJob], Lifecycle]] = {}
         # Tells a person's token from a service's (FakeOAuth.is_user_token); when set, user
         # tokens without an x-goog-user-project header get Google's 403.
         self.user_tokens: Callable[[str], bool] | None = None
@@ -286,13 +291,22 @@ class FakeVertex(FakeServer):
         job.set_state("JOB_STATE_FAILED", self.clock(), {"code": code, "message": message})
         return job
 
+    def lifecycle_of(self, job: FakeJob) -> Lifecycle | None:
+        """The lifecycle ``job`` follows: its place's capacity, else ``lifecycle``."""
+        strategy = str(job.spec.get("jobSpec", {}).get("scheduling", {}).get("strategy") or "")
+        for key in ((job.location, strategy or "STANDARD"), (job.location, "*")):
+            found = self.capacity.get(key)
+            if found is not None:
+                return found(job) if callable(found) else found
+        return self.lifecycle
+
     # ------------------------------------------------------------------- observability
     @property
     def jobs(self) -> list[FakeJob]:
         """Every job ever created (deleted ones too), in creation order, states up to date."""
         now = self.clock()
         for job in self._jobs:
-            job.tick(now, self.lifecycle, self.cancel_delay, self.cancel_outcome)
+            job.tick(now, self.lifecycle_of(job), self.cancel_delay, self.cancel_outcome)
         return list(self._jobs)
 
     def job(self, name: str) -> FakeJob:
@@ -300,7 +314,7 @@ class FakeVertex(FakeServer):
         job = self._by_id.get(name.rsplit("/", 1)[-1])
         if job is None:
             raise KeyError(name)
-        job.tick(self.clock(), self.lifecycle, self.cancel_delay, self.cancel_outcome)
+        job.tick(self.clock(), self.lifecycle_of(job), self.cancel_delay, self.cancel_outcome)
         return job
 
     def jobs_with_label(self, key: str, value: str) -> list[FakeJob]:
@@ -469,7 +483,7 @@ class FakeVertex(FakeServer):
             return None
         if project not in (job.project, job.project_number):
             return None
-        job.tick(self.clock(), self.lifecycle, self.cancel_delay, self.cancel_outcome)
+        job.tick(self.clock(), self.lifecycle_of(job), self.cancel_delay, self.cancel_outcome)
         return job
 
     @staticmethod
@@ -691,7 +705,7 @@ class FakeVertex(FakeServer):
                 continue
             if before is not None and job.seq >= before:
                 continue
-            job.tick(now, self.lifecycle, self.cancel_delay, self.cancel_outcome)
+            job.tick(now, self.lifecycle_of(job), self.cancel_delay, self.cancel_outcome)
             if predicate(job.to_json()):
                 matched.append(job)
                 if len(matched) > size:

@@ -45,6 +45,20 @@ class Lifecycle:
     # Used when ``outcome`` is JOB_STATE_FAILED: the proto Status the job ends with.
     error_code: int = 13
     error_message: str = "The replica workerpool0-0 exited with a non-zero status of 1."
+    # Instead of RUNNING after ``pending``, end here: JOB_STATE_EXPIRED (a flex-start
+    # wait that ran out) or JOB_STATE_FAILED with ``waiting_error`` (a stockout).
+    waiting_outcome: str | None = None
+    waiting_error: dict[str, Any] | None = None
+
+
+# What Vertex reports when a zone has no machines for a job (google.rpc code 8,
+# RESOURCE_EXHAUSTED, with Compute Engine's stockout wording).
+STOCKOUT_ERROR = {
+    "code": 8,
+    "message": "The zone 'us-central1-a' does not have enough resources available to fulfill "
+    "the request. Try a different zone, or try again later.",
+}
+PREEMPTED_ERROR_MESSAGE = "The replica workerpool0-0 was preempted (Spot VM reclaimed)."
 
 
 @dataclass
@@ -138,11 +152,15 @@ class FakeJob:
                 RUNNING: lifecycle.running,
             }
             nxt = {QUEUED: PENDING, PENDING: RUNNING, RUNNING: lifecycle.outcome}
+            if lifecycle.waiting_outcome is not None:
+                nxt[PENDING] = lifecycle.waiting_outcome
             if self.state not in stay or now - self.entered_at < stay[self.state]:
                 return
             target = nxt[self.state]
             error = None
-            if target == FAILED:
+            if self.state == PENDING and lifecycle.waiting_outcome is not None:
+                error = copy.deepcopy(lifecycle.waiting_error)
+            elif target == FAILED:
                 error = {"code": lifecycle.error_code, "message": lifecycle.error_message}
             self.set_state(target, self.entered_at + stay[self.state], error)
 

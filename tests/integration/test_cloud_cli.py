@@ -213,7 +213,28 @@ BAD_INPUT = [
     (["--gpu_spec", "8xH100", "--region", "us-west2"], "H100 is not offered in us-west2"),
     (["--tpu_spec", "8xV3", "--gpu_spec", "1xT4"], "GPUs or TPUs, not both"),
     (["--rate_limit", "0"], "must be positive"),
+    (["--spot", "--flex_start"], "pick one"),
+    (["--reservation", "any", "--spot"], "never use reservations"),
+    (["--flex_start", "--max_wait", "soon"], "not a duration"),
+    (["--capacity", "spot,cheap"], "rungs are"),
 ]
+
+
+async def test_placement_flags_reach_the_stand_in_as_a_valid_body(
+    folder: Path, vertex_server: FakeVertex, env: dict[str, str]
+) -> None:
+    flags = ["--flex_start", "--max_wait", "2h", "--timeout", "12h", "--no_platform_retries"]
+    done = await caliban(
+        ["cloud", "--image_tag", IMAGE, "--gpu_spec", "1xL4", *flags, "job.py"], cwd=folder, env=env
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    (job,) = vertex_server.jobs
+    assert job.spec["jobSpec"]["scheduling"] == {
+        "strategy": "FLEX_START",
+        "maxWaitDuration": "7200s",
+        "timeout": "43200s",
+        "disableRetries": True,
+    }
 
 
 @pytest.mark.parametrize(("flags", "needle"), BAD_INPUT)

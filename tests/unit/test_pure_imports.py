@@ -21,6 +21,8 @@ PURE = [
     "caliban.platforms.kubernetes.versions",
     "caliban.platforms.kubernetes.gkespec",
     "caliban.platforms.vertex.spec",
+    "caliban.platforms.vertex.scheduling",
+    "caliban.platforms.vertex.ladder",
     "caliban.platforms.slurm.spec",
     "caliban.events",
     "caliban.options",

@@ -228,6 +228,8 @@ class VertexBackend:
                         vertexspec.job_state(remote.get("state")),
                         message=vertexspec.error_message(remote),
                         platform_id=str(remote["name"]),
+                        # What a capacity ladder decides on (caliban.platforms.vertex.ladder).
+                        details=vertexspec.remote_facts(remote),
                     )
                 )
         return updates

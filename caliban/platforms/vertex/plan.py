@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from caliban.adapters.cloud.auth import _read_key
@@ -16,6 +16,7 @@ from caliban.core.userconfig import UserConfig
 from caliban.errors import ValidationError
 from caliban.limits import RetryPolicy
 from caliban.options import CloudRequest
+from caliban.platforms.vertex import scheduling as vertexsched
 from caliban.platforms.vertex import spec as vertexspec
 from caliban.spec import JobMode
 
@@ -43,6 +44,86 @@ class CloudPlan:
     key_file: str | None
     endpoint: str | None
     tpu_topology: str | None = None
+    placement: vertexsched.Scheduling = field(default_factory=vertexsched.Scheduling)
+    #: ``--capacity``: the rungs a job climbs when it finds no capacity (empty: no ladder).
+    ladder: tuple[vertexsched.Rung, ...] = ()
+    queue_timeout_s: int = 0
+
+
+# How long a job of a ladder may wait for capacity before it is moved
+# (``--queue_timeout``; docs/capacity.md).
+DEFAULT_QUEUE_TIMEOUT_S = 30 * 60
+
+
+def _placement(
+    req: CloudRequest,
+    *,
+    project: str,
+    regions: tuple[str, ...],
+    machine: str,
+    accelerator: accelerators.AcceleratorSpec | None,
+) -> tuple[vertexsched.Scheduling, tuple[vertexsched.Rung, ...], int]:
+    timeout = req.timeout
+    if timeout is None and req.timeout_s:
+        timeout = f"{int(req.timeout_s)}s"
+    base = vertexsched.check(
+        spot=req.spot,
+        flex_start=req.flex_start,
+        max_wait=req.max_wait,
+        reservation=req.reservation,
+        persistent_resource=req.persistent_resource,
+        timeout=timeout,
+        no_platform_retries=req.no_platform_retries,
+        accelerator=accelerator,
+        machine_type=machine,
+        project=project,
+        regions=regions,
+        force=req.force,
+    )
+    if req.capacity is None:
+        if req.queue_timeout is not None:
+            raise ValidationError("--queue_timeout applies to a --capacity ladder; add --capacity")
+        return base, (), 0
+    chosen = [
+        flag
+        for flag, on in (
+            ("--spot", req.spot),
+            ("--flex_start", req.flex_start),
+            ("--reservation", req.reservation is not None),
+            ("--persistent_resource", req.persistent_resource is not None),
+        )
+        if on
+    ]
+    if chosen:
+        raise ValidationError(
+            f"--capacity chooses the placement of every rung; drop {chosen[0]} "
+            "(or make it a rung, e.g. --capacity spot,standard)"
+        )
+    ladder = vertexsched.parse_ladder(req.capacity, project=project)
+    for rung in ladder:
+        # Each rung must be a placement the flags alone would accept.
+        vertexsched.check(
+            spot=rung.kind == "spot",
+            flex_start=rung.kind == "flex",
+            reservation=rung.reservation,
+            accelerator=accelerator,
+            machine_type=machine,
+            project=project,
+            force=req.force,
+        )
+        if rung.reservation is not None and not vertexsched.rung_regions(rung, regions):
+            raise ValidationError(
+                f"--capacity {rung}: the reservation's zone is in none of the regions "
+                f"{', '.join(regions)}; add its region with --region"
+            )
+    wait = (
+        vertexsched.parse_duration(req.queue_timeout, "--queue_timeout")
+        if req.queue_timeout is not None
+        else DEFAULT_QUEUE_TIMEOUT_S
+    )
+    if wait <= 0:
+        raise ValidationError("--queue_timeout must be longer than 0s, e.g. --queue_timeout 30m")
+    return ladder[0].scheduling(base), ladder, wait
 
 
 def _regions(
@@ -136,6 +217,9 @@ def check(
             raise ValidationError(f"{flag} must be positive")
     endpoint = req.endpoint or environ.get("CALIBAN_VERTEX_ENDPOINT") or None
     tpu_topology = accelerators.vertex_tpu_topology(machine, tpu)
+    placement, ladder, queue_timeout_s = _placement(
+        req, project=str(project), regions=regions, machine=machine, accelerator=accelerator
+    )
     return CloudPlan(
         project_id=str(project),
         regions=regions,
@@ -149,6 +233,9 @@ def check(
         key_file=key_file,
         endpoint=endpoint,
         tpu_topology=tpu_topology,
+        placement=placement,
+        ladder=ladder,
+        queue_timeout_s=queue_timeout_s,
     )
 
 
@@ -163,6 +250,7 @@ def _body(
     image: str,
     argv: Sequence[str],
     commit: str | None = None,
+    placement: vertexsched.Scheduling | None = None,
 ) -> dict[str, Any]:
     job_labels = vertexspec.labels_for(
         job_id=job_id,
@@ -184,9 +272,8 @@ def _body(
         labels=job_labels,
         env=vertexspec.job_env(job_id=job_id, xgroup=xgroup),
         service_account=req.service_account,
-        spot=req.spot,
-        timeout_s=req.timeout_s,
         tpu_topology=plan.tpu_topology,
+        placement=placement or plan.placement,
     )
 
 

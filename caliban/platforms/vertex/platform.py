@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import anyio
 import anyio.lowlevel
@@ -27,7 +28,9 @@ from caliban.limits import Pacing
 from caliban.options import CloudRequest
 from caliban.platforms.base import Context, JobSpec, Launch, Prepared, Published, Rebound, Row
 from caliban.platforms.vertex import cloudlog
+from caliban.platforms.vertex import ladder as vertexladder
 from caliban.platforms.vertex import plan as vertexplan
+from caliban.platforms.vertex import scheduling as vertexsched
 from caliban.platforms.vertex.client import VertexBackend, VertexClient, VertexSubmitter
 from caliban.platforms.vertex.plan import (
     CloudPlan,
@@ -133,7 +136,24 @@ class VertexPlan:
                 plan.endpoint,
                 plan.key_file,
             )
-            yield JobSpec(row, body, placement.to_details(), images[region])
+            details = placement.to_details()
+            if plan.ladder:
+                steps = vertexsched.ladder_steps(
+                    plan.ladder, plan.regions, start=row.index % len(plan.regions)
+                )
+                region, rung = steps[0]
+                body = vertexladder.with_placement(
+                    body, rung.scheduling(plan.placement), image=images[region]
+                )
+                details.update(
+                    region=region,
+                    rung=str(rung),
+                    step=0,
+                    attempt=1,
+                    queue_timeout_s=plan.queue_timeout_s,
+                    ladder=[{"region": r, "rung": str(g), "image": images[r]} for r, g in steps],
+                )
+            yield JobSpec(row, body, details, images[region])
 
     def spec_key(self, published: Published) -> str:
         return f"vertex:{published.image}"
@@ -270,6 +290,19 @@ class VertexPlatform:
                 policy=vertexplan.RETRY_POLICY,  # read late: tests shorten it
             )
             await run.fan_out(group, VertexSubmitter(VertexClient(api, endpoint)), pacing=pacing)
+
+    def relocate(
+        self, job: JobRecord, *, job_id: str, now: datetime, max_recoveries: int = 0
+    ) -> Rebound | None:
+        """The next attempt of a job that waited too long, expired, found no
+        capacity or was preempted (caliban.platforms.vertex.ladder); None: stay."""
+        why = vertexladder.reason(job, now=now, max_recoveries=max_recoveries)
+        if why is None:
+            return None
+        body, details = vertexladder.moved(
+            job, why, job_id=job_id, base=vertexladder.base_of(job.spec)
+        )
+        return Rebound(rebind(body, job_id), details)
 
     def rebind(self, job: JobRecord, job_id: str) -> Rebound:
         details = {k: v for k, v in job.details.items() if k != "console_url"}

@@ -12,6 +12,7 @@ from typing import Any
 
 from caliban.core.accelerators import AcceleratorSpec
 from caliban.core.labels import job_labels
+from caliban.platforms.vertex.scheduling import Scheduling
 from caliban.spec import JobState
 
 # Labels caliban relies on; they always win over user and argument labels.
@@ -96,6 +97,7 @@ def custom_job(
     timeout_s: int | None = None,
     replica_count: int = 1,
     tpu_topology: str | None = None,
+    placement: Scheduling | None = None,
 ) -> dict[str, Any]:
     machine: dict[str, Any] = {"machineType": machine_type}
     if accelerator is not None and accelerator.vertex_type is not None:
@@ -104,6 +106,8 @@ def custom_job(
     if tpu_topology:
         # Required for TPU VMs (v4 and later); see accelerators.vertex_tpu_topology.
         machine["tpuTopology"] = tpu_topology
+    if placement is not None and placement.reservation_affinity():
+        machine["reservationAffinity"] = placement.reservation_affinity()
     container: dict[str, Any] = {"imageUri": image, "args": list(args)}
     if env:
         container["env"] = [{"name": k, "value": v} for k, v in env.items()]
@@ -122,6 +126,10 @@ def custom_job(
         scheduling["strategy"] = "SPOT"
     if timeout_s:
         scheduling["timeout"] = f"{int(timeout_s)}s"
+    if placement is not None:
+        scheduling.update(placement.scheduling())
+        if placement.persistent_resource:
+            job_spec["persistentResourceId"] = placement.persistent_resource
     if scheduling:
         job_spec["scheduling"] = scheduling
     if service_account:
@@ -153,6 +161,16 @@ def error_message(job: Mapping[str, Any]) -> str | None:
     if isinstance(err, dict) and err.get("message"):
         return str(err["message"])
     return _STATE_NOTES.get(str(job.get("state") or ""))
+
+
+def remote_facts(job: Mapping[str, Any]) -> dict[str, object]:
+    """Vertex's own state and error code, which our JobState folds together
+    (EXPIRED and a stockout are both FAILED)."""
+    facts: dict[str, object] = {"vertex_state": str(job.get("state") or "")}
+    err = job.get("error")
+    if isinstance(err, dict) and err.get("code") is not None:
+        facts["error_code"] = int(err["code"])
+    return facts
 
 
 def quote_filter_value(value: str) -> str:
