@@ -35,10 +35,12 @@ from caliban.core.config import BuildEnv
 from caliban.core.dockerignore import DockerIgnore, walk_context
 from caliban.errors import BuildError, CalibanConfigError, ConfigError
 from caliban.events import (
+    BuildFailed,
     BuildFinished,
     BuildLog,
     BuildSkipped,
     BuildStarted,
+    BuildStep,
     ContextLeftOut,
     Notice,
     Sink,
@@ -55,6 +57,8 @@ _SPOOL_BYTES = 256 << 20
 _CHUNK = 1 << 20
 
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
+# What the classic builder prints under a step whose layer came from the cache.
+_CACHE_HIT = "---> Using cache"
 
 
 @dataclass(frozen=True)
@@ -230,24 +234,40 @@ def scan_context(
 
 
 class _StepTracker:
-    """Remembers the Dockerfile step being run, so a failure can name it."""
+    """Follows the classic builder's output: the step being run (so a failure can
+    name it), how many steps there are, and how many were layer cache hits."""
 
     def __init__(self) -> None:
         self.step: str | None = None
+        self.number = 0
+        self.total = 0
+        self.cached = 0
+        self._instruction = ""
         self._partial = ""
         self.tls_failed = False
 
-    def note(self, line: str) -> None:
+    def note(self, line: str) -> BuildStep | None:
+        """Take in one whole line; the progress it reports, if it reports any."""
         if "CERTIFICATE_VERIFY_FAILED" in line:
             self.tls_failed = True
+        text = line.strip()
+        m = _STEP.match(text)
+        if m:
+            self.number, self.total = int(m[1]), int(m[2])
+            self._instruction = m[3].strip()
+            self.step = f"step {m[1]}/{m[2]} ({self._instruction})"
+            return self.progress()
+        if text == _CACHE_HIT and self.number:
+            self.cached += 1
+            return self.progress()
+        return None
+
+    def progress(self) -> BuildStep:
+        return BuildStep(self.number, self.total, self.cached, self._instruction)
 
     def feed(self, text: str) -> list[str]:
         lines = (self._partial + text).split("\n")
         self._partial = lines.pop()
-        for line in lines:
-            m = _STEP.match(line.strip())
-            if m:
-                self.step = f"step {m[1]}/{m[2]} ({m[3].strip()})"
         return lines
 
     def flush(self) -> list[str]:
@@ -326,8 +346,7 @@ async def build(
             async for chunk in stream:
                 if "stream" in chunk:
                     for line in tracker.feed(_strip_ansi(str(chunk["stream"]))):
-                        tracker.note(line)
-                        sink(BuildLog(line))
+                        _log_line(line, tracker, sink)
                 elif "aux" in chunk and isinstance(chunk["aux"], dict):
                     image_id = chunk["aux"].get("ID", image_id)
                 elif "status" in chunk:
@@ -336,19 +355,38 @@ async def build(
                     if "id" not in chunk or status.startswith(("Pulling from", "Digest", "Status")):
                         sink(BuildLog(status))
                 elif "error" in chunk:
+                    _flush(tracker, sink)
+                    sink(BuildFailed(tag, tracker.step))
                     raise BuildError(
                         _failure(str(chunk["error"]), tracker, spec), step=tracker.step
                     )
         except DockerError as exc:
+            _flush(tracker, sink)
+            sink(BuildFailed(tag, tracker.step))
             raise BuildError(_failure(error_text(exc), tracker, spec), step=tracker.step) from exc
         finally:
-            for line in tracker.flush():
-                sink(BuildLog(line))
+            _flush(tracker, sink)
     if image_id is None:
         info = await docker.images.inspect(tag)
         image_id = str(info["Id"])
-    sink(BuildFinished(tag, image_id, time.monotonic() - started))
+    sink(
+        BuildFinished(
+            tag, image_id, time.monotonic() - started, steps=tracker.total, cached=tracker.cached
+        )
+    )
     return BuiltImage(tag, image_id, ctx.digest, skipped=False)
+
+
+def _log_line(line: str, tracker: _StepTracker, sink: Sink) -> None:
+    step = tracker.note(line)
+    sink(BuildLog(line))
+    if step is not None:
+        sink(step)
+
+
+def _flush(tracker: _StepTracker, sink: Sink) -> None:
+    for line in tracker.flush():
+        _log_line(line, tracker, sink)
 
 
 def _failure(message: str, tracker: _StepTracker, spec: dockerfile.BuildSpec) -> str:

@@ -80,6 +80,7 @@ def drive(
                             session.force.set()
 
             tg.start_soon(watch)
+            tg.start_soon(sink.ticker)
             with anyio.CancelScope() as work_scope:
                 try:
                     outcome.append(await work(session))
