@@ -20,16 +20,14 @@ import stat
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING, Any
 
-import aiodocker
 import anyio
-from aiodocker.exceptions import DockerError
 
-from caliban.adapters.docker import MANAGED_LABEL, error_text, image_exists, image_labels
+from caliban.adapters.docker import MANAGED_LABEL, error_text, image_labels
 from caliban.core import dockerfile, secretfiles
 from caliban.core.config import BuildEnv
 from caliban.core.dockerignore import DockerIgnore, walk_context
@@ -45,6 +43,9 @@ from caliban.events import (
     Notice,
     Sink,
 )
+
+if TYPE_CHECKING:
+    import aiodocker
 
 # Inside the tar; the daemon drops both before COPY because the generated
 # .dockerignore lists them, so `COPY .` never ships them into the image.
@@ -280,7 +281,7 @@ def _strip_ansi(text: str) -> str:
 
 
 async def build(
-    docker: aiodocker.Docker,
+    docker: Callable[[], Awaitable[aiodocker.Docker]],
     spec: dockerfile.BuildSpec,
     folder: Path,
     *,
@@ -290,8 +291,14 @@ async def build(
     labels: dict[str, str] | None = None,
     include: Sequence[str] = (),
     key_files: Sequence[str] = (),
+    find_image: Callable[[str], Awaitable[dict[str, Any] | None]] | None = None,
 ) -> BuiltImage:
     """Build ``spec`` from ``folder`` as ``repo:<content hash>`` unless it exists.
+
+    ``docker`` opens (or returns) the engine connection, called only when the
+    image must be built; ``find_image`` is the one inspect that decides it
+    (by default through that connection), so a no-change build can skip
+    connecting at all.
 
     ``include``: paths the credential rules would leave out that the project
     wants in the image (``include_in_image``); ``key_files``: key files that
@@ -313,10 +320,20 @@ async def build(
                 level="warning",
             )
         )
-    if not no_cache and await image_exists(docker, tag):
-        info = await docker.images.inspect(tag)
-        sink(BuildSkipped(tag))
-        return BuiltImage(tag, str(info["Id"]), ctx.digest, skipped=True)
+    if not no_cache:
+        if find_image is None:
+            from caliban.adapters.docker import inspect_image
+
+            info = await inspect_image(await docker(), tag)
+        else:
+            info = await find_image(tag)
+        if info is not None:
+            sink(BuildSkipped(tag))
+            return BuiltImage(tag, str(info["Id"]), ctx.digest, skipped=True)
+
+    from aiodocker.exceptions import DockerError
+
+    engine = await docker()
 
     started = time.monotonic()
     with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as buf:
@@ -327,7 +344,7 @@ async def build(
         tracker = _StepTracker()
         image_id: str | None = None
         try:
-            stream = docker.images.build(
+            stream = engine.images.build(
                 fileobj=buf,
                 encoding="identity",
                 path_dockerfile=DOCKERFILE_NAME,
@@ -367,8 +384,7 @@ async def build(
         finally:
             _flush(tracker, sink)
     if image_id is None:
-        info = await docker.images.inspect(tag)
-        image_id = str(info["Id"])
+        image_id = str((await engine.images.inspect(tag))["Id"])
     sink(
         BuildFinished(
             tag, image_id, time.monotonic() - started, steps=tracker.total, cached=tracker.cached

@@ -24,6 +24,8 @@ from caliban.spec import JobRecord
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from caliban.cli.plain import PlainConsole
+
 # Past this many jobs a terminal gets the plain listing too: a person scrolling
 # thousands of rows gains little from colour, and waits seconds for it.
 LARGE = 200
@@ -144,7 +146,7 @@ def write_plain(jobs: Sequence[JobRecord], out: IO[str]) -> None:
         out.write("\n".join(batch) + "\n")
 
 
-def show_jobs(jobs: Sequence[JobRecord], console: Console, *, as_json: bool) -> None:
+def show_jobs(jobs: Sequence[JobRecord], console: Console | PlainConsole, *, as_json: bool) -> None:
     """What ``caliban status`` prints for ``jobs`` (oldest first)."""
     if as_json:
         write_json(jobs, sys.stdout)

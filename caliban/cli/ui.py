@@ -18,18 +18,21 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any, cast
 
-from rich.console import Console, Group, RenderableType
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-from rich.text import Text
-
 from caliban import events as ev
+from caliban.cli.plain import PlainConsole, escape, is_terminal
+from caliban.cli.plain import Styled as Text
 from caliban.core.output import sanitize_text
 from caliban.spec import JobRecord, JobState
 
 if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+    from rich.progress import Progress
+    from rich.text import Text as RichText
+
     from caliban.sweep.engine import RunResult
+
+    # What the sink writes to: rich on a terminal, plain text (no rich import) elsewhere.
+    AnyConsole = Console | PlainConsole
 
 _STATE_STYLE = {
     JobState.PLANNED: "dim",
@@ -58,6 +61,8 @@ def make_console(file: IO[str] | None = None, *, stderr: bool = False) -> Consol
     program or a log file: lines are never wrapped (``soft_wrap``), tables get all
     the width they want, and trailing blanks of table cells are dropped.
     """
+    from rich.console import Console
+
     console = Console(file=file, stderr=stderr, highlight=False)
     if not console.is_terminal:
         console.soft_wrap = True
@@ -96,12 +101,20 @@ class _LineEnds:
         return getattr(self._target, "encoding", None) or "utf-8"
 
 
+def open_console(file: IO[str] | None = None, *, stderr: bool = False) -> AnyConsole:
+    """:func:`make_console` on a terminal; elsewhere a console that needs no rich."""
+    target = file or (sys.stderr if stderr else sys.stdout)
+    if is_terminal(target):
+        return make_console(file, stderr=stderr)
+    return PlainConsole(file, stderr=stderr, make_rich=lambda f, err: make_console(f, stderr=err))
+
+
 class ConsoleSink:
     """An event sink that renders to a rich console."""
 
     def __init__(
         self,
-        console: Console | None = None,
+        console: AnyConsole | None = None,
         *,
         verbose: bool = False,
         quiet: bool = False,
@@ -109,8 +122,8 @@ class ConsoleSink:
         show_output: bool = True,
         progress_interval: float | None = None,
     ) -> None:
-        self.console = console or make_console()
-        self.err = make_console(stderr=True) if console is None else console
+        self.console: AnyConsole = console or open_console()
+        self.err: AnyConsole = open_console(stderr=True) if console is None else console
         self.verbose = verbose
         self.quiet = quiet
         # The daemon's log, line by line as it comes; by default only with -v
@@ -172,13 +185,21 @@ class ConsoleSink:
         self.counts["queued"] = total
         if not self._live or total == 0:
             return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
         self._progress = Progress(
             TextColumn(f"[bold]{escape(title)}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.description}"),
             TimeElapsedColumn(),
-            console=self.console,
+            console=cast("Console", self.console),
             transient=False,
         )
         self._task = self._progress.add_task(self._summary(), total=total)
@@ -289,7 +310,10 @@ class ConsoleSink:
             from rich.live import Live
 
             self._build_line = Live(
-                self._build_text(), console=self.console, transient=True, refresh_per_second=8
+                self._build_text(),
+                console=cast("Console", self.console),
+                transient=True,
+                refresh_per_second=8,
             )
             self._build_line.start()
 
@@ -461,17 +485,23 @@ def _chatter(event: ev.Event) -> bool:
 
 
 def print_error(message: str, *, file: IO[str] | None = None) -> None:
-    console = make_console(file or sys.stderr)
+    console = open_console(file or sys.stderr)
     console.print(Text(f"caliban: {message}", style="bold red"), soft_wrap=True)
 
 
-def state_text(state: JobState) -> Text:
+def state_text(state: JobState) -> RichText:
     """A job state in its colour, as tables show it."""
+    from rich.text import Text
+
     return Text(state.value, style=_STATE_STYLE[state])
 
 
 def jobs_table(jobs: Sequence[JobRecord]) -> RenderableType:
     """Jobs grouped by experiment group, in the order given (oldest first)."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
     parts: list[RenderableType] = []
     table: Table | None = None
     group = None
