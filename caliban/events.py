@@ -64,10 +64,32 @@ class BuildSkipped(Event):
 
 
 @dataclass(frozen=True)
+class BuildStep(Event):
+    """The daemon began Dockerfile step ``step`` of ``total``; ``cached`` steps so far
+    were layer cache hits (a hit on the current step sends this event again)."""
+
+    step: int
+    total: int
+    cached: int
+    instruction: str
+
+
+@dataclass(frozen=True)
+class BuildFailed(Event):
+    """The build stopped with an error (raised as a BuildError right after this event);
+    a UI that held the log back shows it now."""
+
+    tag: str
+    step: str | None = None
+
+
+@dataclass(frozen=True)
 class BuildFinished(Event):
     tag: str
     image_id: str
     seconds: float
+    steps: int = 0
+    cached: int = 0
 
 
 @dataclass(frozen=True)

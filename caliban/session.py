@@ -23,7 +23,6 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import aiodocker
 import anyio
 
 from caliban.adapters import docker as engine
@@ -53,6 +52,7 @@ from caliban.sweep import engine as sweep
 from caliban.sweep.engine import Confirm, RunResult
 
 if TYPE_CHECKING:
+    import aiodocker
     import aiohttp
 
     from caliban.adapters.cloud.auth import Credentials
@@ -352,11 +352,21 @@ class Session:
         )
         refuse_secrets(found)
 
+    async def find_image(self, ref: str) -> dict[str, Any] | None:
+        """One image inspect (None: no such image). Until a connection is open, and
+        when the engine is on a local socket, without loading aiodocker."""
+        if self._docker is None:
+            from caliban.adapters import enginequick
+
+            path = enginequick.local_socket(self.docker_url)
+            if path is not None:
+                return await anyio.to_thread.run_sync(enginequick.inspect_image, path, ref)
+        return await engine.inspect_image(await self.docker(), ref)
+
     async def build_prepared(self, prepared: Prepared, *, no_cache: bool = False) -> BuiltImage:
-        docker = await self.docker()
         await notice_conda(prepared.folder, self.sink)
         return await build_image(
-            docker,
+            self.docker,
             prepared.spec,
             prepared.folder,
             repo=prepared.repo,
@@ -365,6 +375,7 @@ class Session:
             labels=self.labels,
             include=prepared.config.include_in_image,
             key_files=self._key_files(prepared),
+            find_image=self.find_image,
         )
 
     async def build(self, project_opts: ProjectOptions) -> BuiltImage:

@@ -20,29 +20,32 @@ import stat
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING, Any
 
-import aiodocker
 import anyio
-from aiodocker.exceptions import DockerError
 
-from caliban.adapters.docker import MANAGED_LABEL, error_text, image_exists, image_labels
+from caliban.adapters.docker import MANAGED_LABEL, error_text, image_labels
 from caliban.core import dockerfile, secretfiles
 from caliban.core.config import BuildEnv
 from caliban.core.dockerignore import DockerIgnore, walk_context
 from caliban.errors import BuildError, CalibanConfigError, ConfigError
 from caliban.events import (
+    BuildFailed,
     BuildFinished,
     BuildLog,
     BuildSkipped,
     BuildStarted,
+    BuildStep,
     ContextLeftOut,
     Notice,
     Sink,
 )
+
+if TYPE_CHECKING:
+    import aiodocker
 
 # Inside the tar; the daemon drops both before COPY because the generated
 # .dockerignore lists them, so `COPY .` never ships them into the image.
@@ -55,6 +58,8 @@ _SPOOL_BYTES = 256 << 20
 _CHUNK = 1 << 20
 
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
+# What the classic builder prints under a step whose layer came from the cache.
+_CACHE_HIT = "---> Using cache"
 
 
 @dataclass(frozen=True)
@@ -230,24 +235,40 @@ def scan_context(
 
 
 class _StepTracker:
-    """Remembers the Dockerfile step being run, so a failure can name it."""
+    """Follows the classic builder's output: the step being run (so a failure can
+    name it), how many steps there are, and how many were layer cache hits."""
 
     def __init__(self) -> None:
         self.step: str | None = None
+        self.number = 0
+        self.total = 0
+        self.cached = 0
+        self._instruction = ""
         self._partial = ""
         self.tls_failed = False
 
-    def note(self, line: str) -> None:
+    def note(self, line: str) -> BuildStep | None:
+        """Take in one whole line; the progress it reports, if it reports any."""
         if "CERTIFICATE_VERIFY_FAILED" in line:
             self.tls_failed = True
+        text = line.strip()
+        m = _STEP.match(text)
+        if m:
+            self.number, self.total = int(m[1]), int(m[2])
+            self._instruction = m[3].strip()
+            self.step = f"step {m[1]}/{m[2]} ({self._instruction})"
+            return self.progress()
+        if text == _CACHE_HIT and self.number:
+            self.cached += 1
+            return self.progress()
+        return None
+
+    def progress(self) -> BuildStep:
+        return BuildStep(self.number, self.total, self.cached, self._instruction)
 
     def feed(self, text: str) -> list[str]:
         lines = (self._partial + text).split("\n")
         self._partial = lines.pop()
-        for line in lines:
-            m = _STEP.match(line.strip())
-            if m:
-                self.step = f"step {m[1]}/{m[2]} ({m[3].strip()})"
         return lines
 
     def flush(self) -> list[str]:
@@ -260,7 +281,7 @@ def _strip_ansi(text: str) -> str:
 
 
 async def build(
-    docker: aiodocker.Docker,
+    docker: Callable[[], Awaitable[aiodocker.Docker]],
     spec: dockerfile.BuildSpec,
     folder: Path,
     *,
@@ -270,8 +291,14 @@ async def build(
     labels: dict[str, str] | None = None,
     include: Sequence[str] = (),
     key_files: Sequence[str] = (),
+    find_image: Callable[[str], Awaitable[dict[str, Any] | None]] | None = None,
 ) -> BuiltImage:
     """Build ``spec`` from ``folder`` as ``repo:<content hash>`` unless it exists.
+
+    ``docker`` opens (or returns) the engine connection, called only when the
+    image must be built; ``find_image`` is the one inspect that decides it
+    (by default through that connection), so a no-change build can skip
+    connecting at all.
 
     ``include``: paths the credential rules would leave out that the project
     wants in the image (``include_in_image``); ``key_files``: key files that
@@ -293,10 +320,20 @@ async def build(
                 level="warning",
             )
         )
-    if not no_cache and await image_exists(docker, tag):
-        info = await docker.images.inspect(tag)
-        sink(BuildSkipped(tag))
-        return BuiltImage(tag, str(info["Id"]), ctx.digest, skipped=True)
+    if not no_cache:
+        if find_image is None:
+            from caliban.adapters.docker import inspect_image
+
+            info = await inspect_image(await docker(), tag)
+        else:
+            info = await find_image(tag)
+        if info is not None:
+            sink(BuildSkipped(tag))
+            return BuiltImage(tag, str(info["Id"]), ctx.digest, skipped=True)
+
+    from aiodocker.exceptions import DockerError
+
+    engine = await docker()
 
     started = time.monotonic()
     with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as buf:
@@ -307,7 +344,7 @@ async def build(
         tracker = _StepTracker()
         image_id: str | None = None
         try:
-            stream = docker.images.build(
+            stream = engine.images.build(
                 fileobj=buf,
                 encoding="identity",
                 path_dockerfile=DOCKERFILE_NAME,
@@ -326,8 +363,7 @@ async def build(
             async for chunk in stream:
                 if "stream" in chunk:
                     for line in tracker.feed(_strip_ansi(str(chunk["stream"]))):
-                        tracker.note(line)
-                        sink(BuildLog(line))
+                        _log_line(line, tracker, sink)
                 elif "aux" in chunk and isinstance(chunk["aux"], dict):
                     image_id = chunk["aux"].get("ID", image_id)
                 elif "status" in chunk:
@@ -336,19 +372,37 @@ async def build(
                     if "id" not in chunk or status.startswith(("Pulling from", "Digest", "Status")):
                         sink(BuildLog(status))
                 elif "error" in chunk:
+                    _flush(tracker, sink)
+                    sink(BuildFailed(tag, tracker.step))
                     raise BuildError(
                         _failure(str(chunk["error"]), tracker, spec), step=tracker.step
                     )
         except DockerError as exc:
+            _flush(tracker, sink)
+            sink(BuildFailed(tag, tracker.step))
             raise BuildError(_failure(error_text(exc), tracker, spec), step=tracker.step) from exc
         finally:
-            for line in tracker.flush():
-                sink(BuildLog(line))
+            _flush(tracker, sink)
     if image_id is None:
-        info = await docker.images.inspect(tag)
-        image_id = str(info["Id"])
-    sink(BuildFinished(tag, image_id, time.monotonic() - started))
+        image_id = str((await engine.images.inspect(tag))["Id"])
+    sink(
+        BuildFinished(
+            tag, image_id, time.monotonic() - started, steps=tracker.total, cached=tracker.cached
+        )
+    )
     return BuiltImage(tag, image_id, ctx.digest, skipped=False)
+
+
+def _log_line(line: str, tracker: _StepTracker, sink: Sink) -> None:
+    step = tracker.note(line)
+    sink(BuildLog(line))
+    if step is not None:
+        sink(step)
+
+
+def _flush(tracker: _StepTracker, sink: Sink) -> None:
+    for line in tracker.flush():
+        _log_line(line, tracker, sink)
 
 
 def _failure(message: str, tracker: _StepTracker, spec: dockerfile.BuildSpec) -> str:

@@ -2,7 +2,9 @@
 
 aiodocker picks the daemon the usual way (DOCKER_HOST, the docker context, the
 default socket) and asks it for its API version, so an old daemon works with
-a newer client installed next to it.
+a newer client installed next to it. aiodocker (and aiohttp under it) is
+imported when a connection is made, not with this module: a no-change build
+never needs it (:mod:`caliban.adapters.enginequick`).
 """
 
 from __future__ import annotations
@@ -10,13 +12,15 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiodocker
 import anyio
-from aiodocker.exceptions import DockerError
 
 from caliban.errors import EngineUnavailable
+
+if TYPE_CHECKING:
+    import aiodocker
+    from aiodocker.exceptions import DockerError
 
 # Everything caliban creates carries this label, and cleanup only ever
 # touches objects that have it.
@@ -33,6 +37,9 @@ def image_labels(labels: Mapping[str, str]) -> dict[str, str]:
 
 @contextlib.asynccontextmanager
 async def connect(url: str | None = None) -> AsyncIterator[aiodocker.Docker]:
+    import aiodocker
+    from aiodocker.exceptions import DockerError
+
     try:
         docker = aiodocker.Docker(url=url)
     except (ValueError, OSError) as exc:
@@ -69,11 +76,18 @@ def label_filter(**labels: str) -> str:
     return json.dumps({"label": [f"{k}={v}" for k, v in labels.items()]})
 
 
-async def image_exists(docker: aiodocker.Docker, ref: str) -> bool:
+async def inspect_image(docker: aiodocker.Docker, ref: str) -> dict[str, Any] | None:
+    """The engine's description of an image, or None when there is no such image."""
+    from aiodocker.exceptions import DockerError
+
     try:
-        await docker.images.inspect(ref)
+        info: dict[str, Any] = await docker.images.inspect(ref)
     except DockerError as exc:
         if exc.status == 404:
-            return False
+            return None
         raise
-    return True
+    return info
+
+
+async def image_exists(docker: aiodocker.Docker, ref: str) -> bool:
+    return await inspect_image(docker, ref) is not None

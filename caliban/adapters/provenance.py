@@ -14,11 +14,14 @@ import os
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import aiodocker
 import anyio
 
 from caliban.version import __version__
+
+if TYPE_CHECKING:
+    import aiodocker
 
 #: The characters of the commit a cloud job carries as a label.
 SHORT_COMMIT = 12
@@ -82,9 +85,11 @@ def _size(path: Path) -> int:
 
 async def image_digest(docker: aiodocker.Docker, ref: str) -> str | None:
     """The registry digest of a local image (``RepoDigests``), else its image id."""
+    from aiodocker.exceptions import DockerError
+
     try:
         info = await docker.images.inspect(ref)
-    except aiodocker.exceptions.DockerError:  # gone since the build: unknown, not an error
+    except DockerError:  # gone since the build: unknown, not an error
         return None
     digests = info.get("RepoDigests") or []
     if digests:

@@ -18,11 +18,14 @@ import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from typing import IO, TYPE_CHECKING
 
+from caliban.cli.cells import platform_cell
 from caliban.core.output import sanitize_text
 from caliban.spec import JobRecord
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from caliban.cli.plain import PlainConsole
 
 # Past this many jobs a terminal gets the plain listing too: a person scrolling
 # thousands of rows gains little from colour, and waits seconds for it.
@@ -53,16 +56,6 @@ def job_json(job: JobRecord) -> dict[str, object]:
         "updated": job.updated,
         "provenance": job.provenance,
     }
-
-
-def platform_cell(job: JobRecord) -> str:
-    """The platform, and for a job of a capacity ladder (docs/capacity.md) which
-    attempt it is and where it went: ``vertex #2 europe-west4 standard``."""
-    d = job.details
-    if "attempt" not in d:
-        return job.platform.value
-    where = " ".join(str(d[k]) for k in ("region", "rung") if d.get(k))
-    return f"{job.platform.value} #{d['attempt']} {where}".rstrip()
 
 
 def json_chunks(jobs: Iterable[JobRecord]) -> Iterator[str]:
@@ -154,7 +147,7 @@ def write_plain(jobs: Sequence[JobRecord], out: IO[str]) -> None:
         out.write("\n".join(batch) + "\n")
 
 
-def show_jobs(jobs: Sequence[JobRecord], console: Console, *, as_json: bool) -> None:
+def show_jobs(jobs: Sequence[JobRecord], console: Console | PlainConsole, *, as_json: bool) -> None:
     """What ``caliban status`` prints for ``jobs`` (oldest first)."""
     if as_json:
         write_json(jobs, sys.stdout)

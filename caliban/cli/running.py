@@ -27,11 +27,11 @@ T = TypeVar("T")
 
 
 def make_sink(ns: argparse.Namespace, **kwargs: Any) -> ConsoleSink:
-    from caliban.cli.ui import ConsoleSink, make_console
+    from caliban.cli.ui import ConsoleSink, open_console
 
     if getattr(ns, "json", False) and "console" not in kwargs:
         # stdout carries the one JSON document; everything else goes to stderr.
-        kwargs["console"] = make_console(stderr=True)
+        kwargs["console"] = open_console(stderr=True)
     return ConsoleSink(
         verbose=getattr(ns, "verbose", False), quiet=getattr(ns, "quiet", False), **kwargs
     )
@@ -80,6 +80,7 @@ def drive(
                             session.force.set()
 
             tg.start_soon(watch)
+            tg.start_soon(sink.ticker)
             with anyio.CancelScope() as work_scope:
                 try:
                     outcome.append(await work(session))
@@ -160,7 +161,7 @@ def summary(sink: ConsoleSink, result: RunResult, ns: argparse.Namespace | None 
     sink.console.print(f"[{style}]{len(result.jobs)} job(s): {', '.join(parts) or 'none'}[/]")
     import shlex
 
-    from rich.markup import escape
+    from caliban.cli.plain import escape
 
     hint = escape(f"caliban status --xgroup {shlex.quote(result.xgroup)}")
     sink.console.print(f"[dim]{hint}[/]")

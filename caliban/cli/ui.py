@@ -2,8 +2,11 @@
 
 On a terminal a live line shows the sweep's progress (queued, running,
 succeeded, failed, retrying) while job output scrolls above it, each line
-prefixed with a short job label. Piped or redirected, output is plain lines
-with no cursor tricks, so logs stay readable.
+prefixed with a short job label; an image build is one live line too (step
+N/M, cache hits), its log held back unless it fails or ``-v`` asks for it.
+Piped or redirected, output is plain lines with no cursor tricks, so logs stay
+readable: a long build or sweep says where it is in one plain line every
+``CALIBAN_PROGRESS_INTERVAL`` seconds instead.
 """
 
 from __future__ import annotations
@@ -12,22 +15,25 @@ import os
 import re
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any, cast
 
-from rich.console import Console, Group, RenderableType
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-from rich.text import Text
-
 from caliban import events as ev
-from caliban.cli.joblist import platform_cell
+from caliban.cli.cells import platform_cell
+from caliban.cli.plain import PlainConsole, escape, is_terminal
+from caliban.cli.plain import Styled as Text
 from caliban.core.output import sanitize_text
 from caliban.spec import JobRecord, JobState
 
 if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+    from rich.progress import Progress
+    from rich.text import Text as RichText
+
     from caliban.sweep.engine import RunResult
+
+    # What the sink writes to: rich on a terminal, plain text (no rich import) elsewhere.
+    AnyConsole = Console | PlainConsole
 
 _STATE_STYLE = {
     JobState.PLANNED: "dim",
@@ -43,6 +49,9 @@ _STATE_STYLE = {
 # Wide enough that a piped table never folds a cell, small enough to lay out quickly.
 _PIPED_WIDTH = 1 << 15
 _TRAILING_BLANKS = re.compile(r" +\n")
+# Seconds between plain progress lines when output is not a terminal.
+PROGRESS_INTERVAL_ENV = "CALIBAN_PROGRESS_INTERVAL"
+_DEFAULT_INTERVAL = 10.0
 _LABEL_STYLES = ("cyan", "magenta", "green", "yellow", "blue", "bright_cyan", "bright_magenta")
 
 
@@ -53,6 +62,8 @@ def make_console(file: IO[str] | None = None, *, stderr: bool = False) -> Consol
     program or a log file: lines are never wrapped (``soft_wrap``), tables get all
     the width they want, and trailing blanks of table cells are dropped.
     """
+    from rich.console import Console
+
     console = Console(file=file, stderr=stderr, highlight=False)
     if not console.is_terminal:
         console.soft_wrap = True
@@ -91,23 +102,37 @@ class _LineEnds:
         return getattr(self._target, "encoding", None) or "utf-8"
 
 
+def open_console(file: IO[str] | None = None, *, stderr: bool = False) -> AnyConsole:
+    """:func:`make_console` on a terminal; elsewhere a console that needs no rich."""
+    target = file or (sys.stderr if stderr else sys.stdout)
+    if is_terminal(target):
+        return make_console(file, stderr=stderr)
+    return PlainConsole(file, stderr=stderr, make_rich=lambda f, err: make_console(f, stderr=err))
+
+
 class ConsoleSink:
     """An event sink that renders to a rich console."""
 
     def __init__(
         self,
-        console: Console | None = None,
+        console: AnyConsole | None = None,
         *,
         verbose: bool = False,
         quiet: bool = False,
-        show_build_log: bool = True,
+        show_build_log: bool | None = None,
         show_output: bool = True,
+        progress_interval: float | None = None,
     ) -> None:
-        self.console = console or make_console()
-        self.err = make_console(stderr=True) if console is None else console
+        self.console: AnyConsole = console or open_console()
+        self.err: AnyConsole = open_console(stderr=True) if console is None else console
         self.verbose = verbose
         self.quiet = quiet
-        self.show_build_log = show_build_log
+        # The daemon's log, line by line as it comes; by default only with -v
+        # (a failed build shows it whole at the end either way).
+        self.show_build_log = verbose if show_build_log is None else show_build_log
+        self.progress_interval = (
+            progress_interval_from(os.environ) if progress_interval is None else progress_interval
+        )
         self.show_output = show_output
         self.counts: Counter[str] = Counter()
         self.total = 0
@@ -121,6 +146,11 @@ class ConsoleSink:
         self._progress: Progress | None = None
         self._task: Any = None
         self._live = self.console.is_terminal and not quiet
+        # The build under way: its log so far and its last step.
+        self._building: str | None = None
+        self._build_log: list[str] = []
+        self._build_step: ev.BuildStep | None = None
+        self._build_line: Any = None  # a rich Live while a build runs on a terminal
 
     # -- the live progress line ------------------------------------------------------
 
@@ -156,13 +186,21 @@ class ConsoleSink:
         self.counts["queued"] = total
         if not self._live or total == 0:
             return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
         self._progress = Progress(
             TextColumn(f"[bold]{escape(title)}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.description}"),
             TimeElapsedColumn(),
-            console=self.console,
+            console=cast("Console", self.console),
             transient=False,
         )
         self._task = self._progress.add_task(self._summary(), total=total)
@@ -178,10 +216,65 @@ class ConsoleSink:
             self._progress.update(self._task, completed=done, description=self._summary())
 
     def close(self) -> None:
+        self._end_build()
         if self._progress is not None:
             self._update()
             self._progress.stop()
             self._progress = None
+        elif self._plain_progress():
+            # The last word off a terminal: the final counts, whatever the interval.
+            self.tick()
+        self.total = 0
+
+    # -- plain progress, off a terminal ------------------------------------------------------
+
+    def _plain_progress(self) -> bool:
+        return not self._live and not self.quiet and (self.total > 0 or self._building is not None)
+
+    def progress_line(self) -> str | None:
+        """Where the work is, as one plain line; None when nothing is under way."""
+        if self._building is not None:
+            return "building image: " + _step_text(self._build_step)
+        if self.total <= 0:
+            return None
+        c = self.counts
+        if self.remote:
+            parts = [
+                f"{self.total - c['queued']}/{self.total} submitted",
+                f"{self.accepted} accepted",
+                f"{c['failed']} failed",
+            ]
+        else:
+            done = c["succeeded"] + c["failed"] + c["stopped"]
+            parts = [
+                f"{done}/{self.total} done",
+                f"{c['running'] + c['submitted']} running",
+                f"{c['failed']} failed",
+            ]
+            if c["stopped"]:
+                parts.append(f"{c['stopped']} stopped")
+        if self._retrying:
+            parts.append(f"{len(self._retrying)} retrying")
+        if c["unknown"]:
+            parts.append(f"{c['unknown']} unknown")
+        return ", ".join(parts)
+
+    def tick(self) -> None:
+        """Print the plain progress line now, if output is plain and work is under way."""
+        if self._plain_progress():
+            line = self.progress_line()
+            if line is not None:
+                self.err.print(Text(line))
+
+    async def ticker(self) -> None:
+        """Call :meth:`tick` every ``progress_interval`` seconds until cancelled."""
+        if self._live or self.quiet or self.progress_interval <= 0:
+            return
+        import anyio
+
+        while True:
+            await anyio.sleep(self.progress_interval)
+            self.tick()
 
     # -- events --------------------------------------------------------------------------
 
@@ -211,20 +304,70 @@ class ConsoleSink:
                 style="bold",
             )
         )
+        self._building = e.tag
+        self._build_log = []
+        self._build_step = None
+        if self._live and not self.show_build_log:
+            from rich.live import Live
+
+            self._build_line = Live(
+                self._build_text(),
+                console=cast("Console", self.console),
+                transient=True,
+                refresh_per_second=8,
+            )
+            self._build_line.start()
+
+    def _build_text(self) -> Text:
+        text = Text("building image: ", style="bold")
+        text.append(_step_text(self._build_step))
+        step = self._build_step
+        if step is not None and step.instruction:
+            text.append(f"  {sanitize_text(step.instruction)}", style="dim")
+        text.no_wrap = True
+        text.overflow = "ellipsis"
+        return text
+
+    def _on_BuildStep(self, e: ev.BuildStep) -> None:
+        self._build_step = e
+        if self._build_line is not None:
+            self._build_line.update(self._build_text())
+
+    def _end_build(self) -> None:
+        if self._build_line is not None:
+            self._build_line.stop()
+            self._build_line = None
+        self._building = None
+        self._build_log = []
 
     def _on_ContextLeftOut(self, e: ev.ContextLeftOut) -> None:
         self.err.print(Text(e.text, style="yellow"))
 
     def _on_BuildLog(self, e: ev.BuildLog) -> None:
-        if self.show_build_log and e.line.strip():
-            # A RUN step's output is the user's code talking: no escape sequences.
-            self.console.print(Text("  " + sanitize_text(e.line), style="dim"))
+        if not e.line.strip():
+            return
+        if self.show_build_log:
+            self._print_build_line(e.line)
+        elif self._building is not None:
+            self._build_log.append(e.line)
+
+    def _print_build_line(self, line: str) -> None:
+        # A RUN step's output is the user's code talking: no escape sequences.
+        self.console.print(Text("  " + sanitize_text(line), style="dim"))
+
+    def _on_BuildFailed(self, e: ev.BuildFailed) -> None:
+        held = self._build_log
+        self._end_build()
+        for line in held:
+            self._print_build_line(line)
 
     def _on_BuildSkipped(self, e: ev.BuildSkipped) -> None:
         self.console.print(Text(f"image {e.tag} is up to date; build skipped", style="green"))
 
     def _on_BuildFinished(self, e: ev.BuildFinished) -> None:
-        self.console.print(Text(f"built {e.tag} in {e.seconds:.1f}s", style="green"))
+        self._end_build()
+        steps = f", {e.steps} steps, {e.cached} cached" if e.steps else ""
+        self.console.print(Text(f"built {e.tag} in {e.seconds:.1f}s{steps}", style="green"))
 
     def _on_PushProgress(self, e: ev.PushProgress) -> None:
         if e.layer is None:
@@ -309,6 +452,32 @@ class ConsoleSink:
         self._update()
 
 
+def _step_text(step: ev.BuildStep | None) -> str:
+    if step is None:
+        return "starting"
+    cached = f" ({step.cached} cached)" if step.cached else ""
+    return f"step {step.step}/{step.total}{cached}"
+
+
+def progress_interval_from(environ: Mapping[str, str]) -> float:
+    """``CALIBAN_PROGRESS_INTERVAL`` in seconds; 0 turns the plain progress lines off."""
+    raw = environ.get(PROGRESS_INTERVAL_ENV, "").strip()
+    if not raw:
+        return _DEFAULT_INTERVAL
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        from caliban.errors import ValidationError
+
+        raise ValidationError(
+            f"{PROGRESS_INTERVAL_ENV}={raw!r}: give the seconds between progress lines "
+            "(such as 10), or 0 for none"
+        )
+    return value
+
+
 def _chatter(event: ev.Event) -> bool:
     """What --quiet leaves out: everything but warnings, errors and failed jobs."""
     if isinstance(event, ev.Notice):
@@ -317,17 +486,23 @@ def _chatter(event: ev.Event) -> bool:
 
 
 def print_error(message: str, *, file: IO[str] | None = None) -> None:
-    console = make_console(file or sys.stderr)
+    console = open_console(file or sys.stderr)
     console.print(Text(f"caliban: {message}", style="bold red"), soft_wrap=True)
 
 
-def state_text(state: JobState) -> Text:
+def state_text(state: JobState) -> RichText:
     """A job state in its colour, as tables show it."""
+    from rich.text import Text
+
     return Text(state.value, style=_STATE_STYLE[state])
 
 
 def jobs_table(jobs: Sequence[JobRecord]) -> RenderableType:
     """Jobs grouped by experiment group, in the order given (oldest first)."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
     parts: list[RenderableType] = []
     table: Table | None = None
     group = None
