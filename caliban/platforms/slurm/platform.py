@@ -507,8 +507,19 @@ class SlurmPlatform:
         slurm = self._job_client(job)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         offset = 0
+        seen = False
         while True:
-            data = await slurm.read(path, offset)
+            got = await slurm.read(path, offset)
+            if got is None and not seen and (not follow or job.state.terminal):
+                # Not "no output": `results` reads it again next time (a task
+                # not started yet, a shared filesystem that has not caught up).
+                where = f"{slurm.cluster.host}:" if slurm.cluster.host else ""
+                raise BackendError(
+                    f"job {job.short_id} has no output file {where}{path}",
+                    hint="the task has not started, or never ran (cancelled while pending)",
+                )
+            seen = seen or got is not None
+            data = got or b""
             offset += len(data)
             text = decoder.decode(data)
             if text:
