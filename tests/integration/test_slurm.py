@@ -33,7 +33,7 @@ from .slurm_support import (  # noqa: F401  (fixtures)
     wait_until,
 )
 
-pytestmark = pytest.mark.usefixtures("slurm_cluster")
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
 
 def write_config(folder: Path, **values: list[object]) -> Path:
