@@ -251,11 +251,11 @@ async def test_a_rerun_after_kill_9_during_sbatch_submits_nothing_twice(
     assert {str(t["array_job_id"]) for t in ours() if t["name"] in names} == arrays
 
 
-def _metrics(text: str) -> dict[str, object]:
+def _metrics(text: str) -> dict[str, float]:
     """The last JSON object a task printed on a line of its own."""
     objects = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
     assert objects, text
-    found: dict[str, object] = objects[-1]
+    found: dict[str, float] = objects[-1]
     return found
 
 
