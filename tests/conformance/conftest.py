@@ -1,8 +1,10 @@
 """``platform_case``: one platform under test, with what the conformance suite
 needs to drive it and to see what reached it.
 
-Four cases: the in-memory platform (memory.py), and Vertex AI and Kubernetes
-against their local fake servers (remote.py), each opening a Session whose
+Five cases: the in-memory platform (memory.py), the local platform on the real
+Docker engine (local.py), Slurm on the real one-node cluster of
+scripts/slurm-cluster.sh (slurm.py), and Vertex AI and Kubernetes against their
+local fake servers (remote.py), each opening a Session whose
 registry maps the kind to the real platform, and reading the counters from what
 that server saw. Each case is an async context manager, so a fake server lives
 exactly as long as the test that uses it.
@@ -24,7 +26,8 @@ from caliban.platforms import base
 from caliban.session import Session
 from caliban.spec import JobRecord, JobState
 from caliban.spec import Platform as Kind
-from tests.conformance import local, memory, remote
+from tests.conformance import local, memory, remote, slurm
+from tests.integration.slurm_support import slurm_cluster  # noqa: F401  (fixture)
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,12 @@ CASES: dict[str, Case] = {
     "local": local.local_case,
     "vertex": remote.vertex_case,
     "kubernetes": remote.kubernetes_case,
+    "slurm": slurm.slurm_case,
+}
+# Cases that need more than this process: a skip of these is a failure in CI.
+MARKS: dict[str, tuple[pytest.MarkDecorator, ...]] = {
+    "local": (pytest.mark.docker,),
+    "slurm": (pytest.mark.docker, pytest.mark.slurm),
 }
 
 
@@ -121,7 +130,7 @@ CASES: dict[str, Case] = {
 RETRYING_CREATES = ("kubernetes", "memory", "vertex")
 
 
-@pytest.fixture(params=sorted(CASES))
+@pytest.fixture(params=[pytest.param(name, marks=MARKS.get(name, ())) for name in sorted(CASES)])
 async def platform_case(request: pytest.FixtureRequest) -> AsyncIterator[PlatformCase]:
     async with CASES[request.param](request) as case:
         yield case

@@ -13,6 +13,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from caliban.core.names import short_id
 from tests.conftest import (
     CALIBAN,
     ROOT,
@@ -32,7 +33,7 @@ from .slurm_support import (  # noqa: F401  (fixtures)
     wait_until,
 )
 
-pytestmark = pytest.mark.usefixtures("slurm_cluster")
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
 
 def write_config(folder: Path, **values: list[object]) -> Path:
@@ -178,6 +179,12 @@ async def test_stop_cancels_running_and_pending_tasks(
     # The running task's container went down with it.
     for job in jobs:
         assert labelled_containers(**{"caliban.job": str(job["job_id"])}) == []
+    # The two tasks cancelled while pending never wrote an output file: `results`
+    # says so (and reads again next time) rather than keeping "no metrics".
+    code, out, err = await caliban(["results", "--xgroup", "stopme", "--json"], cwd=folder, env=env)
+    assert code == 0, err + out
+    assert err.count("output not available") == 2, err
+    assert err.count("has no output file") == 2, err
 
 
 def _wrapper(bin_dir: Path, marker: Path, *, before: bool = False) -> dict[str, str]:
@@ -244,6 +251,14 @@ async def test_a_rerun_after_kill_9_during_sbatch_submits_nothing_twice(
     assert {str(t["array_job_id"]) for t in ours() if t["name"] in names} == arrays
 
 
+def _metrics(text: str) -> dict[str, float]:
+    """The last JSON object a task printed on a line of its own."""
+    objects = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    assert objects, text
+    found: dict[str, float] = objects[-1]
+    return found
+
+
 async def test_the_basic_tutorial_sweep_runs_on_slurm(env: dict[str, str], tmp_path: Path) -> None:
     folder = copy_tree(ROOT / "tutorials" / "basic", tmp_path / "basic")
     code, out, err = await caliban(
@@ -258,6 +273,28 @@ async def test_the_basic_tutorial_sweep_runs_on_slurm(env: dict[str, str], tmp_p
     assert all("test accuracy" in text for text in logs)
     code, out, err = await caliban(["status", "--xgroup", "tut"], cwd=folder, env=env)
     assert code == 0 and out.count("SUCCEEDED") == 6, err + out
+    # `results` reads each task's output file on the cluster: the metrics line
+    # each task printed, with the flags of its experiment.
+    printed = {str(j["job_id"]): _metrics(text) for j, text in zip(jobs, logs, strict=True)}
+    code, out, err = await caliban(["results", "--json"], cwd=folder, env=env)
+    assert code == 0, err + out
+    rows = json.loads(out)
+    assert sorted((r["learning_rate"], r["epochs"]) for r in rows) == sorted(
+        (lr, ep) for lr in (0.001, 0.01, 0.1) for ep in (5, 20)
+    )
+    assert {r["job_id"]: r["accuracy"] for r in rows} == {
+        k: v["accuracy"] for k, v in printed.items()
+    }
+    code, out, err = await caliban(
+        ["results", "--xgroup", "tut", "--best", "accuracy", "--json"], cwd=folder, env=env
+    )
+    assert code == 0, err + out
+    (best,) = json.loads(out)
+    assert best["accuracy"] == printed[best["job_id"]]["accuracy"]
+    assert best["accuracy"] == max(v["accuracy"] for v in printed.values())
+    code, out, err = await caliban(["results", "--best", "accuracy"], cwd=folder, env=env)
+    assert code == 0, err + out
+    assert out.splitlines()[1].split()[:2] == [short_id(str(best["job_id"])), "SUCCEEDED"], out
 
 
 async def test_dry_run_prints_the_batch_script_and_records_nothing(

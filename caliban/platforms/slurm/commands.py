@@ -40,6 +40,8 @@ _BAD_PARTITION = re.compile(r"invalid partition (?:name )?specified(?:: (\S+))?"
 _BAD_QOS = re.compile(r"invalid qos specification", re.IGNORECASE)
 _BAD_ACCOUNT = re.compile(r"invalid account", re.IGNORECASE)
 _NOT_AVAILABLE = re.compile(r"Requested node configuration is not available", re.IGNORECASE)
+# The exit status `read` gives a file that is not there (not one tail or ssh uses).
+_NO_FILE = 66
 _BAD_TIME = re.compile(r"(invalid time limit|time limit exceeds)", re.IGNORECASE)
 
 
@@ -256,7 +258,15 @@ class Slurm:
         if ids:
             await self.run(["scancel", *ids], what="scancel")
 
-    async def read(self, path: str, offset: int = 0) -> bytes:
-        """The bytes of ``path`` from ``offset`` on; empty while it does not exist."""
-        result = await self.run_raw(["tail", "-c", f"+{offset + 1}", path])
-        return result.stdout if result.returncode == 0 else b""
+    async def read(self, path: str, offset: int = 0) -> bytes | None:
+        """The bytes of ``path`` from ``offset`` on; None while it does not exist.
+
+        A missing file is told apart from a failed read (ssh down, no
+        permission) by its own exit status, so neither passes for empty output."""
+        script = f'test -f "$1" || exit {_NO_FILE}; exec tail -c "+$2" "$1"'
+        result = await self.run_raw(["sh", "-c", script, "sh", path, str(offset + 1)])
+        if result.returncode == _NO_FILE:
+            return None
+        if result.returncode != 0:
+            raise self._failure(["tail"], result, f"reading {path}")
+        return result.stdout

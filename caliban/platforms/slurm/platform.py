@@ -400,13 +400,7 @@ class SlurmPlatform:
                 self._tell(run, j, Update(j.job_id, JobState.FAILED, message=exc.message))
             return
         except BackendError as exc:
-            run.sink(
-                Notice(
-                    f"sbatch of {len(current)} job(s) did not answer ({exc.message}); "
-                    "a re-run looks them up before submitting again",
-                    "warning",
-                )
-            )
+            await self._adopt(current, run, exc)
             return
         updates = [
             Update(
@@ -420,6 +414,29 @@ class SlurmPlatform:
         await run.record(updates)
         for j, u in zip(current, updates, strict=True):
             self._tell(run, j, u)
+
+    async def _adopt(self, jobs: Sequence[JobRecord], run: Launch, exc: BackendError) -> None:
+        """After an sbatch whose answer was lost: the array it may have made,
+        looked up by name at once; what is not found stays PLANNED, and a re-run
+        looks again before sending anything."""
+        recorded = [j for j in [await run.current(job) for job in jobs] if j is not None]
+        try:
+            found = await self.find_many(recorded)
+        except BackendError:
+            found = {}
+        await run.record(list(found.values()))
+        for job in recorded:
+            if job.job_id in found:
+                self._tell(run, job, found[job.job_id])
+        left = len(recorded) - len(found)
+        if left:
+            run.sink(
+                Notice(
+                    f"sbatch of {left} job(s) did not answer ({exc.message}); "
+                    "a re-run looks them up before submitting again",
+                    "warning",
+                )
+            )
 
     def _tell(self, run: Launch, job: JobRecord, update: Update) -> None:
         run.sink(
@@ -507,8 +524,19 @@ class SlurmPlatform:
         slurm = self._job_client(job)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         offset = 0
+        seen = False
         while True:
-            data = await slurm.read(path, offset)
+            got = await slurm.read(path, offset)
+            if got is None and not seen and (not follow or job.state.terminal):
+                # Not "no output": `results` reads it again next time (a task
+                # not started yet, a shared filesystem that has not caught up).
+                where = f"{slurm.cluster.host}:" if slurm.cluster.host else ""
+                raise BackendError(
+                    f"job {job.short_id} has no output file {where}{path}",
+                    hint="the task has not started, or never ran (cancelled while pending)",
+                )
+            seen = seen or got is not None
+            data = got or b""
             offset += len(data)
             text = decoder.decode(data)
             if text:
