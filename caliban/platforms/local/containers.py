@@ -27,7 +27,7 @@ from caliban.errors import BackendError
 from caliban.events import Sink
 from caliban.platforms.base import Update
 from caliban.platforms.local import gpus, joboutput
-from caliban.platforms.local.gate import GATE_LABEL
+from caliban.platforms.local.gate import GATE_LABEL, NEVER_RAN, NEVER_RAN_CODE
 from caliban.spec import JobRecord, JobState
 
 JOB_LABEL = "caliban.job"
@@ -386,8 +386,9 @@ class LocalBackend:
         recorded, its full output saved to the job's log file, and it is
         removed. A container created but never started is removed and its job
         STOPPED (resubmit runs it), as is a pre-warmed one (labelled ``caliban.gate``)
-        whose job is still PLANNED: its gate was never opened. A job that was
-        started but has no container left is FAILED.
+        whose gate the dead run never opened after recording it RUNNING; one whose
+        job is still PLANNED is removed and the job left PLANNED (the same command
+        runs it). A job that was started but has no container left is FAILED.
         PLANNED jobs without a container may still be queued in a live run and
         are left alone.
         """
@@ -402,17 +403,11 @@ class LocalBackend:
                     )
                 continue
             status = info.get("State")
-            if GATE_LABEL in (info.get("Labels") or {}) and job.state is JobState.PLANNED:
-                # Pre-warmed, gate never opened (RUNNING is recorded after it is):
-                # the job never ran, whatever the container's state.
-                updates.append(
-                    Update(
-                        job.job_id,
-                        JobState.STOPPED,
-                        message="never started: the run that pre-warmed it ended",
-                        platform_id=info["Id"],
-                    )
-                )
+            gated = GATE_LABEL in (info.get("Labels") or {})
+            if gated and job.state is JobState.PLANNED:
+                # Pre-warmed by a run now gone, gate never opened (RUNNING is recorded
+                # before it is): the job never ran. It stays PLANNED, as a job that
+                # run had not reached yet, and the same command runs it.
                 await self.discard(info["container"])
             elif status == "running":
                 updates.append(Update(job.job_id, JobState.RUNNING, platform_id=info["Id"]))
@@ -420,8 +415,20 @@ class LocalBackend:
                 container = info["container"]
                 detail = await container.show()
                 code = int(detail["State"].get("ExitCode", -1))
+                text = "".join(await container.log(stdout=True, stderr=True))
+                if gated and code == NEVER_RAN_CODE and text.strip() == NEVER_RAN:
+                    # RUNNING recorded, then the run died before opening the gate.
+                    updates.append(
+                        Update(
+                            job.job_id,
+                            JobState.STOPPED,
+                            message="never started: the run that pre-warmed it ended",
+                            platform_id=info["Id"],
+                        )
+                    )
+                    await self.discard(container)
+                    continue
                 if job.log_path:
-                    text = "".join(await container.log(stdout=True, stderr=True))
                     await filemodes.write_log(Path(job.log_path), text)
                 state = JobState.SUCCEEDED if code == 0 else JobState.FAILED
                 updates.append(Update(job.job_id, state, exit_code=code, platform_id=info["Id"]))

@@ -1,15 +1,18 @@
 /* caliban's start gate: the process a pre-warmed container starts with.
  *
  * argv: gate DIR PROGRAM [ARGS...]
- * Blocks reading DIR/go until caliban releases it (one byte), then runs
- * PROGRAM with ARGS and the container's environment untouched (PATH lookup as
- * tini's execvp), forwards signals to it, waits for it and for every other
- * process of the container's PID namespace, writes the exit status (one
- * byte) to DIR/done and exits with the status a plain start would give: the
- * job's own code, or 128+signal. EOF on DIR/go without a byte: exit 125 without
- * running anything. Linked statically, so it needs nothing in the image.
- * caliban never uses it with a PID namespace shared with the host (the final
- * kill(-1) would reach the host's processes).
+ * Opens DIR/done and writes 'r' (armed) to it, then blocks reading DIR/go until
+ * caliban releases it (one byte). It then runs PROGRAM with ARGS and the
+ * container's environment untouched (PATH lookup as tini's execvp), forwards
+ * signals to it, waits for it and for every other process of the container's
+ * PID namespace, writes the exit status (one byte) to DIR/done and exits with
+ * the status a plain start would give: the job's own code, or 128+signal.
+ * caliban holds both FIFOs open from before the container is created, so
+ * neither open here ever waits, and once this helper has opened DIR/go a
+ * released byte cannot be lost. No writer left on DIR/go (caliban died) and no
+ * byte: exit 125 without running anything. Linked statically, so it needs
+ * nothing in the image. caliban never uses it with a PID namespace shared with
+ * the host (the final kill(-1) would reach the host's processes).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -48,17 +51,27 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < sizeof forwarded / sizeof *forwarded; i++)
         sigaction(forwarded[i], &sa, NULL);
 
-    int fd;
-    while ((fd = open(go, O_RDONLY | O_CLOEXEC)) < 0)
-        if (errno != EINTR)
-            return 125;
-    char byte;
+    /* Non-blocking opens: a FIFO's open otherwise waits for the other side,
+     * forever if caliban is gone. Reads then block again, and end (0) once no
+     * writer is left. */
+    int fd = open(go, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    int out = open(done, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0 || out < 0 || fcntl(fd, F_SETFL, 0) < 0) {
+        fprintf(stderr, "caliban gate: caliban is gone, the job was not started\n");
+        return 125;
+    }
+    signal(SIGPIPE, SIG_IGN); /* caliban gone: its end of done is closed */
+    char byte = 'r';
+    while (write(out, &byte, 1) < 0 && errno == EINTR)
+        ;
     ssize_t got;
     while ((got = read(fd, &byte, 1)) < 0 && errno == EINTR)
         ;
     close(fd);
-    if (got != 1)
+    if (got != 1) {
+        fprintf(stderr, "caliban gate: caliban is gone, the job was not started\n");
         return 125;
+    }
 
     sigset_t all, old;
     sigfillset(&all);
@@ -72,6 +85,7 @@ int main(int argc, char **argv) {
         dfl.sa_handler = SIG_DFL;
         for (size_t i = 0; i < sizeof forwarded / sizeof *forwarded; i++)
             sigaction(forwarded[i], &dfl, NULL);
+        sigaction(SIGPIPE, &dfl, NULL); /* as a plain start leaves it */
         sigprocmask(SIG_SETMASK, &old, NULL);
         execvp(argv[2], argv + 2);
         fprintf(stderr, "caliban gate: exec %s failed: %s\n", argv[2], strerror(errno));
@@ -100,13 +114,9 @@ int main(int argc, char **argv) {
             ;
         nanosleep(&pause, NULL);
     }
-    while ((fd = open(done, O_WRONLY | O_CLOEXEC)) < 0 && errno == EINTR)
+    unsigned char status_byte = (unsigned char)code;
+    while (write(out, &status_byte, 1) < 0 && errno == EINTR)
         ;
-    if (fd >= 0) {
-        unsigned char out = (unsigned char)code;
-        while (write(fd, &out, 1) < 0 && errno == EINTR)
-            ;
-        close(fd);
-    }
+    close(out);
     return code;
 }

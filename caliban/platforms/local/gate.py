@@ -39,6 +39,9 @@ import anyio
 GATE_LABEL = "caliban.gate"
 MOUNT = "/.caliban-gate"
 ENV_SWITCH = "CALIBAN_PREWARM"
+# What the helper says, and exits with, when caliban died before opening its gate.
+NEVER_RAN = "caliban gate: caliban is gone, the job was not started"
+NEVER_RAN_CODE = 125
 
 
 def wanted(environ: Mapping[str, str]) -> bool:
@@ -52,6 +55,9 @@ def local_engine(environ: Mapping[str, str]) -> bool:
 
 
 def _cache_dir(environ: Mapping[str, str]) -> Path:
+    # The same cache scripts/base-image.sh uses.
+    if environ.get("CALIBAN_CACHE"):
+        return Path(environ["CALIBAN_CACHE"])
     base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "caliban"
 
@@ -116,15 +122,37 @@ def gated_config(
 
 
 class Gate:
-    """One container's pair of FIFOs, held open by this process from the start, so
-    neither side ever blocks on open, and this process's death opens nothing:
-    the helper then reads EOF and exits without running the job."""
+    """One container's pair of FIFOs, held open by this process from before the
+    container exists, so neither side ever blocks on open, and this process's
+    death opens nothing: the helper then reads EOF and exits without running the
+    job. The helper's first byte on ``done`` says it holds ``go`` open (a byte
+    written before that would die with this process); its second is the job's
+    exit status."""
+
+    ARMED = b"r"
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._go = os.open(directory / "go", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         self._done = os.open(directory / "done", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        self._armed = False
         self.released = False
+
+    async def _byte(self) -> int:
+        while True:
+            await anyio.wait_readable(self._done)
+            with contextlib.suppress(BlockingIOError):
+                data = os.read(self._done, 1)
+                if data:
+                    return data[0]
+
+    async def armed(self) -> None:
+        """Until the helper waits on the gate."""
+        if not self._armed:
+            first = await self._byte()
+            if bytes([first]) != self.ARMED:
+                raise RuntimeError(f"caliban's gate helper sent {first!r} before arming")
+            self._armed = True
 
     def release(self) -> None:
         self.released = True
@@ -132,12 +160,8 @@ class Gate:
 
     async def ended(self) -> int:
         """The job's exit status as the helper saw it, once it and its leftovers are gone."""
-        while True:
-            await anyio.wait_readable(self._done)
-            with contextlib.suppress(BlockingIOError):
-                data = os.read(self._done, 1)
-                if data:
-                    return data[0]
+        await self.armed()
+        return await self._byte()
 
     def close(self) -> None:
         for fd in (self._go, self._done):
