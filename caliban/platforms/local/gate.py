@@ -1,11 +1,11 @@
 """Pre-warmed starts: a job's container created and started before its slot is free.
 
 Starting a container (its network namespace above all) costs 0.3-0.8 s, which
-a plain start puts between one job's end and the next one's beginning. With
-``CALIBAN_PREWARM=1`` each slot's next container is created and started while
-the slot's current job runs, its process blocked in a small static helper
-(``gate.c``, compiled once with the host's C compiler and cached) that reads a
-FIFO before it runs the job's argv. Opening that gate is all that is left on
+a plain start puts between one job's end and the next one's beginning. By
+default (``CALIBAN_PREWARM=0`` turns it off) each slot's next container is
+created and started while the slot's current job runs, its process blocked in
+a small static helper (``gate.c``, compiled once with the host's C compiler and
+cached) that reads a FIFO before it runs the job's argv. Opening that gate is all that is left on
 the critical path; the helper writes the job's exit status to a second FIFO
 once the job and everything it left behind are gone, so the slot goes on at
 once while Docker's wait, the log's end and the removal happen in the background.
@@ -45,6 +45,13 @@ NEVER_RAN_CODE = 125
 
 
 def wanted(environ: Mapping[str, str]) -> bool:
+    """On unless ``CALIBAN_PREWARM=0`` (benchmarks/local_prewarm.py: faster than
+    plain starts and than raw ``docker run`` loops on the bridge network)."""
+    return environ.get(ENV_SWITCH, "") != "0"
+
+
+def asked(environ: Mapping[str, str]) -> bool:
+    """Pre-warmed starts asked for by name: their absence is worth a warning."""
     return environ.get(ENV_SWITCH, "") == "1"
 
 
