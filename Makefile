@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench matrix venv docker base-image clean-test-images
+.PHONY: demo test lint bench matrix venv docker base-image gate-helper clean-test-images
 
 # Python 3.10+; the versions come from constraints.txt (scripts/update-constraints.py).
 $(STAMP): pyproject.toml constraints.txt scripts/venv.sh
@@ -29,13 +29,18 @@ docker:
 base-image: docker
 	@scripts/base-image.sh >/dev/null
 
+# The static helper pre-warmed local sweeps start containers with (gcc and
+# libc6-dev from Debian packages when root and missing).
+gate-helper: venv
+	@scripts/gate-helper.sh >/dev/null
+
 demo: venv base-image
 	@export CALIBAN_BASE_IMAGE="$${CALIBAN_BASE_IMAGE:-$$(scripts/base-image.sh)}"; \
 	cd tutorials/basic && \
 	../../$(BIN)/caliban run --experiment_config experiment.json train.py && \
 	../../$(BIN)/caliban status --max_jobs 6
 
-test: venv base-image
+test: venv base-image gate-helper
 	@export CALIBAN_BASE_IMAGE="$${CALIBAN_BASE_IMAGE:-$$(scripts/base-image.sh)}"; \
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -44,7 +49,7 @@ lint: venv
 	@$(BIN)/ruff check caliban tests benchmarks tutorials
 	@$(BIN)/mypy caliban tests benchmarks
 
-bench: venv base-image
+bench: venv base-image gate-helper
 	@export CALIBAN_BASE_IMAGE="$${CALIBAN_BASE_IMAGE:-$$(scripts/base-image.sh)}"; \
 	for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 

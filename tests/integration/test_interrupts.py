@@ -35,6 +35,13 @@ def _states(home: Path, xgroup: str) -> list[str]:
     return [r[0] for r in rows]
 
 
+def _recorded_running(home: Path) -> int:
+    """Jobs recorded RUNNING: a running container may also be a pre-warmed one
+    still waiting behind its gate."""
+    with sqlite3.connect(home / "caliban.db") as db:
+        return int(db.execute("SELECT count(*) FROM jobs WHERE state = 'RUNNING'").fetchone()[0])
+
+
 def _wait_running(home: Path, count: int, timeout: float = 120) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -46,10 +53,27 @@ def _wait_running(home: Path, count: int, timeout: float = 120) -> str:
             running = docker_cli(
                 "ps", "-q", "--filter", f"label=caliban.store={store}", "--filter", "status=running"
             ).split()
-            if store and len(running) >= count:
+            if store and len(running) >= count and _recorded_running(home) >= count:
                 return store
         time.sleep(0.2)
     raise AssertionError(f"{count} containers never started")
+
+
+def _running_jobs_have_containers(home: Path, store: str, running: int) -> None:
+    """The store's containers are those of its ``running`` RUNNING jobs, plus, with
+    pre-warmed slots, gated ones of PLANNED jobs that wait to be released."""
+    with sqlite3.connect(home / "caliban.db") as db:
+        states = dict(db.execute("SELECT id, state FROM jobs").fetchall())
+    rows = docker_cli(
+        "ps", "-a", "--filter", f"label=caliban.store={store}",
+        "--format", '{{.Label "caliban.job"}} {{.Label "caliban.gate"}}',
+    ).splitlines()  # fmt: skip
+    gated = {job: mark == "1" for job, _, mark in (row.partition(" ") for row in rows)}
+    started = sorted(j for j, s in states.items() if s == "RUNNING")
+    assert len(started) == running
+    assert sorted(j for j in gated if states[j] == "RUNNING") == started
+    for job, is_gated in gated.items():
+        assert states[job] == "RUNNING" or (states[job] == "PLANNED" and is_gated), (job, states)
 
 
 def _wait_exited(store: str, timeout: float = 120) -> None:
@@ -170,7 +194,7 @@ def test_kill_9_then_status_and_rerun_lose_nothing(
     proc.kill()
     proc.wait()
     assert _states(home, "crash").count("RUNNING") == 2
-    assert len(labelled_containers(**{"caliban.store": store})) == 2
+    _running_jobs_have_containers(home, store, 2)
 
     _wait_exited(store)  # the orphans finish on their own
     status = run_cli(["status", "--xgroup", "crash", "--json"], cwd=folder, env=env)
@@ -194,13 +218,13 @@ def test_stop_from_another_terminal(
     store = _wait_running(home, 2)
     dry = run_cli(["stop", "--xgroup", "stopme", "--dry_run"], cwd=folder, env=env)
     assert dry.returncode == 0 and "3 job(s) would be stopped" in dry.stdout
-    assert len(labelled_containers(**{"caliban.store": store})) == 2
+    _running_jobs_have_containers(home, store, 2)
 
     # Piped stdin is no terminal: caliban refuses to guess (tests/integration/
     # test_cli_helps.py answers at a real prompt).
     refused = run_cli(["stop", "--xgroup", "stopme"], cwd=folder, env=env, stdin="y\n")
     assert refused.returncode == 2 and "--yes" in refused.stderr
-    assert len(labelled_containers(**{"caliban.store": store})) == 2
+    _running_jobs_have_containers(home, store, 2)
 
     stopped = run_cli(["stop", "--xgroup", "stopme", "--yes"], cwd=folder, env=env)
     assert stopped.returncode == 0, stopped.stderr

@@ -27,6 +27,7 @@ from caliban.errors import BackendError
 from caliban.events import Sink
 from caliban.platforms.base import Update
 from caliban.platforms.local import gpus, joboutput
+from caliban.platforms.local.gate import GATE_LABEL, NEVER_RAN, NEVER_RAN_CODE
 from caliban.spec import JobRecord, JobState
 
 JOB_LABEL = "caliban.job"
@@ -198,7 +199,13 @@ class LocalBackend:
                 container = await self._existing(job.job_id)
                 if container is not None:
                     info = await container.show()
-                    started = info["State"]["Status"] != "created"
+                    if GATE_LABEL in (info["Config"].get("Labels") or {}):
+                        # Pre-warmed by an earlier run for a job still PLANNED: its
+                        # gate was never opened, and its GPUs were that run's.
+                        await self.discard(container)
+                        container = None
+                    else:
+                        started = info["State"]["Status"] != "created"
             if container is None:
                 config = with_gpus(job.spec, gpu_ids, simulated=simulated_gpus)
                 config = with_cpus(config, cpus, simulated=simulated_cpus, numa=numa)
@@ -232,6 +239,37 @@ class LocalBackend:
             with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_GRACE + 20):
                 await self._remove(container)
         return outcome
+
+    async def create(
+        self, job: JobRecord, config: dict[str, Any]
+    ) -> aiodocker.docker.DockerContainer:
+        """Create a job's container from a finished ``config`` (a pre-warmed start)."""
+        name = container_name(job.job_id)
+        created = await self._create(job, config, name)
+        if created is None:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_GRACE + 20):
+                await self.discard(self.docker.containers.container(name))
+            raise BackendError(
+                f"the Docker engine did not create the container of job "
+                f"{job.short_id} within {ENGINE_ANSWER:.0f} s"
+            )
+        return created
+
+    async def start(self, container: aiodocker.docker.DockerContainer) -> None:
+        await self._start(container)
+
+    async def result(self, container: aiodocker.docker.DockerContainer, job_id: str) -> Update:
+        return await self._result(container, job_id)
+
+    async def discard(self, container: aiodocker.docker.DockerContainer) -> None:
+        """Remove at once, without a grace period: a pre-warmed container whose job
+        never ran has nothing to lose."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_GRACE + 20):
+            try:
+                await container.delete(force=True, v=True)
+            except DockerError as exc:
+                if not _is_missing(exc) and exc.status != 409:
+                    raise
 
     async def _create(
         self, job: JobRecord, config: dict[str, Any], name: str
@@ -347,8 +385,10 @@ class LocalBackend:
         removed belongs to a caliban process that was killed: its exit code is
         recorded, its full output saved to the job's log file, and it is
         removed. A container created but never started is removed and its job
-        STOPPED (resubmit runs it). A job that was started but has no container
-        left is FAILED.
+        STOPPED (resubmit runs it), as is a pre-warmed one (labelled ``caliban.gate``)
+        whose gate the dead run never opened after recording it RUNNING; one whose
+        job is still PLANNED is removed and the job left PLANNED (the same command
+        runs it). A job that was started but has no container left is FAILED.
         PLANNED jobs without a container may still be queued in a live run and
         are left alone.
         """
@@ -363,14 +403,32 @@ class LocalBackend:
                     )
                 continue
             status = info.get("State")
-            if status == "running":
+            gated = GATE_LABEL in (info.get("Labels") or {})
+            if gated and job.state is JobState.PLANNED:
+                # Pre-warmed by a run now gone, gate never opened (RUNNING is recorded
+                # before it is): the job never ran. It stays PLANNED, as a job that
+                # run had not reached yet, and the same command runs it.
+                await self.discard(info["container"])
+            elif status == "running":
                 updates.append(Update(job.job_id, JobState.RUNNING, platform_id=info["Id"]))
             elif status in ("exited", "dead"):
                 container = info["container"]
                 detail = await container.show()
                 code = int(detail["State"].get("ExitCode", -1))
+                text = "".join(await container.log(stdout=True, stderr=True))
+                if gated and code == NEVER_RAN_CODE and text.strip() == NEVER_RAN:
+                    # RUNNING recorded, then the run died before opening the gate.
+                    updates.append(
+                        Update(
+                            job.job_id,
+                            JobState.STOPPED,
+                            message="never started: the run that pre-warmed it ended",
+                            platform_id=info["Id"],
+                        )
+                    )
+                    await self.discard(container)
+                    continue
                 if job.log_path:
-                    text = "".join(await container.log(stdout=True, stderr=True))
                     await filemodes.write_log(Path(job.log_path), text)
                 state = JobState.SUCCEEDED if code == 0 else JobState.FAILED
                 updates.append(Update(job.job_id, state, exit_code=code, platform_id=info["Id"]))

@@ -41,6 +41,8 @@ from caliban.platforms.base import (
 from caliban.platforms.local.containers import LocalBackend, container_config, rebind, run_options
 from caliban.platforms.local.cpus import CpuInventory
 from caliban.platforms.local.cpus import detect as detect_cpus
+from caliban.platforms.local.gate import asked as prewarm_asked
+from caliban.platforms.local.gate import open_gates
 from caliban.platforms.local.gpus import GpuInventory
 from caliban.platforms.local.gpus import detect as detect_gpus
 from caliban.platforms.local.run import execute, slots
@@ -361,6 +363,15 @@ class LocalPlatform:
     async def launch(self, planned: Sequence[Planned], settings: object, run: Launch) -> None:
         assert isinstance(settings, LocalSettings)
         todo = [self._with_secrets(p, settings.secrets) for p in planned]
+        gates = await open_gates(self.ctx.environ) if todo else None
+        if todo and gates is None and prewarm_asked(self.ctx.environ):
+            self.ctx.sink(
+                Notice(
+                    "CALIBAN_PREWARM=1: plain starts (the gate helper cannot be built here "
+                    "without a C compiler and static C library, or the engine is remote)",
+                    level="warning",
+                )
+            )
         await execute(
             todo,
             backend=await self.backend(),
@@ -370,6 +381,7 @@ class LocalPlatform:
             gpus_per_job=settings.gpus_per_job,
             cpus=settings.cpus,
             cpus_per_job=settings.cpus_per_job,
+            gates=gates,
         )
 
     async def resume(self, jobs: Sequence[JobRecord], *, max_parallel: int | None) -> LocalSettings:

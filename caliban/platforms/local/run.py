@@ -11,6 +11,7 @@ in the store and no container of it is left on the engine.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import shlex
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -20,13 +21,15 @@ from typing import Any
 import anyio
 
 from caliban.adapters.store import Planned
-from caliban.core.topology import Choice, format_cpu_list
+from caliban.core.topology import Choice
 from caliban.errors import BackendError
 from caliban.events import JobStateChanged, Notice
 from caliban.limits import ResourcePool
 from caliban.platforms.base import Launch, job_label
+from caliban.platforms.local import prewarm
 from caliban.platforms.local.containers import LocalBackend
 from caliban.platforms.local.cpus import CpuInventory
+from caliban.platforms.local.gate import Gates
 from caliban.platforms.local.gpus import GpuInventory
 from caliban.spec import JobRecord, JobState, Update
 
@@ -58,10 +61,15 @@ async def execute(
     gpus_per_job: int,
     cpus: CpuInventory | None = None,
     cpus_per_job: int = 0,
+    gates: Gates | None = None,
 ) -> None:
     """Run every ``new``/``reconcile`` job of ``planned`` to its end, recording
     each change through ``run``; a job ``run`` no longer hands over (stopped
-    meanwhile, or its claim lost) is not started."""
+    meanwhile, or its claim lost) is not started.
+
+    ``gates``: pre-warmed starts (see :mod:`caliban.platforms.local.gate`); each
+    worker is then a slot holding one set of GPUs and cores for the whole sweep,
+    so a container can be made for it before its current job ends."""
     sink, total = run.sink, run.total
     todo = [p for p in planned if p.action in ("new", "reconcile")]
     gpu_ids = inventory.ids if inventory is not None else ()
@@ -85,41 +93,25 @@ async def execute(
         send.send_nowait(p)
     send.close()
 
-    async def run_one(p: Planned, reap: Callable[[Any], None]) -> None:
+    wanted_gpus = gpus_per_job if gpu_ids else 0
+    wanted_cpus = cpus_per_job if cores else 0
+
+    def holder() -> contextlib.AbstractAsyncContextManager[Choice]:
+        return pool.hold(wanted_gpus, wanted_cpus) if pool is not None else _nothing()
+
+    async def run_one(
+        p: Planned, reap: Callable[[Any], None], pinned: Choice | None = None
+    ) -> None:
         job = p.job
         label = job_label(job, total)
         if await run.current(job) is None:
             return
         sink(JobStateChanged(job.job_id, label, JobState.PLANNED, argv=job.args))
-        wanted_gpus = gpus_per_job if gpu_ids else 0
-        wanted_cpus = cpus_per_job if cores else 0
-        holder = pool.hold(wanted_gpus, wanted_cpus) if pool is not None else _nothing()
-        async with holder as held:
+        async with contextlib.nullcontext(pinned) if pinned is not None else holder() as held:
             gpu_ids_held = held.gpus
 
             async def on_started(container_id: str) -> None:
-                details: dict[str, object] = {}
-                said: list[str] = []
-                if held.gpus:
-                    details["gpu_ids"] = list(held.gpus)
-                    names = inventory.labels(held.gpus) if inventory else ",".join(held.gpus)
-                    if names != ",".join(held.gpus):
-                        details["gpu_indexes"] = names.split(",")
-                    said.append(f"GPUs {names}")
-                if held.cpus:
-                    details["cpus"] = format_cpu_list(held.cpus)
-                    if held.numa is not None:
-                        details["numa_node"] = held.numa
-                    said.append(f"CPUs {details['cpus']}")
-                await run.record(
-                    [
-                        Update(
-                            job.job_id, JobState.RUNNING, platform_id=container_id, details=details
-                        )
-                    ]
-                )
-                extra = ", ".join(said) or None
-                sink(JobStateChanged(job.job_id, label, JobState.RUNNING, detail=extra))
+                await prewarm.record_running(run, job, label, held, container_id, inventory)
 
             try:
                 outcome = await backend.run(
@@ -162,9 +154,22 @@ async def execute(
 
             async with anyio.create_task_group() as tg:
                 for _ in range(workers):
-                    tg.start_soon(worker, reap)
+                    if gates is None:
+                        tg.start_soon(worker, reap)
+                    else:
+                        slot = prewarm.Slot(
+                            backend=backend,
+                            run=run,
+                            gates=gates,
+                            inventory=inventory,
+                            simulated_cpus=bool(cpus and cpus.simulated),
+                            plain=functools.partial(run_one, reap=reap),
+                        )
+                        tg.start_soon(slot.serve, receive.clone(), holder)
     finally:
         receive.close()
+        if gates is not None:
+            gates.close()
         with anyio.CancelScope(shield=True):
             await _stop_leftovers(run, [p.job for p in todo])
 
