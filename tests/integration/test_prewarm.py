@@ -374,7 +374,7 @@ async def test_without_a_helper_prewarm_falls_back_to_plain_starts(
             notices.append(event.text)
         sink(event)  # type: ignore[arg-type]
 
-    session.sink = seen  # type: ignore[assignment]
+    session.sink = seen
     empty_cache = tmp_path / "no-cache"
     session.environ = {
         **session.environ,
