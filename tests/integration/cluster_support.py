@@ -63,3 +63,23 @@ async def caliban(
     with anyio.fail_after(timeout):
         result = await anyio.run_process([CALIBAN, *args], cwd=cwd, env=env, check=False)
     return result.returncode, result.stdout.decode(), result.stderr.decode()
+
+
+# `caliban cluster job submit` of a sweep file against a kubeconfig, as a user types it.
+def submit_args(
+    kubeconfig: Path, config: Path, *extra: str, script: tuple[str, ...] = ()
+) -> list[str]:
+    return [
+        "cluster",
+        "job",
+        "submit",
+        "--kubeconfig",
+        str(kubeconfig),
+        "--image_tag",
+        IMAGE,
+        "--experiment_config",
+        str(config),
+        *extra,
+        "job.py",
+        *(("--", *script) if script else ()),
+    ]

@@ -14,7 +14,14 @@ import yaml
 from tests.conftest import CALIBAN, MakeProject
 from tests.fakes.k8s import FakeKubernetes
 
-from .cluster_support import IMAGE, JOB_LABEL, caliban, cli_env, names_of, wait_for
+from .cluster_support import (
+    JOB_LABEL,
+    caliban,
+    cli_env,
+    names_of,
+    submit_args,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -26,25 +33,6 @@ def folder(make_project: MakeProject) -> Path:
 def env(tmp_path: Path) -> dict[str, str]:
     """What the ``caliban`` processes under test see: a private home, no ambient kubeconfig."""
     return cli_env(tmp_path)
-
-
-def submit_args(
-    kubeconfig: Path, config: Path, *extra: str, script: tuple[str, ...] = ()
-) -> list[str]:
-    return [
-        "cluster",
-        "job",
-        "submit",
-        "--kubeconfig",
-        str(kubeconfig),
-        "--image_tag",
-        IMAGE,
-        "--experiment_config",
-        str(config),
-        *extra,
-        "job.py",
-        *(("--", *script) if script else ()),
-    ]
 
 
 def write_config(folder: Path, **values: list[object]) -> Path:

@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import MakeProject
 from tests.fakes.k8s import FakeKubernetes
 
-from .cluster_support import IMAGE, caliban, cli_env, names_of, wait_for
+from .cluster_support import caliban, cli_env, names_of, submit_args, wait_for
 
 NS = "default"
 QUEUE = "kueue.x-k8s.io/queue-name"
@@ -32,19 +32,7 @@ def env(tmp_path: Path) -> dict[str, str]:
 def submit(kubeconfig: Path, folder: Path, *extra: str, **values: list[object]) -> list[str]:
     config = folder / "exp.json"
     config.write_text(json.dumps(values))
-    return [
-        "cluster",
-        "job",
-        "submit",
-        "--kubeconfig",
-        str(kubeconfig),
-        "--image_tag",
-        IMAGE,
-        "--experiment_config",
-        str(config),
-        *extra,
-        "job.py",
-    ]
+    return submit_args(kubeconfig, config, *extra)
 
 
 async def status(folder: Path, env: dict[str, str], xgroup: str) -> dict[int, dict[str, object]]:
