@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import copy
 import re
+import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["DETAILS_KEY", "is_secret", "redact", "restore", "shown"]
+__all__ = ["DETAILS_KEY", "is_secret", "redact", "redact_argv", "restore", "shown"]
 
 DETAILS_KEY = "secret_env"
 
@@ -101,4 +102,39 @@ def shown(env: Sequence[str]) -> list[str]:
     for entry in env:
         name, has_value, value = entry.partition("=")
         out.append(f"{name}=***" if has_value and is_secret(name, value) else entry)
+    return out
+
+
+# One word of a command line that sets a variable, after any ``--flag=`` in front:
+# ``DB_PASSWORD=x``, ``--env=DB_PASSWORD=x``.
+_SETTING = re.compile(
+    r"^(?P<pre>(?:--?[A-Za-z][\w-]*=)*)(?P<name>[A-Za-z_]\w*)=(?P<value>.*)$", re.S
+)
+
+
+def _word(word: str) -> str:
+    found = _SETTING.match(word)
+    if found and is_secret(found["name"], found["value"]):
+        return found["pre"] + found["name"]
+    return word
+
+
+def redact_argv(argv: Sequence[str]) -> list[str]:
+    """A command line as the history may keep it: each secret ``NAME=VALUE`` (also
+    inside a quoted ``--docker_run_args`` string) cut down to ``NAME``, which Docker
+    reads from the environment, as :func:`redact` does for container specs."""
+    out: list[str] = []
+    for arg in argv:
+        if not any(c.isspace() for c in arg):
+            out.append(_word(arg))
+            continue
+        try:
+            words = shlex.split(arg)
+        except ValueError:
+            # Unbalanced quotes: no telling where a value ends, so none of it is kept.
+            secret = any(_word(w.strip("'\"")) != w.strip("'\"") for w in arg.split())
+            out.append("<not recorded: holds a secret>" if secret else arg)
+            continue
+        kept = [_word(w) for w in words]
+        out.append(shlex.join(kept) if kept != words else arg)
     return out

@@ -29,7 +29,7 @@ import anyio
 from caliban.adapters import provenance
 from caliban.adapters.build import BuiltImage
 from caliban.adapters.store import PlanItem, Planned, RunOwner, Store
-from caliban.core import experiment, names
+from caliban.core import experiment, names, secretenv
 from caliban.errors import AuthError, BackendError, CalibanError, StoreError, ValidationError
 from caliban.events import JobsPlanned, JobStateChanged, Notice, Sink
 from caliban.limits import Pacing, RetryPolicy, with_retries
@@ -264,7 +264,8 @@ async def _provenance(
         image_id=built.image_id if built is not None else None,
         base_image=base if built is not None else None,
         base_image_digest=base_digest,
-        argv=host.argv,
+        # The command line is kept for `caliban show`: never with a secret in it.
+        argv=secretenv.redact_argv(host.argv) if host.argv is not None else None,
         cwd=str(prepared.folder),
         entry=getattr(project, "entry", None),
     )

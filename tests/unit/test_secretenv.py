@@ -70,3 +70,24 @@ def test_names_of_and_shown() -> None:
         "MODE=1",
         "TOKEN",
     ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "kept"),
+    [
+        (
+            ["run", "--docker_run_args", "-e DB_PASSWORD=hunter2 -e MODE=plain", "job.py"],
+            ["run", "--docker_run_args", "-e DB_PASSWORD -e MODE=plain", "job.py"],
+        ),
+        (["--docker_run_args=--env=API_TOKEN=abc"], ["--docker_run_args=--env=API_TOKEN"]),
+        (["-e 'AUTH_KEY=x y' -e A=1"], ["-e AUTH_KEY -e A=1"]),
+        (["-e 'AUTH_KEY=x y"], ["<not recorded: holds a secret>"]),
+        (["-e", "DB_URL=postgres://u:pw@h/db"], ["-e", "DB_URL"]),
+        (
+            ["--lr=0.1", "CALIBAN_TOKEN=keep", "MODE=plain"],
+            ["--lr=0.1", "CALIBAN_TOKEN=keep", "MODE=plain"],
+        ),
+    ],
+)
+def test_a_recorded_command_line_keeps_no_secret_value(argv: list[str], kept: list[str]) -> None:
+    assert secretenv.redact_argv(argv) == kept
