@@ -512,7 +512,7 @@ class Session:
         Unfinished jobs are refreshed first and come without metrics."""
         from caliban.sweep import results
 
-        group = xgroup if xgroup is not None else await results.latest_xgroup(self)
+        group = xgroup if xgroup is not None else await sweep.latest_xgroup(self)
         return await results.results(self, await self.status(xgroup=group, max_jobs=1))
 
     async def stop(

@@ -549,6 +549,14 @@ async def stop(
     return await store.jobs(job_ids=[j.job_id for j in jobs])
 
 
+async def latest_xgroup(host: Host) -> str:
+    """The group of the most recently planned job."""
+    newest = await (await host.store()).jobs(limit=1)
+    if not newest:
+        raise ValidationError(f"no jobs recorded in {host.db_path} yet (see `caliban run`)")
+    return newest[0].xgroup
+
+
 async def remove_leftovers(host: Host, xgroup: str | None, *, dry_run: bool) -> None:
     """What finished jobs of this store still hold on a platform (containers an
     interrupted run could not remove) is removed, the user's own only."""

@@ -19,24 +19,15 @@ import anyio
 
 from caliban.core.metrics import MetricsReader
 from caliban.core.results import Result
-from caliban.errors import CalibanError, ValidationError
+from caliban.errors import CalibanError
 
 if TYPE_CHECKING:
     from caliban.spec import JobRecord
-    from caliban.sweep.engine import Host
 
-__all__ = ["latest_xgroup", "results"]
+__all__ = ["results"]
 
 #: Outputs read at once: each is a file or one HTTP stream.
 READERS = 8
-
-
-async def latest_xgroup(host: Host) -> str:
-    """The group of the most recently planned job."""
-    newest = await (await host.store()).jobs(limit=1)
-    if not newest:
-        raise ValidationError(f"no jobs recorded in {host.db_path} yet (see `caliban run`)")
-    return newest[0].xgroup
 
 
 async def _read(host: Any, job: JobRecord) -> dict[str, Any] | None:

@@ -27,7 +27,7 @@ from caliban.errors import ValidationError
 from caliban.events import Event, JobsPlanned, JobStateChanged, Notice
 from caliban.platforms.base import Relocates, job_label
 from caliban.spec import JobRecord, JobState, Update
-from caliban.sweep.engine import Host, RunResult, launch, refresh
+from caliban.sweep.engine import Host, RunResult, latest_xgroup, launch, refresh
 
 DEFAULT_INTERVAL = 10.0
 
@@ -51,13 +51,6 @@ class _Quiet:
         return getattr(self._host, name)
 
 
-async def _latest_xgroup(host: Host) -> str:
-    recent = await (await host.store()).jobs(limit=1)
-    if not recent:
-        raise ValidationError(f"no jobs recorded in {host.db_path}; nothing to watch")
-    return recent[-1].xgroup
-
-
 async def watch(
     host: Host,
     *,
@@ -70,7 +63,7 @@ async def watch(
     experiment's latest job has ended; move jobs as their platform asks."""
     store = await host.store()
     if xgroup is None:
-        xgroup = await _latest_xgroup(host)
+        xgroup = await latest_xgroup(host)
     elif not await store.has_xgroup(xgroup):
         raise ValidationError(f"no experiment group named {xgroup!r} in {host.db_path}")
     jobs = await store.latest_per_experiment(xgroup)
