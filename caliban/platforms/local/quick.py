@@ -25,19 +25,27 @@ import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
+
 from caliban.adapters import enginequick
 from caliban.adapters.enginequick import target
 from caliban.platforms.local.containers import Handle
 
 _HEADER = struct.Struct(">BxxxL")
+# Connections open at once: a stop of a thousand jobs queues its calls, as
+# aiodocker's connection pool (100) does, instead of opening a socket for each.
+CONNECTIONS = 32
 
 
 class QuickContainer:
     """One container on the socket at ``path`` (a :class:`Handle`)."""
 
-    def __init__(self, path: str, container_id: str) -> None:
+    def __init__(
+        self, path: str, container_id: str, limiter: anyio.CapacityLimiter | None = None
+    ) -> None:
         self._path = path
         self._id = container_id
+        self._limiter = limiter or anyio.CapacityLimiter(CONNECTIONS)
 
     @property
     def id(self) -> str:
@@ -46,25 +54,29 @@ class QuickContainer:
     def _at(self, action: str = "", **query: object) -> str:
         return target(f"/containers/{urllib.parse.quote(self._id, safe='')}{action}", **query)
 
+    async def _call(self, method: str, where: str) -> Any:
+        async with self._limiter:
+            return await enginequick.call(self._path, method, where)
+
     async def show(self) -> dict[str, Any]:
-        info: dict[str, Any] = await enginequick.call(self._path, "GET", self._at("/json"))
+        info: dict[str, Any] = await self._call("GET", self._at("/json"))
         return info
 
     async def stop(self, *, t: int | None = None) -> None:
         # 304 (already stopped) is no error, as with aiodocker.
-        await enginequick.call(self._path, "POST", self._at("/stop", t=t))
+        await self._call("POST", self._at("/stop", t=t))
 
     async def kill(self) -> None:
-        await enginequick.call(self._path, "POST", self._at("/kill"))
+        await self._call("POST", self._at("/kill"))
 
     async def delete(self, *, force: bool = False, v: bool = False) -> None:
-        await enginequick.call(self._path, "DELETE", self._at(force=force or None, v=v or None))
+        await self._call("DELETE", self._at(force=force or None, v=v or None))
 
     async def log_pieces(self, *, follow: bool) -> AsyncIterator[bytes]:
         """The log's payload bytes, frame headers taken off when there are frames."""
         tty = bool((await self.show()).get("Config", {}).get("Tty"))
         where = self._at("/logs", stdout=True, stderr=True, follow=follow)
-        async with enginequick.stream(self._path, "GET", where) as body:
+        async with self._limiter, enginequick.stream(self._path, "GET", where) as body:
             if tty:
                 async for piece in body:
                     yield piece
@@ -102,11 +114,13 @@ class QuickEngine:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.limiter = anyio.CapacityLimiter(CONNECTIONS)
 
     async def listed(self, filters: str) -> list[tuple[Handle, dict[str, Any]]]:
         where = target("/containers/json", all=True, filters=filters)
-        found: list[dict[str, Any]] = await enginequick.call(self.path, "GET", where) or []
-        return [(QuickContainer(self.path, entry["Id"]), entry) for entry in found]
+        async with self.limiter:
+            found: list[dict[str, Any]] = await enginequick.call(self.path, "GET", where) or []
+        return [(QuickContainer(self.path, e["Id"], self.limiter), e) for e in found]
 
     async def output(self, handle: Handle) -> list[str]:
         return [text async for text in self.follow(handle, follow=False)]
