@@ -138,6 +138,8 @@ def target(endpoint: str, **query: object) -> str:
 
 
 _HEAD_LIMIT = 1 << 16
+# What a connection the engine dropped (or cut short) raises while it is read.
+_CUT = (OSError, anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError)
 
 
 class _Response:
@@ -172,6 +174,13 @@ class _Response:
     async def read(self) -> bytes:
         return b"".join([piece async for piece in self.chunks()])
 
+    async def pieces(self) -> AsyncIterator[bytes]:
+        """:meth:`chunks`, ending quietly where the engine cut the answer off, as
+        aiodocker's log stream does."""
+        with contextlib.suppress(*_CUT):
+            async for piece in self.chunks():
+                yield piece
+
 
 def _error(status: int, body: bytes) -> EngineError:
     try:
@@ -199,12 +208,7 @@ async def _exchange(
             await sock.send(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (body or b""))
             reader = BufferedByteReceiveStream(sock)
             raw = await reader.receive_until(b"\r\n\r\n", _HEAD_LIMIT)
-        except (
-            OSError,
-            anyio.EndOfStream,
-            anyio.BrokenResourceError,
-            anyio.DelimiterNotFound,
-        ) as exc:
+        except (*_CUT, anyio.DelimiterNotFound) as exc:
             raise EngineUnavailable(
                 f"unix://{path}: no answer ({exc or type(exc).__name__})"
             ) from exc
@@ -224,12 +228,20 @@ async def call(path: str, method: str, where: str, body: Any = None) -> Any:
     an empty one). An error status raises :class:`EngineError`."""
     data = None if body is None else json.dumps(body).encode()
     async with _exchange(path, method, where, data) as response:
-        answer = await response.read()
+        try:
+            answer = await response.read()
+        except _CUT as exc:
+            raise EngineUnavailable(
+                f"unix://{path}: answer cut off ({exc or type(exc).__name__})"
+            ) from exc
     if response.status >= 400:
         raise _error(response.status, answer)
     if not answer.strip():
         return None
-    return json.loads(answer)
+    try:
+        return json.loads(answer)
+    except ValueError:
+        raise EngineError(response.status, f"not JSON: {answer[:200]!r}") from None
 
 
 @contextlib.asynccontextmanager
@@ -238,5 +250,5 @@ async def stream(path: str, method: str, where: str) -> AsyncIterator[AsyncItera
     status raises :class:`EngineError` before anything is read."""
     async with _exchange(path, method, where, None) as response:
         if response.status >= 400:
-            raise _error(response.status, await response.read())
-        yield response.chunks()
+            raise _error(response.status, b"".join([p async for p in response.pieces()]))
+        yield response.pieces()
