@@ -154,6 +154,17 @@ class Session:
             self._docker = await self._stack.enter_async_context(engine.connect(self.docker_url))
         return self._docker
 
+    def engine_socket(self) -> str | None:
+        """The engine's Unix socket while no aiodocker connection is open, for the calls
+        made without it (:mod:`caliban.adapters.enginequick`); None when the engine is
+        reached another way. The choice is aiodocker's, from the process environment
+        as aiodocker reads it: ``DOCKER_HOST``, the Docker context, the usual sockets."""
+        if self._docker is not None:
+            return None
+        from caliban.adapters import enginequick
+
+        return enginequick.local_socket(self.docker_url)
+
     async def container_options(
         self, args: Sequence[str], fragment: Mapping[str, Any] | None
     ) -> RunOptions:
@@ -355,12 +366,11 @@ class Session:
     async def find_image(self, ref: str) -> dict[str, Any] | None:
         """One image inspect (None: no such image). Until a connection is open, and
         when the engine is on a local socket, without loading aiodocker."""
-        if self._docker is None:
+        path = self.engine_socket()
+        if path is not None:
             from caliban.adapters import enginequick
 
-            path = enginequick.local_socket(self.docker_url)
-            if path is not None:
-                return await anyio.to_thread.run_sync(enginequick.inspect_image, path, ref)
+            return await anyio.to_thread.run_sync(enginequick.inspect_image, path, ref)
         return await engine.inspect_image(await self.docker(), ref)
 
     async def build_prepared(self, prepared: Prepared, *, no_cache: bool = False) -> BuiltImage:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -63,9 +64,25 @@ def _reason(exc: DockerError) -> str:
     return message.removeprefix("Cannot connect to Docker Engine via ").strip() or str(exc)
 
 
-def error_text(exc: DockerError) -> str:
+def errors() -> tuple[type[Exception], ...]:
+    """What a failed engine call raises: the stdlib client's error, and aiodocker's
+    once aiodocker is loaded (it raises none before), so catching them does not
+    import it."""
+    from caliban.adapters.enginequick import EngineError
+
+    loaded = sys.modules.get("aiodocker.exceptions")
+    return (EngineError, loaded.DockerError) if loaded is not None else (EngineError,)
+
+
+def status_of(exc: BaseException) -> int | None:
+    """The HTTP status of an engine error of either client."""
+    status = getattr(exc, "status", None)
+    return status if isinstance(status, int) else None
+
+
+def error_text(exc: BaseException) -> str:
     """The daemon's own words, without aiodocker's decoration."""
-    msg: Any = exc.message
+    msg: Any = getattr(exc, "message", str(exc))
     if isinstance(msg, dict):
         msg = msg.get("message", json.dumps(msg))
     return str(msg).strip()

@@ -1,28 +1,40 @@
-"""One image inspect over the engine's Unix socket, without aiohttp.
+"""A few Engine API calls over the engine's Unix socket, without aiohttp.
 
 A no-change ``caliban build`` needs a single answer from the engine (does the
-image with this content hash exist?), and importing aiodocker and aiohttp
-costs ten times that round trip. This module asks it with the standard
-library's HTTP client over ``AF_UNIX``, for the engine aiodocker would pick:
+image with this content hash exist?), and ``caliban status``, ``stop`` and
+``logs`` of local jobs a handful more (list, inspect, stop, remove, logs);
+importing aiodocker and aiohttp costs ten times those round trips. This module
+asks them with the standard library over ``AF_UNIX``, for the engine aiodocker
+would pick:
 ``DOCKER_HOST=unix://...``, or no ``DOCKER_HOST`` and one of the usual
 sockets. Any other way to the engine (TCP, TLS, SSH, a Docker context) is
 left to aiodocker: :func:`local_socket` returns None for it.
 
 The path carries no API version, so the engine answers in its own, which is
 what aiodocker's ``api_version="auto"`` settles on (it asks ``/version``
-first); an image inspect's fields are the same in every version caliban uses.
+first); the fields caliban reads (an image inspect, a container's list entry,
+inspect and state) are the same in every version caliban uses.
+
+:func:`inspect_image` blocks (a build runs it in a thread); :func:`call` and
+:func:`stream` are async, on anyio's Unix sockets, so a followed log or a
+long ``stop`` is cancelled like any other await.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
 import socket
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
+
+import anyio
+from anyio.abc import ByteStream
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 from caliban.errors import BackendError, EngineUnavailable
 
@@ -103,3 +115,140 @@ def inspect_image(path: str, ref: str, *, timeout: float = _TIMEOUT) -> dict[str
             status=response.status,
         )
     return data
+
+
+class EngineError(Exception):
+    """The engine answered a call with an error status (aiodocker's DockerError, without
+    aiodocker): ``status`` is the HTTP status, ``message`` the engine's own words."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+def target(endpoint: str, **query: object) -> str:
+    """``endpoint`` with its query, valued as aiodocker sends them (booleans as 1/0)."""
+    params = {
+        k: ("1" if v else "0") if isinstance(v, bool) else str(v)
+        for k, v in query.items()
+        if v is not None
+    }
+    return endpoint + ("?" + urllib.parse.urlencode(params) if params else "")
+
+
+_HEAD_LIMIT = 1 << 16
+# What a connection the engine dropped (or cut short) raises while it is read.
+_CUT = (OSError, anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError)
+
+
+class _Response:
+    """Status, headers and body reader of one answer on a connection of its own."""
+
+    def __init__(self, status: int, headers: dict[str, str], body: BufferedByteReceiveStream):
+        self.status = status
+        self.headers = headers
+        self._body = body
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives (chunked, sized, or up to the end of the connection)."""
+        if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            while True:
+                size_line = await self._body.receive_until(b"\r\n", _HEAD_LIMIT)
+                size = int(size_line.split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    return
+                yield await self._body.receive_exactly(size)
+                await self._body.receive_exactly(2)
+        elif "content-length" in self.headers:
+            left = int(self.headers["content-length"])
+            while left:
+                piece = await self._body.receive(min(left, 1 << 16))
+                left -= len(piece)
+                yield piece
+        else:
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                while True:
+                    yield await self._body.receive()
+
+    async def read(self) -> bytes:
+        return b"".join([piece async for piece in self.chunks()])
+
+    async def pieces(self) -> AsyncIterator[bytes]:
+        """:meth:`chunks`, ending quietly where the engine cut the answer off, as
+        aiodocker's log stream does."""
+        with contextlib.suppress(*_CUT):
+            async for piece in self.chunks():
+                yield piece
+
+
+def _error(status: int, body: bytes) -> EngineError:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and "message" in data:
+        return EngineError(status, str(data["message"]))
+    return EngineError(status, body[:200].decode("utf-8", "replace").strip())
+
+
+@contextlib.asynccontextmanager
+async def _exchange(
+    path: str, method: str, where: str, body: bytes | None
+) -> AsyncIterator[_Response]:
+    try:
+        sock: ByteStream = await anyio.connect_unix(path)
+    except OSError as exc:
+        raise EngineUnavailable(f"unix://{path}: {exc.strerror or exc}") from exc
+    async with sock:
+        head = [f"{method} {where} HTTP/1.1", "Host: docker", "Connection: close"]
+        if body is not None:
+            head += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+        try:
+            await sock.send(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (body or b""))
+            reader = BufferedByteReceiveStream(sock)
+            raw = await reader.receive_until(b"\r\n\r\n", _HEAD_LIMIT)
+        except (*_CUT, anyio.DelimiterNotFound) as exc:
+            raise EngineUnavailable(
+                f"unix://{path}: no answer ({exc or type(exc).__name__})"
+            ) from exc
+        status_line, *lines = raw.decode("latin-1").split("\r\n")
+        parts = status_line.split(" ", 2)
+        if len(parts) < 2 or not parts[1].isdigit():
+            raise EngineUnavailable(f"unix://{path}: not an HTTP answer ({status_line[:80]!r})")
+        headers = {}
+        for line in lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        yield _Response(int(parts[1]), headers, reader)
+
+
+async def call(path: str, method: str, where: str, body: Any = None) -> Any:
+    """One Engine API call on the socket at ``path``: the decoded JSON answer (None for
+    an empty one). An error status raises :class:`EngineError`."""
+    data = None if body is None else json.dumps(body).encode()
+    async with _exchange(path, method, where, data) as response:
+        try:
+            answer = await response.read()
+        except _CUT as exc:
+            raise EngineUnavailable(
+                f"unix://{path}: answer cut off ({exc or type(exc).__name__})"
+            ) from exc
+    if response.status >= 400:
+        raise _error(response.status, answer)
+    if not answer.strip():
+        return None
+    try:
+        return json.loads(answer)
+    except ValueError:
+        raise EngineError(response.status, f"not JSON: {answer[:200]!r}") from None
+
+
+@contextlib.asynccontextmanager
+async def stream(path: str, method: str, where: str) -> AsyncIterator[AsyncIterator[bytes]]:
+    """An Engine API answer read as it comes (a followed log): its body's pieces. An error
+    status raises :class:`EngineError` before anything is read."""
+    async with _exchange(path, method, where, None) as response:
+        if response.status >= 400:
+            raise _error(response.status, b"".join([p async for p in response.pieces()]))
+        yield response.pieces()

@@ -125,17 +125,18 @@ def cmd_stop(ns: argparse.Namespace) -> int:
     jobs, code = running.execute(ns, work, sink)
     if code is not None:
         return code
-    from caliban.cli.ui import jobs_table
+    # Listed as status lists them: rich on a terminal only.
+    from caliban.cli.joblist import show_jobs
 
     if declined:
         sink.console.print("not stopped: the answer was not yes")
     elif not jobs:
         sink.console.print("no running jobs to stop")
     elif ns.dry_run:
-        sink.console.print(jobs_table(jobs))
+        show_jobs(jobs, sink.console, as_json=False)
         sink.console.print(f"dry run: {len(jobs)} job(s) would be stopped")
     else:
-        sink.console.print(jobs_table(jobs))
+        show_jobs(jobs, sink.console, as_json=False)
     return EXIT_OK
 
 

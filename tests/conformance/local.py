@@ -10,7 +10,7 @@ Each job runs ``gate.py``, which waits for its verdict (an exit code) in a
 bind-mounted folder: :meth:`finish` writes it and waits for the container to
 exit. What reached the engine is read from the engine itself (its ``create``
 events for this store), and refresh's list calls from the Docker client of this
-process (``GET /containers/json``).
+process (``GET /containers/json``, through aiodocker or the standard library).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import aiodocker
 import anyio
 import pytest
 
+from caliban.adapters import enginequick
 from caliban.cli import inputs
 from caliban.options import ProjectOptions, RunRequest
 from caliban.platforms.local.containers import container_name
@@ -120,6 +121,17 @@ async def local_case(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
         return await query(self, path, method, **kw)
 
     monkeypatch.setattr(aiodocker.Docker, "_do_query", observed)
+
+    # And at the standard-library client's, which status and stop use when no
+    # aiodocker connection is open.
+    call = enginequick.call
+
+    async def observed_quick(path: str, method: str, where: str, body: Any = None) -> Any:
+        if method == "GET" and where.split("?")[0].rstrip("/").endswith("containers/json"):
+            lists["engine"] += 1
+        return await call(path, method, where, body)
+
+    monkeypatch.setattr(enginequick, "call", observed_quick)
 
     @asynccontextmanager
     async def session() -> AsyncIterator[Session]:

@@ -88,3 +88,16 @@ def test_the_probe_sees_what_a_command_imports(tmp_path: Path, quiet_env: dict[s
     # empty answer above is not the probe missing everything.
     seen = loaded_by(["status"], tmp_path, {**quiet_env, "TTY_COMPATIBLE": "1"})
     assert "rich" in seen["modules"]  # type: ignore[operator]
+
+
+def test_the_local_platform_loads_no_engine_client() -> None:
+    # status, stop and logs load the platform to ask it about local jobs; aiodocker
+    # comes with a run's launch only.
+    probe = (
+        "import sys, caliban.platforms.local.platform, caliban.platforms.local.quick\n"
+        "print(sorted(m for m in ('aiodocker', 'aiohttp', 'rich') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]"

@@ -14,14 +14,12 @@ import copy
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
-import aiodocker
 import anyio
-from aiodocker.exceptions import DockerError
 
 from caliban.adapters import filemodes
-from caliban.adapters.docker import MANAGED_LABEL, error_text, label_filter
+from caliban.adapters.docker import MANAGED_LABEL, error_text, errors, label_filter, status_of
 from caliban.core import dockerargs, topology
 from caliban.errors import BackendError
 from caliban.events import Sink
@@ -29,6 +27,9 @@ from caliban.platforms.base import Update
 from caliban.platforms.local import gpus, joboutput
 from caliban.platforms.local.gate import GATE_LABEL, NEVER_RAN, NEVER_RAN_CODE
 from caliban.spec import JobRecord, JobState
+
+if TYPE_CHECKING:
+    import aiodocker
 
 JOB_LABEL = "caliban.job"
 XGROUP_LABEL = "caliban.xgroup"
@@ -136,21 +137,249 @@ def with_cpus(
     return config
 
 
-def _is_missing(exc: DockerError) -> bool:
-    return exc.status == 404
+def _is_missing(exc: BaseException) -> bool:
+    return status_of(exc) == 404
 
 
-def _start_error(exc: DockerError) -> BackendError:
+def _start_error(exc: BaseException) -> BackendError:
     text = error_text(exc)
     if "could not select device driver" in text:
         return BackendError(
             f"the Docker engine cannot give containers GPUs ({text})",
             hint="install the NVIDIA container toolkit, or run with --nogpu",
         )
-    return BackendError(f"cannot start a container: {text}", status=exc.status)
+    return BackendError(f"cannot start a container: {text}", status=status_of(exc))
 
 
-class LocalBackend:
+class Handle(Protocol):
+    """A container as finding, stopping and removing jobs' containers needs it:
+    aiodocker's, or the stdlib client's (:mod:`caliban.platforms.local.quick`)."""
+
+    @property
+    def id(self) -> str: ...
+
+    async def show(self) -> dict[str, Any]: ...
+
+    async def stop(self, *, t: int | None = None) -> None: ...
+
+    async def kill(self) -> None: ...
+
+    async def delete(self, *, force: bool = False, v: bool = False) -> None: ...
+
+
+class Engine(Protocol):
+    """The few engine calls of ``status``, ``stop`` and ``logs``."""
+
+    async def listed(self, filters: str) -> list[tuple[Handle, dict[str, Any]]]:
+        """Every container (running or not) the label ``filters`` match, with its list
+        entry (``Id``, ``Labels``, ``State``...)."""
+        ...
+
+    async def output(self, handle: Handle) -> list[str]:
+        """Its output so far (stdout and stderr), as text."""
+        ...
+
+    def follow(self, handle: Handle) -> AsyncIterator[str]:
+        """Its output so far, then as it comes until it exits."""
+        ...
+
+
+class DockerEngine:
+    """:class:`Engine` through an open aiodocker connection."""
+
+    def __init__(self, docker: aiodocker.Docker) -> None:
+        self.docker = docker
+
+    async def listed(self, filters: str) -> list[tuple[Handle, dict[str, Any]]]:
+        found = await self.docker.containers.list(all=True, filters=filters)
+        return [(c, c._container) for c in found]
+
+    async def output(self, handle: Handle) -> list[str]:
+        container = cast("aiodocker.docker.DockerContainer", handle)
+        return list(await container.log(stdout=True, stderr=True))
+
+    def follow(self, handle: Handle) -> AsyncIterator[str]:
+        container = cast("aiodocker.docker.DockerContainer", handle)
+        return container.log(stdout=True, stderr=True, follow=True)
+
+
+class JobContainers:
+    """The containers of a store's jobs, whichever run made them: what ``status``
+    reconciles, ``stop`` stops and ``logs`` reads. Needs no aiodocker of its own."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        store_id: str,
+        sink: Sink,
+        force: anyio.Event | None = None,
+    ) -> None:
+        self.engine = engine
+        self.store_id = store_id
+        self.sink = sink
+        # Set on a second Ctrl-C: stop containers without a grace period.
+        self.force = force or anyio.Event()
+
+    async def discard(self, container: Handle) -> None:
+        """Remove at once, without a grace period: a pre-warmed container whose job
+        never ran has nothing to lose."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_GRACE + 20):
+            try:
+                await container.delete(force=True, v=True)
+            except errors() as exc:
+                if not _is_missing(exc) and status_of(exc) != 409:
+                    raise
+
+    async def remove(self, container: Handle) -> None:
+        """Stop and remove a container, shielded from cancellation: one handed out
+        by :meth:`LocalBackend.run`'s ``reap``, or one caliban runs outside a job (a
+        notebook)."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_GRACE + 20):
+            await self._remove(container)
+
+    async def _remove(self, container: Handle) -> None:
+        """Stop (politely unless forced) and remove; tolerate it being gone already."""
+        grace = FORCED_GRACE if self.force.is_set() else STOP_GRACE
+
+        async def kill_when_forced() -> None:
+            await self.force.wait()
+            with contextlib.suppress(*errors()):
+                await container.kill()
+
+        try:
+            info = await container.show()
+            if info["State"]["Running"]:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(kill_when_forced)
+                    await container.stop(t=grace)
+                    tg.cancel_scope.cancel()
+            await container.delete(force=True, v=True)
+        except errors() as exc:
+            if not _is_missing(exc) and status_of(exc) != 409:
+                raise
+
+    # -- status / stop / logs for jobs of any run ------------------------------------------
+
+    async def _containers(self) -> dict[str, dict[str, Any]]:
+        found = await self.engine.listed(label_filter(**{STORE_LABEL: self.store_id}))
+        out: dict[str, dict[str, Any]] = {}
+        for handle, entry in found:
+            labels = entry.get("Labels") or {}
+            if JOB_LABEL in labels:
+                out[labels[JOB_LABEL]] = {"container": handle, **entry}
+        return out
+
+    async def job_containers(self) -> dict[str, Handle]:
+        """Every container of this store's jobs on the engine, by job id."""
+        return {job_id: info["container"] for job_id, info in (await self._containers()).items()}
+
+    async def refresh(self, jobs: Sequence[JobRecord]) -> list[Update]:
+        """Bring jobs whose recording process died up to date.
+
+        A running container means RUNNING. An exited container that nobody
+        removed belongs to a caliban process that was killed: its exit code is
+        recorded, its full output saved to the job's log file, and it is
+        removed. A container created but never started is removed and its job
+        STOPPED (resubmit runs it), as is a pre-warmed one (labelled ``caliban.gate``)
+        whose gate the dead run never opened after recording it RUNNING; one whose
+        job is still PLANNED is removed and the job left PLANNED (the same command
+        runs it). A job that was started but has no container left is FAILED.
+        PLANNED jobs without a container may still be queued in a live run and
+        are left alone.
+        """
+        containers = await self._containers()
+        updates: list[Update] = []
+        for job in jobs:
+            info = containers.get(job.job_id)
+            if info is None:
+                if job.state in (JobState.RUNNING, JobState.SUBMITTED, JobState.UNKNOWN):
+                    updates.append(
+                        Update(job.job_id, JobState.FAILED, message="container disappeared")
+                    )
+                continue
+            status = info.get("State")
+            gated = GATE_LABEL in (info.get("Labels") or {})
+            if gated and job.state is JobState.PLANNED:
+                # Pre-warmed by a run now gone, gate never opened (RUNNING is recorded
+                # before it is): the job never ran. It stays PLANNED, as a job that
+                # run had not reached yet, and the same command runs it.
+                await self.discard(info["container"])
+            elif status == "running":
+                updates.append(Update(job.job_id, JobState.RUNNING, platform_id=info["Id"]))
+            elif status in ("exited", "dead"):
+                container = info["container"]
+                detail = await container.show()
+                code = int(detail["State"].get("ExitCode", -1))
+                text = "".join(await self.engine.output(container))
+                if gated and code == NEVER_RAN_CODE and text.strip() == NEVER_RAN:
+                    # RUNNING recorded, then the run died before opening the gate.
+                    updates.append(
+                        Update(
+                            job.job_id,
+                            JobState.STOPPED,
+                            message="never started: the run that pre-warmed it ended",
+                            platform_id=info["Id"],
+                        )
+                    )
+                    await self.discard(container)
+                    continue
+                if job.log_path:
+                    await filemodes.write_log(Path(job.log_path), text)
+                state = JobState.SUCCEEDED if code == 0 else JobState.FAILED
+                updates.append(Update(job.job_id, state, exit_code=code, platform_id=info["Id"]))
+                await self._remove(container)
+            elif status == "created" and job.state is not JobState.PLANNED:
+                # Made, recorded, never started: the run that would have started it is
+                # gone (live runs' jobs are not refreshed here), so nothing ever will.
+                updates.append(
+                    Update(
+                        job.job_id,
+                        JobState.STOPPED,
+                        message="never started: the run that created it ended",
+                        platform_id=info["Id"],
+                    )
+                )
+                await self._remove(info["container"])
+        return updates
+
+    async def cancel(self, jobs: Sequence[JobRecord]) -> list[Update]:
+        containers = await self._containers()
+        updates: list[Update] = []
+
+        async def stop_one(job: JobRecord) -> None:
+            info = containers.get(job.job_id)
+            if info is not None:
+                await self._remove(info["container"])
+            updates.append(Update(job.job_id, JobState.STOPPED, message="stopped by caliban stop"))
+
+        async with anyio.create_task_group() as tg:
+            for job in jobs:
+                tg.start_soon(stop_one, job)
+        return updates
+
+    async def logs(self, job: JobRecord, *, follow: bool = False) -> AsyncIterator[str]:
+        """The job's output: from its container while it runs, else from its log file."""
+        info = (await self._containers()).get(job.job_id)
+        if info is not None and info.get("State") == "running":
+            container = info["container"]
+            if follow:
+                async for chunk in self.engine.follow(container):
+                    yield chunk
+            else:
+                for chunk in await self.engine.output(container):
+                    yield chunk
+            return
+        if job.log_path and await anyio.Path(job.log_path).exists():
+            async for text in joboutput.read_log(Path(job.log_path)):
+                yield text
+            return
+        raise BackendError(f"no output recorded for job {job.short_id}")
+
+
+class LocalBackend(JobContainers):
+    """Running jobs, on an open aiodocker connection (attach, wait and the rest)."""
+
     def __init__(
         self,
         docker: aiodocker.Docker,
@@ -159,11 +388,8 @@ class LocalBackend:
         sink: Sink,
         force: anyio.Event | None = None,
     ) -> None:
+        super().__init__(DockerEngine(docker), store_id=store_id, sink=sink, force=force)
         self.docker = docker
-        self.store_id = store_id
-        self.sink = sink
-        # Set on a second Ctrl-C: stop containers without a grace period.
-        self.force = force or anyio.Event()
 
     async def run(
         self,
@@ -261,16 +487,6 @@ class LocalBackend:
     async def result(self, container: aiodocker.docker.DockerContainer, job_id: str) -> Update:
         return await self._result(container, job_id)
 
-    async def discard(self, container: aiodocker.docker.DockerContainer) -> None:
-        """Remove at once, without a grace period: a pre-warmed container whose job
-        never ran has nothing to lose."""
-        with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_GRACE + 20):
-            try:
-                await container.delete(force=True, v=True)
-            except DockerError as exc:
-                if not _is_missing(exc) and exc.status != 409:
-                    raise
-
     async def _create(
         self, job: JobRecord, config: dict[str, Any], name: str
     ) -> aiodocker.docker.DockerContainer | None:
@@ -280,10 +496,10 @@ class LocalBackend:
         with anyio.CancelScope(shield=True), anyio.move_on_after(ENGINE_ANSWER):
             try:
                 return await self.docker.containers.create(config, name=name)
-            except DockerError as exc:
+            except errors() as exc:
                 raise BackendError(
                     f"cannot create the container of job {job.short_id}: {error_text(exc)}",
-                    status=exc.status,
+                    status=status_of(exc),
                 ) from exc
         return None
 
@@ -293,7 +509,7 @@ class LocalBackend:
         with anyio.CancelScope(shield=True), anyio.move_on_after(ENGINE_ANSWER):
             try:
                 await container.start()
-            except DockerError as exc:
+            except errors() as exc:
                 raise _start_error(exc) from exc
             return
         raise BackendError(f"the Docker engine did not start {container.id[:12]} in time")
@@ -301,7 +517,7 @@ class LocalBackend:
     async def _result(self, container: aiodocker.docker.DockerContainer, job_id: str) -> Update:
         try:
             result = await container.wait()
-        except DockerError as exc:
+        except errors() as exc:
             if _is_missing(exc):  # removed by `caliban stop` from elsewhere
                 return Update(job_id, JobState.STOPPED, message="container removed")
             raise
@@ -309,16 +525,10 @@ class LocalBackend:
         state = JobState.SUCCEEDED if code == 0 else JobState.FAILED
         return Update(job_id, state, code, None if code == 0 else f"exit code {code}")
 
-    async def remove(self, container: aiodocker.docker.DockerContainer) -> None:
-        """Stop and remove a container, shielded from cancellation: one handed out
-        by :meth:`run`'s ``reap``, or one caliban runs outside a job (a notebook)."""
-        with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_GRACE + 20):
-            await self._remove(container)
-
     async def _existing(self, job_id: str) -> aiodocker.docker.DockerContainer | None:
         try:
             return await self.docker.containers.get(container_name(job_id))
-        except DockerError as exc:
+        except errors() as exc:
             if _is_missing(exc):
                 return None
             raise
@@ -339,146 +549,6 @@ class LocalBackend:
             label=label,
             log_path=log_path,
         )
-
-    async def _remove(self, container: aiodocker.docker.DockerContainer) -> None:
-        """Stop (politely unless forced) and remove; tolerate it being gone already."""
-        grace = FORCED_GRACE if self.force.is_set() else STOP_GRACE
-
-        async def kill_when_forced() -> None:
-            await self.force.wait()
-            with contextlib.suppress(DockerError):
-                await container.kill()
-
-        try:
-            info = await container.show()
-            if info["State"]["Running"]:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(kill_when_forced)
-                    await container.stop(t=grace)
-                    tg.cancel_scope.cancel()
-            await container.delete(force=True, v=True)
-        except DockerError as exc:
-            if not _is_missing(exc) and exc.status != 409:
-                raise
-
-    # -- status / stop / logs for jobs of any run ------------------------------------------
-
-    async def _containers(self) -> dict[str, dict[str, Any]]:
-        found = await self.docker.containers.list(
-            all=True, filters=label_filter(**{STORE_LABEL: self.store_id})
-        )
-        out: dict[str, dict[str, Any]] = {}
-        for c in found:
-            labels = c._container.get("Labels") or {}
-            if JOB_LABEL in labels:
-                out[labels[JOB_LABEL]] = {"container": c, **c._container}
-        return out
-
-    async def job_containers(self) -> dict[str, aiodocker.docker.DockerContainer]:
-        """Every container of this store's jobs on the engine, by job id."""
-        return {job_id: info["container"] for job_id, info in (await self._containers()).items()}
-
-    async def refresh(self, jobs: Sequence[JobRecord]) -> list[Update]:
-        """Bring jobs whose recording process died up to date.
-
-        A running container means RUNNING. An exited container that nobody
-        removed belongs to a caliban process that was killed: its exit code is
-        recorded, its full output saved to the job's log file, and it is
-        removed. A container created but never started is removed and its job
-        STOPPED (resubmit runs it), as is a pre-warmed one (labelled ``caliban.gate``)
-        whose gate the dead run never opened after recording it RUNNING; one whose
-        job is still PLANNED is removed and the job left PLANNED (the same command
-        runs it). A job that was started but has no container left is FAILED.
-        PLANNED jobs without a container may still be queued in a live run and
-        are left alone.
-        """
-        containers = await self._containers()
-        updates: list[Update] = []
-        for job in jobs:
-            info = containers.get(job.job_id)
-            if info is None:
-                if job.state in (JobState.RUNNING, JobState.SUBMITTED, JobState.UNKNOWN):
-                    updates.append(
-                        Update(job.job_id, JobState.FAILED, message="container disappeared")
-                    )
-                continue
-            status = info.get("State")
-            gated = GATE_LABEL in (info.get("Labels") or {})
-            if gated and job.state is JobState.PLANNED:
-                # Pre-warmed by a run now gone, gate never opened (RUNNING is recorded
-                # before it is): the job never ran. It stays PLANNED, as a job that
-                # run had not reached yet, and the same command runs it.
-                await self.discard(info["container"])
-            elif status == "running":
-                updates.append(Update(job.job_id, JobState.RUNNING, platform_id=info["Id"]))
-            elif status in ("exited", "dead"):
-                container = info["container"]
-                detail = await container.show()
-                code = int(detail["State"].get("ExitCode", -1))
-                text = "".join(await container.log(stdout=True, stderr=True))
-                if gated and code == NEVER_RAN_CODE and text.strip() == NEVER_RAN:
-                    # RUNNING recorded, then the run died before opening the gate.
-                    updates.append(
-                        Update(
-                            job.job_id,
-                            JobState.STOPPED,
-                            message="never started: the run that pre-warmed it ended",
-                            platform_id=info["Id"],
-                        )
-                    )
-                    await self.discard(container)
-                    continue
-                if job.log_path:
-                    await filemodes.write_log(Path(job.log_path), text)
-                state = JobState.SUCCEEDED if code == 0 else JobState.FAILED
-                updates.append(Update(job.job_id, state, exit_code=code, platform_id=info["Id"]))
-                await self._remove(container)
-            elif status == "created" and job.state is not JobState.PLANNED:
-                # Made, recorded, never started: the run that would have started it is
-                # gone (live runs' jobs are not refreshed here), so nothing ever will.
-                updates.append(
-                    Update(
-                        job.job_id,
-                        JobState.STOPPED,
-                        message="never started: the run that created it ended",
-                        platform_id=info["Id"],
-                    )
-                )
-                await self._remove(info["container"])
-        return updates
-
-    async def cancel(self, jobs: Sequence[JobRecord]) -> list[Update]:
-        containers = await self._containers()
-        updates: list[Update] = []
-
-        async def stop_one(job: JobRecord) -> None:
-            info = containers.get(job.job_id)
-            if info is not None:
-                await self._remove(info["container"])
-            updates.append(Update(job.job_id, JobState.STOPPED, message="stopped by caliban stop"))
-
-        async with anyio.create_task_group() as tg:
-            for job in jobs:
-                tg.start_soon(stop_one, job)
-        return updates
-
-    async def logs(self, job: JobRecord, *, follow: bool = False) -> AsyncIterator[str]:
-        """The job's output: from its container while it runs, else from its log file."""
-        info = (await self._containers()).get(job.job_id)
-        if info is not None and info.get("State") == "running":
-            container = info["container"]
-            if follow:
-                async for chunk in container.log(stdout=True, stderr=True, follow=True):
-                    yield chunk
-            else:
-                for chunk in await container.log(stdout=True, stderr=True):
-                    yield chunk
-            return
-        if job.log_path and await anyio.Path(job.log_path).exists():
-            async for text in joboutput.read_log(Path(job.log_path)):
-                yield text
-            return
-        raise BackendError(f"no output recorded for job {job.short_id}")
 
 
 def rebind(spec: dict[str, Any], job_id: str) -> dict[str, Any]:

@@ -16,20 +16,22 @@ import codecs
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-import aiodocker
 import anyio
-from aiodocker.exceptions import DockerError
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from caliban.adapters import filemodes
+from caliban.adapters.docker import errors, status_of
 from caliban.core.output import OutputView
 from caliban.errors import BackendError
 from caliban.events import JobOutput, JobOutputSkipped, Sink
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
+
+if TYPE_CHECKING:
+    import aiodocker
 
 # Chunks waiting for the log writer, and how much one write takes at most.
 QUEUE_CHUNKS = 64
@@ -157,8 +159,8 @@ async def _attached(
             await start()
             while (message := await stream.read_out()) is not None:
                 await on_data(message.stream, message.data)
-    except DockerError as exc:
-        if exc.status != 404:  # removed by `caliban stop` from elsewhere
+    except errors() as exc:
+        if status_of(exc) != 404:  # removed by `caliban stop` from elsewhere
             raise
 
 
@@ -168,8 +170,8 @@ async def _from_engine_log(container: aiodocker.docker.DockerContainer, on_data:
     try:
         async for text in container.log(stdout=True, stderr=True, follow=True):
             await on_data(1, text.encode("utf-8"))
-    except DockerError as exc:
-        if exc.status != 404:  # removed by `caliban stop` from elsewhere
+    except errors() as exc:
+        if status_of(exc) != 404:  # removed by `caliban stop` from elsewhere
             raise
 
 

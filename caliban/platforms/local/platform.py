@@ -14,9 +14,8 @@ import os
 import shlex
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-import aiodocker
 import anyio
 import anyio.lowlevel
 
@@ -38,14 +37,20 @@ from caliban.platforms.base import (
     Rebound,
     Row,
 )
-from caliban.platforms.local.containers import LocalBackend, container_config, rebind, run_options
+from caliban.platforms.local.containers import (
+    Handle,
+    JobContainers,
+    LocalBackend,
+    container_config,
+    rebind,
+    run_options,
+)
 from caliban.platforms.local.cpus import CpuInventory
 from caliban.platforms.local.cpus import detect as detect_cpus
 from caliban.platforms.local.gate import asked as prewarm_asked
 from caliban.platforms.local.gate import open_gates
 from caliban.platforms.local.gpus import GpuInventory
 from caliban.platforms.local.gpus import detect as detect_gpus
-from caliban.platforms.local.run import execute, slots
 from caliban.spec import JobMode, JobRecord, Update
 from caliban.spec import Platform as Kind
 
@@ -141,6 +146,15 @@ class LocalPlan:
         return {}
 
 
+def _slots(
+    inventory: GpuInventory | None, per_job: int, cpus: CpuInventory | None, cpus_per_job: int
+) -> int | None:
+    # The launch machinery (and aiodocker with it) is imported when jobs launch.
+    from caliban.platforms.local.run import slots
+
+    return slots(inventory, per_job, cpus, cpus_per_job)
+
+
 def check_run_options(options: RunOptions) -> None:
     """Flags of --docker_run_args that would undo what caliban run guarantees."""
     if options.privileged:
@@ -208,6 +222,7 @@ class LocalPlatform:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self._backend: LocalBackend | None = None
+        self._quick: JobContainers | None = None
 
     async def backend(self) -> LocalBackend:
         if self._backend is None:
@@ -218,6 +233,28 @@ class LocalPlatform:
                 force=self.ctx.force,
             )
         return self._backend
+
+    async def containers(self) -> JobContainers:
+        """Jobs' containers for status, stop and logs. On the engine's Unix socket and
+        with no aiodocker connection open, through the standard library
+        (:mod:`caliban.platforms.local.quick`): those commands then never import
+        aiodocker. A run's own connection, or an engine reached another way, serves
+        them through aiodocker, as before."""
+        if self._backend is not None:
+            return self._backend
+        if self._quick is None:
+            path = self.ctx.engine_socket()
+            if path is None:
+                return await self.backend()
+            from caliban.platforms.local.quick import QuickEngine
+
+            self._quick = JobContainers(
+                QuickEngine(path),
+                store_id=await self.ctx.store_id(),
+                sink=self.ctx.sink,
+                force=self.ctx.force,
+            )
+        return self._quick
 
     # -- planning ------------------------------------------------------------------
 
@@ -286,7 +323,7 @@ class LocalPlatform:
         cpus_per_job = request.cpus_per_job or 0
         max_parallel = (
             request.max_parallel
-            or slots(inventory, per_job, cpus, cpus_per_job)
+            or _slots(inventory, per_job, cpus, cpus_per_job)
             or (os.cpu_count() or 1)
         )
         # Secret -e values are recorded by name only and put back at launch.
@@ -361,6 +398,8 @@ class LocalPlatform:
         return dataclasses.replace(planned, job=dataclasses.replace(planned.job, spec=spec))
 
     async def launch(self, planned: Sequence[Planned], settings: object, run: Launch) -> None:
+        from caliban.platforms.local.run import execute
+
         assert isinstance(settings, LocalSettings)
         todo = [self._with_secrets(p, settings.secrets) for p in planned]
         gates = await open_gates(self.ctx.environ) if todo else None
@@ -411,7 +450,7 @@ class LocalPlatform:
         cpus_per_job = max((p.cpus_per_job for p in placements), default=0)
         cpus = await self.cpu_plan(cpus_per_job or None, inventory, {})
         parallel = (
-            max_parallel or slots(inventory, per_job, cpus, cpus_per_job) or (os.cpu_count() or 1)
+            max_parallel or _slots(inventory, per_job, cpus, cpus_per_job) or (os.cpu_count() or 1)
         )
         return LocalSettings(parallel, inventory, per_job, cpus, cpus_per_job)
 
@@ -421,24 +460,24 @@ class LocalPlatform:
     # -- after launch --------------------------------------------------------------
 
     async def refresh(self, jobs: Sequence[JobRecord]) -> list[Update]:
-        return await (await self.backend()).refresh(jobs)
+        return await (await self.containers()).refresh(jobs)
 
     async def cancel(self, jobs: Sequence[JobRecord]) -> list[Update]:
-        return await (await self.backend()).cancel(jobs)
+        return await (await self.containers()).cancel(jobs)
 
     async def logs(self, job: JobRecord, *, follow: bool = False) -> AsyncIterator[str]:
-        async for chunk in (await self.backend()).logs(job, follow=follow):
+        async for chunk in (await self.containers()).logs(job, follow=follow):
             yield chunk
 
     async def leftovers(self) -> Mapping[str, object]:
         try:
-            return await (await self.backend()).job_containers()
-        except aiodocker.DockerError as exc:
+            return await (await self.containers()).job_containers()
+        except engine.errors() as exc:
             raise CalibanError(f"the Docker engine did not answer: {exc}") from exc
 
     async def remove(self, handles: Sequence[object]) -> None:
-        backend = await self.backend()
+        # The handles come from leftovers(), so from the same client as this one.
+        containers = await self.containers()
         async with anyio.create_task_group() as tg:
             for handle in handles:
-                assert isinstance(handle, aiodocker.docker.DockerContainer)
-                tg.start_soon(backend.remove, handle)
+                tg.start_soon(containers.remove, cast("Handle", handle))

@@ -1,0 +1,123 @@
+"""The stdlib engine client's HTTP, against a Unix-socket server written here.
+
+The real engine answers JSON with a length and logs chunked (the integration
+tests talk to it); this server also answers up to the end of the connection,
+with errors, and cut short, so every way of reading a body is exercised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+from anyio.abc import SocketStream
+
+from caliban.adapters import enginequick
+from caliban.adapters.enginequick import EngineError, target
+from caliban.errors import EngineUnavailable
+
+Answer = Callable[[bytes], bytes]
+
+
+@asynccontextmanager
+async def server(tmp_path: Path, answer: Answer) -> AsyncIterator[tuple[str, list[bytes]]]:
+    path = str(tmp_path / "engine.sock")
+    heads: list[bytes] = []
+    listener = await anyio.create_unix_listener(path)
+
+    async def serve(conn: SocketStream) -> None:
+        async with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += await conn.receive()
+            heads.append(data)
+            await conn.send(answer(data))
+
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, serve)
+        yield path, heads
+        tg.cancel_scope.cancel()
+
+
+def http(status: str, body: bytes, *headers: str) -> bytes:
+    return ("\r\n".join([f"HTTP/1.1 {status}", *headers]) + "\r\n\r\n").encode() + body
+
+
+def chunked(*parts: bytes) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        http("200 OK", b'{"Id": "abc"}', "Content-Length: 13"),
+        http("200 OK", chunked(b'{"Id"', b': "abc"}'), "Transfer-Encoding: chunked"),
+        http("200 OK", b'{"Id": "abc"}'),  # up to the end of the connection
+    ],
+    ids=["sized", "chunked", "to-eof"],
+)
+async def test_a_json_answer_however_its_body_is_framed(tmp_path: Path, answer: bytes) -> None:
+    async with server(tmp_path, lambda _: answer) as (path, heads):
+        got = await enginequick.call(path, "GET", target("/containers/x/json"))
+    assert got == {"Id": "abc"}
+    assert heads[0].startswith(b"GET /containers/x/json HTTP/1.1\r\n")
+    assert b"Connection: close" in heads[0]
+
+
+async def test_a_body_is_sent_as_json_and_no_body_is_none(tmp_path: Path) -> None:
+    seen: list[bytes] = []
+
+    def answer(head: bytes) -> bytes:
+        seen.append(head)
+        return http("204 No Content", b"")
+
+    async with server(tmp_path, answer) as (path, _):
+        assert await enginequick.call(path, "POST", "/x", {"a": 1}) is None
+    assert b"Content-Type: application/json" in seen[0] and b"Content-Length: 8" in seen[0]
+
+
+async def test_errors_carry_the_status_and_the_engines_message(tmp_path: Path) -> None:
+    missing = http("404 Not Found", b'{"message":"No such container: x"}', "Content-Length: 34")
+    async with server(tmp_path, lambda _: missing) as (path, _):
+        with pytest.raises(EngineError) as caught:
+            await enginequick.call(path, "GET", "/containers/x/json")
+    assert (caught.value.status, caught.value.message) == (404, "No such container: x")
+
+    plain = http("500 Internal Server Error", b"page not found\n")
+    async with server(tmp_path, lambda _: plain) as (path, _):
+        with pytest.raises(EngineError) as caught:
+            await enginequick.call(path, "GET", "/x")
+    assert (caught.value.status, caught.value.message) == (500, "page not found")
+
+
+async def test_an_answer_cut_short(tmp_path: Path) -> None:
+    cut = http("200 OK", b'{"Id": ', "Content-Length: 13")
+    async with server(tmp_path, lambda _: cut) as (path, _):
+        with pytest.raises(EngineUnavailable, match="cut off"):
+            await enginequick.call(path, "GET", "/x")
+        # A stream (a followed log) just ends there, as aiodocker's does.
+        async with enginequick.stream(path, "GET", "/x") as body:
+            assert [p async for p in body] == [b'{"Id": ']
+
+
+async def test_a_streamed_answer_arrives_piece_by_piece(tmp_path: Path) -> None:
+    answer = http("200 OK", chunked(b"one", b"two"), "Transfer-Encoding: chunked")
+    async with (
+        server(tmp_path, lambda _: answer) as (path, _),
+        enginequick.stream(path, "GET", "/logs") as body,
+    ):
+        assert [p async for p in body] == [b"one", b"two"]
+
+
+async def test_no_engine_on_the_socket(tmp_path: Path) -> None:
+    with pytest.raises(EngineUnavailable, match=r"no\.sock"):
+        await enginequick.call(str(tmp_path / "no.sock"), "GET", "/x")
+
+
+def test_query_values_are_sent_as_aiodocker_sends_them() -> None:
+    where = target("/containers/json", all=True, follow=False, t=10, skip=None)
+    assert where == "/containers/json?all=1&follow=0&t=10"
+    assert target("/x") == "/x"
