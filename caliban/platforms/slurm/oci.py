@@ -244,7 +244,6 @@ def config_json(process: ImageProcess, shared: Sequence[str]) -> dict[str, objec
             "env": list(process.env),
             "cwd": process.cwd,
             "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1048576, "soft": 1048576}],
             "noNewPrivileges": False,
         },
         "root": {"path": ROOTFS, "readonly": True},
