@@ -105,15 +105,13 @@ class ImageProcess:
         )
 
 
-def _ids(table: str, name: str) -> tuple[int, int] | None:
-    """``name``'s id (and, from passwd, primary group) in an /etc/passwd or /etc/group text."""
+def _ids(table: str, name: str) -> tuple[int, int | None] | None:
+    """``name``'s id, and (passwd) its primary group, in an /etc/passwd or /etc/group text."""
     for line in table.splitlines():
         fields = line.split(":")
-        if len(fields) >= 4 and fields[0] == name:
-            try:
-                return int(fields[2]), int(fields[3])
-            except ValueError:
-                return None
+        if len(fields) >= 3 and fields[0] == name and fields[2].isdigit():
+            gid = fields[3] if len(fields) > 3 else ""
+            return int(fields[2]), int(gid) if gid.isdigit() else None
     return None
 
 
@@ -140,7 +138,8 @@ def resolve_user(user: str, passwd: str = "", group: str = "") -> tuple[int, int
             raise ValidationError(
                 f"the image runs as user {name!r}, which its /etc/passwd does not have"
             )
-        uid, gid = found
+        uid, primary = found
+        gid = primary if primary is not None else uid
     if grp:
         if grp.isdigit():
             gid = int(grp)
