@@ -331,7 +331,7 @@ ids="${{SLURM_JOB_GPUS:-${{CUDA_VISIBLE_DEVICES:-}}}}"
 # Slurm's GPU ids as they are: the bundle gets no device files to renumber (untested).
 [ -z "$ids" ] || set -- "CALIBAN_GPU_IDS=$ids" "CUDA_VISIBLE_DEVICES=$ids" \\
   "NVIDIA_VISIBLE_DEVICES=$ids" "$@"
-# Exactly the image's environment and caliban's job variables, as `docker run` gives.
+# Exactly the image's environment and caliban's job variables, as in a container of it.
 env -i {env} \\
   PYTHONUNBUFFERED=1 "CALIBAN_JOB_ID=$job_id" CALIBAN_XGROUP={_sh(batch.xgroup)} \\
   "SLURM_JOB_ID=${{SLURM_JOB_ID:-}}" "SLURM_ARRAY_JOB_ID=${{SLURM_ARRAY_JOB_ID:-}}" \\
