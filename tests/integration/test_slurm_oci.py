@@ -10,6 +10,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 from tests.conftest import MakeProject, job_reports
@@ -22,6 +23,9 @@ from .slurm_support import (  # noqa: F401  (fixtures)
 )
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
+
+# runc's state folder in the oci.conf of scripts/slurm-cluster.sh.
+RUNC_ROOT = Path(os.environ.get("CALIBAN_SLURM_DIR", "/tmp/caliban-slurm")) / "runc"
 
 # Prints what the task sees of its process: environment, folder, user, and
 # whether the image's files can be changed.
@@ -202,3 +206,29 @@ async def test_bad_runtime_input_exits_2_and_records_nothing(
     code, out, _ = await caliban(["status", "--json"], cwd=folder, env=env)
     assert json.loads(out) == []
     assert not os.path.exists("/proc/caliban")
+
+
+async def test_stop_ends_a_running_oci_task_and_its_container(
+    make_project: MakeProject, env: dict[str, str], bundles: Path
+) -> None:
+    folder = make_project()
+    config = write_config(folder, tag=["long"])
+    args = submit(config, "oci-stop", "--runtime", "oci", "--bundle_dir", str(bundles))
+    code, out, err = await caliban([*args, "--", "--sleep", "300"], cwd=folder, env=env)
+    assert code == 0, err + out
+    (job,) = await wait_until(folder, env, "oci-stop", lambda js: js[0]["state"] == "RUNNING")
+    array = str(job["platform_id"]).split("_")[0]
+    code, out, err = await caliban(["stop", "--xgroup", "oci-stop", "--yes"], cwd=folder, env=env)
+    assert code == 0, err + out
+    (job,) = await wait_until(folder, env, "oci-stop", all_ended, timeout=120)
+    assert job["state"] == "STOPPED", job
+    # The container went with the task: runc knows no container of that array.
+    with anyio.fail_after(60):
+        while True:
+            listed = await anyio.run_process(
+                ["runc", f"--root={RUNC_ROOT}", "list", "-q"], check=False
+            )
+            names = listed.stdout.decode().split()
+            if not any(f".{array}." in n for n in names):
+                break
+            await anyio.sleep(0.5)
