@@ -232,3 +232,34 @@ async def test_stop_ends_a_running_oci_task_and_its_container(
             if not any(f".{array}." in n for n in names):
                 break
             await anyio.sleep(0.5)
+
+
+async def test_two_submits_at_once_leave_one_whole_bundle(
+    make_project: MakeProject, env: dict[str, str], tmp_path: Path
+) -> None:
+    # Its own bundle folder, so both submits find no bundle and export at once.
+    own = tmp_path / "race"
+    folder = make_project()
+    config = write_config(folder, tag=["x"])
+    args = ["--runtime", "oci", "--bundle_dir", str(own)]
+    results: dict[str, tuple[int, str, str]] = {}
+
+    async def one(xgroup: str) -> None:
+        results[xgroup] = await caliban(submit(config, xgroup, *args), cwd=folder, env=env)
+
+    # Build first, so the two submits race on the export, not on the build.
+    code, out, err = await caliban(["build", "job.py", "--nogpu"], cwd=folder, env=env)
+    assert code == 0, err + out
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(one, "oci-race-1")
+        tg.start_soon(one, "oci-race-2")
+    for code, out, err in results.values():
+        assert code == 0, err + out
+    # One bundle, complete, and no temporary folder left behind.
+    (bundle,) = (own / "bundles").iterdir()
+    assert (bundle / "rootfs" / ".caliban-bundle").is_file()
+    assert json.loads((bundle / "caliban.json").read_text())["entrypoint"][-1] == "job.py"
+    for xgroup in results:
+        (job,) = await wait_until(folder, env, xgroup, all_ended)
+        assert job["state"] == "SUCCEEDED", job
+    shutil.rmtree(own, ignore_errors=True)
