@@ -472,6 +472,8 @@ class SlurmPlatform:
             ]
         )
         try:
+            if plan.runtime == "oci":
+                await _check_bundle(slurm, plan.bundle)
             await slurm.write(batch.args_path, spec.args_file(tasks))
             await slurm.write(batch.script_path, plan.script(batch))
             array_id = await slurm.sbatch(batch.script_path, workdir)
@@ -644,6 +646,18 @@ class SlurmPlatform:
 
     async def remove(self, handles: Sequence[object]) -> None:
         return None
+
+
+async def _check_bundle(slurm: Slurm, path: str | None) -> None:
+    """A bundle removed since the sweep was first sent (a resubmit) fails its jobs
+    here: Slurm would hold them pending forever ("launch failed requeued held")."""
+    found = await slurm.run_raw(["test", "-f", f"{path}/{oci.CONFIG}"]) if path else None
+    if found is not None and found.returncode == 255 and slurm.cluster.host is not None:
+        raise slurm._failure(["test"], found, "checking the OCI bundle")  # ssh: try again later
+    if found is None or found.returncode != 0:
+        raise ValidationError(
+            f"the OCI bundle {path} is gone; submit the sweep again to export the image anew"
+        )
 
 
 def _safe(name: str) -> str:
