@@ -263,3 +263,28 @@ async def test_two_submits_at_once_leave_one_whole_bundle(
         (job,) = await wait_until(folder, env, xgroup, all_ended)
         assert job["state"] == "SUCCEEDED", job
     shutil.rmtree(own, ignore_errors=True)
+
+
+async def test_resubmit_reruns_failed_oci_tasks_and_a_removed_bundle_fails_them_at_once(
+    make_project: MakeProject, env: dict[str, str], tmp_path: Path
+) -> None:
+    own = tmp_path / "resubmit"
+    folder = make_project()
+    config = write_config(folder, exit=[0, 3])
+    args = ["--runtime", "oci", "--bundle_dir", str(own)]
+    code, out, err = await caliban(submit(config, "oci-re", *args), cwd=folder, env=env)
+    assert code == 0, err + out
+    jobs = await wait_until(folder, env, "oci-re", all_ended)
+    assert [(j["state"], j["exit_code"]) for j in jobs] == [("SUCCEEDED", 0), ("FAILED", 3)]
+    code, out, err = await caliban(["resubmit", "--xgroup", "oci-re", "--yes"], cwd=folder, env=env)
+    assert code == 0, err + out
+    again = await wait_until(folder, env, "oci-re", lambda js: len(js) == 3 and all_ended(js))
+    (rerun,) = [j for j in again if j["job_id"] not in {x["job_id"] for x in jobs}]
+    assert (rerun["index"], rerun["state"], rerun["exit_code"]) == (1, "FAILED", 3)
+    # The bundle removed: the next resubmit fails at once, not held pending by Slurm.
+    shutil.rmtree(own / "bundles")
+    await caliban(["resubmit", "--xgroup", "oci-re", "--yes"], cwd=folder, env=env)
+    last = await wait_until(folder, env, "oci-re", lambda js: len(js) == 4 and all_ended(js))
+    (gone,) = [j for j in last if j["job_id"] not in {x["job_id"] for x in again}]
+    assert gone["state"] == "FAILED" and "is gone" in str(gone["message"]), gone
+    assert not gone["platform_id"] or "_" not in str(gone["platform_id"])
