@@ -71,7 +71,7 @@ def test_config_json_shares_a_read_only_root_and_mounts_the_slurm_folder() -> No
     assert process["user"] == {"uid": 1001, "gid": 50}
     # Slurm 22.05 always runs BUNDLE/rootfs; the tasks of every sweep share it.
     assert c["root"] == {"path": "rootfs", "readonly": True}
-    mounts = {m["destination"]: m for m in c["mounts"]}  # type: ignore[attr-defined, union-attr]
+    mounts = {m["destination"]: m for m in c["mounts"]}  # type: ignore[attr-defined]
     assert mounts["/tmp"]["type"] == "tmpfs"
     assert mounts["/shared/slurm"]["source"] == "/shared/slurm"
     assert "ro" in mounts["/shared/slurm"]["options"]
