@@ -114,7 +114,16 @@ async def test_the_task_sees_the_image_environment_and_nothing_of_the_submitter(
     leaky = {**env, "CALIBAN_OCI_LEAK": "should not be seen", "PATH": f"/leak:{env['PATH']}"}
     code, out, err = await caliban(
         submit(
-            config, "oci-env", "--runtime", "oci", "--bundle_dir", str(bundles), module="envjob.py"
+            config,
+            "oci-env",
+            "--runtime",
+            "oci",
+            "--bundle_dir",
+            str(bundles),
+            # Relative: made absolute, as the task reads its arguments in the bundle.
+            "--slurm_dir",
+            "rel-slurm",
+            module="envjob.py",
         ),
         cwd=folder,
         env=leaky,
@@ -143,6 +152,7 @@ async def test_the_task_sees_the_image_environment_and_nothing_of_the_submitter(
     # The bundle's root is shared by every task: read-only.
     assert report["root_writable"] is False
     assert report["pid"] != 1  # the program is a child of the PID-1 wrapper
+    assert list((folder / "rel-slurm" / "oci-env").glob("*/logs/0.log"))
 
 
 async def test_the_bundle_is_exported_once_for_two_submits_of_the_same_image(

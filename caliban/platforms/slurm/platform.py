@@ -305,7 +305,10 @@ class SlurmPlatform:
             else:
                 plan.slurm_dir = f"{await slurm.home()}/.caliban/slurm"
         if plan.runtime == "oci":
-            plan.bundle_dir = await self._bundle_root(slurm, plan)
+            # Absolute: --container wants it, and the task reads its arguments
+            # inside the bundle, where the working folder is the image's.
+            plan.slurm_dir = await self._absolute(slurm, plan.slurm_dir)
+            plan.bundle_dir = await self._absolute(slurm, plan.bundle_dir or plan.slurm_dir)
             await bundle.check_writable(slurm, plan.bundle_dir)
         # slurmctld checks what is left (memory, CPUs, account) without queuing anything.
         probe = self._batch(
@@ -318,16 +321,16 @@ class SlurmPlatform:
         )
         await slurm.test_only(spec.batch_script(probe, plan.resources))
 
-    async def _bundle_root(self, slurm: Slurm, plan: SlurmPlan) -> str:
-        """Where bundles go, as an absolute path (``--container`` wants one)."""
-        given = plan.bundle_dir or plan.slurm_dir or ""
+    async def _absolute(self, slurm: Slurm, path: str) -> str:
+        """``path`` on the cluster as an absolute path (relative ones from the
+        current folder here, from the login user's home over ssh)."""
         if slurm.cluster.host is None:
-            return _local_path(given)
-        if given.startswith("~/"):
-            given = f"{await slurm.home()}/{given[2:]}"
-        elif not given.startswith("/"):
-            given = f"{await slurm.home()}/{given}"
-        return given.rstrip("/") or "/"
+            return _local_path(path)
+        if path.startswith("~/"):
+            path = f"{await slurm.home()}/{path[2:]}"
+        elif not path.startswith("/"):
+            path = f"{await slurm.home()}/{path}"
+        return path.rstrip("/") or "/"
 
     def push_key(self, plan: Any) -> str | None:
         return None
