@@ -3,7 +3,8 @@
 A sweep goes to Slurm as one array job: a batch script whose task number
 (``SLURM_ARRAY_TASK_ID``) picks one line of an argument file caliban writes
 beside it, each line a caliban job id and that job's argv. The task runs the
-sweep's image with ``docker run``, labelled like local job containers. The
+sweep's image with ``docker run``, labelled like local job containers (or, with
+``--runtime oci``, inside the image's OCI bundle: :mod:`.oci`). The
 array's name (``caliban-<batch>``) and comment (the store id) let a re-run find
 an array whose ``sbatch`` answer was lost before anything is sent again.
 
