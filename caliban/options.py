@@ -248,7 +248,8 @@ class ClusterCreateRequest:
 class SlurmRequest:
     """``caliban slurm submit``: one Slurm array job per sweep (``per_job``: one
     job per experiment, for sites that forbid arrays), each task running the
-    sweep's image with ``docker run`` on its node.
+    sweep's image with ``docker run`` on its node, or (``runtime`` "oci") in an
+    OCI bundle exported from the image, through Slurm's ``--container``.
 
     ``host`` (``user@login``) reaches the login node over ssh; None runs the
     Slurm commands here. ``slurm_dir`` is a folder on the cluster's shared
@@ -282,3 +283,7 @@ class SlurmRequest:
     image_tag: str | None = None
     dry_run: bool = False
     max_sweep: int = DEFAULT_MAX_SWEEP
+    # None: ``slurm.runtime``/``slurm.bundle_dir`` of .calibanconfig.json, else
+    # "docker" and the Slurm folder.
+    runtime: str | None = None
+    bundle_dir: str | None = None

@@ -6,9 +6,9 @@ usage() {
   cat <<'EOF'
 Usage: scripts/slurm-cluster.sh start | stop | status | --help
 
-  start   install Debian's slurm-wlm, munge and slurmrestd if missing (apt, no
-          recommends), write a one-node configuration with four simulated GPUs
-          under the state dir, start munged, slurmctld and slurmd in the
+  start   install Debian's slurm-wlm, munge, slurmrestd and runc if missing (apt,
+          no recommends), write a one-node configuration with four simulated GPUs
+          and an oci.conf for `sbatch --container` (runc) under the state dir, start munged, slurmctld and slurmd in the
           background, and wait until the node is idle. Does nothing to a
           cluster that is already up.
   stop    stop the daemons this script started (no-op when none is running)
@@ -24,6 +24,11 @@ Partitions: `debug` (default, no time limit) and `short` (MaxTime 10 minutes,
 for tests of limits the cluster refuses). GPUs are character devices
 $CALIBAN_SLURM_DIR/dev/nvidia[0-3] (copies of /dev/null) named by gres.conf, so
 `--gres=gpu:K` jobs get CUDA_VISIBLE_DEVICES / SLURM_JOB_GPUS of their own.
+
+Containers: oci.conf (beside slurm.conf) runs `sbatch --container=BUNDLE` jobs
+with runc as root (state in $CALIBAN_SLURM_DIR/runc), through RunTimeRun so
+the job's exit code is the program's (caliban's `slurm submit --runtime oci`).
+Slurm reads oci.conf when a job step starts: writing it needs no restart.
 EOF
 }
 
@@ -45,17 +50,47 @@ alive() {
   kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "$2"
 }
 
+PACKAGES=(slurm-wlm munge slurmrestd runc)
+
 install_packages() {
-  command -v slurmctld >/dev/null && command -v munged >/dev/null && command -v slurmrestd >/dev/null && return 0
+  command -v slurmctld >/dev/null && command -v munged >/dev/null &&
+    command -v slurmrestd >/dev/null && command -v runc >/dev/null && return 0
   [[ "$(id -u)" == 0 && -r /etc/debian_version ]] ||
-    die "Slurm is not installed; install Debian's slurm-wlm, munge and slurmrestd packages"
-  log "installing slurm-wlm, munge and slurmrestd with apt"
+    die "Slurm is not installed; install Debian's ${PACKAGES[*]} packages"
+  log "installing ${PACKAGES[*]} with apt"
   export DEBIAN_FRONTEND=noninteractive
   # Package scripts try to start services; there is no init system to do so here.
   printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
   trap 'rm -f /usr/sbin/policy-rc.d' RETURN
-  apt-get install -y -q --no-install-recommends slurm-wlm munge slurmrestd >/dev/null 2>&1 ||
-    { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends slurm-wlm munge slurmrestd >/dev/null; }
+  apt-get install -y -q --no-install-recommends "${PACKAGES[@]}" >/dev/null 2>&1 ||
+    { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${PACKAGES[@]}" >/dev/null; }
+}
+
+# oci.conf for `sbatch --container`: runc as root. Slurm 22.05 wants RunTimeQuery,
+# RunTimeKill and RunTimeDelete beside RunTimeRun (or Create+Start); only
+# RunTimeRun ends the job with the program's exit status. The query prints a
+# stopped state for a container runc no longer knows (`runc run` removes it at
+# exit), so Slurm's clean-up does not write a JSON error into every job's output.
+write_oci_conf() {
+  local runc
+  runc="$(command -v runc)" || { log "no runc: sbatch --container will not work"; return 0; }
+  mkdir -p "$STATE/runc"
+  cat >"$STATE/oci-query.new" <<EOF
+#!/bin/sh
+# RunTimeQuery of oci.conf: runc's state of container \$1, or "stopped" once it is gone.
+$runc --root=$STATE/runc state "\$1" 2>/dev/null || echo '{"status": "stopped"}'
+EOF
+  chmod 755 "$STATE/oci-query.new"
+  mv "$STATE/oci-query.new" "$STATE/oci-query"
+  cat >"$STATE/oci.conf.new" <<EOF
+# Written by caliban's scripts/slurm-cluster.sh: sbatch --container with runc.
+RunTimeQuery="$STATE/oci-query %n.%u.%j.%s.%t"
+RunTimeRun="$runc --root=$STATE/runc run %n.%u.%j.%s.%t -b %b"
+RunTimeKill="$runc --root=$STATE/runc kill -a %n.%u.%j.%s.%t"
+RunTimeDelete="$runc --root=$STATE/runc delete --force %n.%u.%j.%s.%t"
+EOF
+  chmod 644 "$STATE/oci.conf.new"
+  mv "$STATE/oci.conf.new" "$STATE/oci.conf"
 }
 
 write_config() {
@@ -103,6 +138,7 @@ PartitionName=short Nodes=ALL MaxTime=10 State=UP
 EOF
   mv "$CONF.new" "$CONF"
   chmod 644 "$CONF" "$STATE/gres.conf"
+  write_oci_conf
   mkdir -p /etc/slurm
   if [[ ! -e "$ETC" || "$(readlink "$ETC" || true)" == "$CONF" ]]; then
     ln -sfn "$CONF" "$ETC"
@@ -142,6 +178,9 @@ start() {
   [[ "$(id -u)" == 0 ]] || die "run as root"
   install_packages
   if alive "$STATE/slurmctld.pid" slurmctld && alive "$STATE/slurmd.pid" slurmd; then
+    # A cluster started by an older version of this script gains oci.conf
+    # without a restart (slurmstepd reads it per job step).
+    [[ -s "$STATE/oci.conf" ]] || write_oci_conf
     wait_idle
     return 0
   fi

@@ -48,6 +48,8 @@ _FLAGS = {
     "--cloud_key": "gcloud.cloud_key",
     "--kubeconfig": "kubeconfig",
     "--context": "kube_context",
+    "--runtime": "slurm.runtime",
+    "--bundle_dir": "slurm.bundle_dir",
 }
 
 

@@ -86,6 +86,19 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         action="store_true",
         help="one job per experiment instead of one array (sites that forbid arrays)",
     )
+    p.add_argument(
+        "--runtime",
+        choices=("docker", "oci"),
+        help="how each task runs the image: `docker run` on the node (default), or an OCI "
+        "bundle exported from the image and run by Slurm's --container (oci.conf on the nodes); "
+        "default: slurm.runtime of .calibanconfig.json, else docker",
+    )
+    p.add_argument(
+        "--bundle_dir",
+        metavar="DIR",
+        help="with --runtime oci: folder on the shared filesystem for the bundles, one per "
+        "image (default: slurm.bundle_dir of .calibanconfig.json, else --slurm_dir)",
+    )
     p.set_defaults(handler=cmd_slurm_submit)
 
 
@@ -126,6 +139,8 @@ def request_from(ns: argparse.Namespace) -> Any:
         image_tag=ns.image_tag,
         dry_run=ns.dry_run,
         max_sweep=ns.max_sweep,
+        runtime=ns.runtime,
+        bundle_dir=ns.bundle_dir,
     )
 
 

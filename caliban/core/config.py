@@ -104,6 +104,19 @@ class BuildEnv:
         return out
 
 
+# How `caliban slurm submit` runs the image on a node: `docker run`, or an OCI
+# bundle handed to Slurm's own `--container` (clusters without Docker).
+SLURM_RUNTIMES = ("docker", "oci")
+
+
+@dataclass(frozen=True)
+class SlurmConfig:
+    """Defaults for ``caliban slurm submit`` (its flags win); None: not set."""
+
+    runtime: str | None = None
+    bundle_dir: str | None = None
+
+
 @dataclass(frozen=True)
 class CalibanConfig:
     """A validated ``.calibanconfig.json``; the defaults are an absent file."""
@@ -118,6 +131,7 @@ class CalibanConfig:
     uv: UvConfig = UvConfig()
     include_in_image: tuple[str, ...] = ()
     build_env: BuildEnv = BuildEnv()
+    slurm: SlurmConfig = SlurmConfig()
 
     def apt_packages_for(self, mode: JobMode) -> tuple[str, ...]:
         """The apt packages of an image in ``mode``, sorted and without repeats."""
@@ -390,6 +404,21 @@ def build_env_from_mapping(value: object, source: str = CONFIG_FILE) -> BuildEnv
 _WEB = ("https", "http")
 
 
+def _slurm(r: _Reader, value: object) -> SlurmConfig:
+    data = r.mapping(value, "slurm", ("runtime", "bundle_dir"))
+    runtime = r.optional_string(data.get("runtime"), "slurm.runtime")
+    if runtime is not None and runtime not in SLURM_RUNTIMES:
+        raise r.fail(
+            f"key 'slurm.runtime' must be one of {', '.join(SLURM_RUNTIMES)}, not {runtime!r}"
+        )
+    bundle_dir = r.optional_string(data.get("bundle_dir"), "slurm.bundle_dir")
+    if bundle_dir is not None and any(c in bundle_dir for c in "\n\r"):
+        raise r.fail("key 'slurm.bundle_dir' must be one line")
+    return SlurmConfig(
+        runtime=runtime, bundle_dir=None if bundle_dir is None else bundle_dir.strip()
+    )
+
+
 def _julia(r: _Reader, value: object) -> str:
     return r.string(value, "julia_version").strip()
 
@@ -405,6 +434,7 @@ _KEYS: dict[str, Callable[[_Reader, object], object]] = {
     "uv": _uv,
     "include_in_image": _include_in_image,
     "build_env": lambda r, v: build_env_from_mapping(v, r.source),
+    "slurm": _slurm,
 }
 
 

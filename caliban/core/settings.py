@@ -157,6 +157,22 @@ SETTINGS: tuple[SettingDef, ...] = (
         default=DEFAULT_KUBECONFIG,
     ),
     SettingDef(
+        "slurm.runtime",
+        "how Slurm tasks run the image: docker (docker run) or oci (--container bundle)",
+        flag="--runtime",
+        project=True,
+        user=False,
+        default="docker",
+    ),
+    SettingDef(
+        "slurm.bundle_dir",
+        "where OCI bundles are exported, once per image, for `--runtime oci`",
+        flag="--bundle_dir",
+        project=True,
+        user=False,
+        default_text="the Slurm folder (--slurm_dir)",
+    ),
+    SettingDef(
         "kube_context",
         "kubeconfig context",
         flag="--context",
@@ -175,6 +191,8 @@ def project_values(config: CalibanConfig) -> dict[str, object]:
         "default_mode": config.default_mode.value if config.default_mode else None,
         "gcloud.project_id": config.gcloud.project_id,
         "gcloud.cloud_key": config.gcloud.cloud_key,
+        "slurm.runtime": config.slurm.runtime,
+        "slurm.bundle_dir": config.slurm.bundle_dir,
     }
     return {k: v for k, v in values.items() if v is not None}
 

@@ -141,3 +141,27 @@ async def test_stop_cancels_over_ssh(
     assert any(c.split(" -- ", 1)[-1].startswith("scancel") for c in _calls(tmp_path))
     jobs = await status(folder, ssh_env, "sshstop")
     assert [j["state"] for j in jobs] == ["STOPPED", "STOPPED"]
+
+
+async def test_an_oci_sweep_goes_through_the_login_node(
+    make_project: MakeProject, ssh_env: dict[str, str], tmp_path: Path
+) -> None:
+    folder = make_project()
+    config = folder / "exp.json"
+    config.write_text(json.dumps({"exit": [0, 4]}))
+    remote = tmp_path / "on-the-cluster"
+    args = _submit(config, "sshoci", remote, "--runtime", "oci")
+    code, out, err = await caliban(args, cwd=folder, env=ssh_env)
+    assert code == 0, err + out
+    # The image's files went over ssh into tar on the login node, once.
+    untars = [c for c in _calls(tmp_path) if "-- tar -C" in c]
+    assert len(untars) == 1, _calls(tmp_path)
+    (bundle,) = (remote / "bundles").iterdir()
+    assert (bundle / "rootfs" / "usr" / "bin").is_dir() and (bundle / "config.json").is_file()
+    assert not (remote / "images").exists()  # no docker save for the OCI path
+    jobs = await wait_until(folder, ssh_env, "sshoci", all_ended)
+    assert [(j["state"], j["exit_code"]) for j in jobs] == [("SUCCEEDED", 0), ("FAILED", 4)]
+    code, out, err = await caliban(["logs", str(jobs[0]["job_id"])], cwd=folder, env=ssh_env)
+    assert code == 0, err
+    (report,) = job_reports(out)
+    assert report["job"] == jobs[0]["job_id"]

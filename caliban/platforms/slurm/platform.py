@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import os
 import re
 import shlex
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
@@ -25,6 +26,7 @@ import anyio
 
 from caliban.adapters.build import BuiltImage
 from caliban.adapters.store import Planned
+from caliban.core.config import SLURM_RUNTIMES
 from caliban.core.experiment import Config
 from caliban.errors import BackendError, ValidationError
 from caliban.events import Document, JobStateChanged, Notice
@@ -41,7 +43,7 @@ from caliban.platforms.base import (
     job_label,
     ours,
 )
-from caliban.platforms.slurm import spec
+from caliban.platforms.slurm import bundle, oci, spec
 from caliban.platforms.slurm.commands import Cluster, Slurm
 from caliban.spec import JobMode, JobRecord, JobState, Update
 
@@ -64,6 +66,19 @@ class SlurmPlan:
     run_image: str = ""
     archive: str | None = None
     script_args: tuple[str, ...] = ()
+    # "docker" (`docker run` on the node) or "oci" (Slurm's --container with
+    # the image's bundle, filled in by publish: its path and the image's process).
+    runtime: str = "docker"
+    bundle_dir: str | None = None
+    bundle: str | None = None
+    process: Mapping[str, object] | None = None
+
+    def script(self, batch: spec.Batch) -> str:
+        """The batch script of ``batch`` for this plan's runtime."""
+        if self.runtime == "oci":
+            process = oci.ImageProcess.from_json(self.process or {})
+            return oci.batch_script(batch, self.resources, process, self.bundle or "<bundle>")
+        return spec.batch_script(batch, self.resources, docker_args=self.docker_args)
 
     def _job_spec(self, row: Row) -> dict[str, object]:
         return {
@@ -78,6 +93,9 @@ class SlurmPlan:
             "per_job": self.per_job,
             "docker_args": list(self.docker_args),
             "archive": self.archive,
+            "runtime": self.runtime,
+            "bundle": self.bundle,
+            "process": dict(self.process) if self.process is not None else None,
         }
 
     def jobs(
@@ -103,6 +121,8 @@ class SlurmPlan:
                 "resources": asdict(self.resources),
                 "per_job": self.per_job,
                 "docker_args": list(self.docker_args),
+                "runtime": self.runtime,
+                "bundle": self.bundle,
             },
             sort_keys=True,
         )
@@ -130,6 +150,15 @@ def _strs(value: object) -> tuple[str, ...]:
 
 def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def _local_path(path: str) -> str:
+    # Pure string work (no filesystem access): absolute, ~ expanded.
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def _mapping(value: object) -> dict[str, object] | None:
+    return dict(value) if isinstance(value, dict) else None
 
 
 class SlurmPlatform:
@@ -182,6 +211,19 @@ class SlurmPlatform:
             raise ValidationError(
                 "--max_parallel throttles an array; it cannot limit --per_job jobs"
             )
+        runtime = str(self._ctx.setting("slurm.runtime", req.runtime, prepared.config))
+        if runtime not in SLURM_RUNTIMES:
+            raise ValidationError(
+                f"unknown Slurm runtime {runtime!r}; use one of {', '.join(SLURM_RUNTIMES)}"
+            )
+        bundle_dir = self._ctx.text_setting("slurm.bundle_dir", req.bundle_dir, prepared.config)
+        if runtime == "oci" and req.docker_run_args:
+            raise ValidationError(
+                "--docker_run_args cannot be used with --runtime oci: tasks run in an OCI "
+                "bundle through Slurm's --container, not with `docker run`"
+            )
+        if req.bundle_dir is not None and runtime != "oci":
+            raise ValidationError("--bundle_dir is for --runtime oci (these tasks use docker)")
         return SlurmPlan(
             image=req.image_tag,
             resources=resources,
@@ -192,6 +234,8 @@ class SlurmPlatform:
             slurm_dir=req.slurm_dir,
             labels=dict(self._ctx.labels),
             script_args=tuple(req.script_args),
+            runtime=runtime,
+            bundle_dir=bundle_dir,
         )
 
     def _batch(
@@ -235,7 +279,10 @@ class SlurmPlatform:
             batch_id="<batch>",
             workdir=f"{root}/<batch>",
         )
-        self._ctx.sink(Document(spec.batch_script(batch, plan.resources)))
+        if plan.runtime == "oci" and plan.bundle is None:
+            plan.bundle = f"{plan.bundle_dir or root}/{bundle.BUNDLES}/<image id>"
+            plan.process = oci.ImageProcess((), ("<the image's entrypoint>",), ()).to_json()
+        self._ctx.sink(Document(plan.script(batch)))
         self._ctx.sink(
             Notice(
                 f"{total} task(s) as {'separate jobs' if plan.per_job else 'one array job'}; "
@@ -257,6 +304,12 @@ class SlurmPlatform:
                 plan.slurm_dir = str(self._ctx.home / "slurm")
             else:
                 plan.slurm_dir = f"{await slurm.home()}/.caliban/slurm"
+        if plan.runtime == "oci":
+            # Absolute: --container wants it, and the task reads its arguments
+            # inside the bundle, where the working folder is the image's.
+            plan.slurm_dir = await self._absolute(slurm, plan.slurm_dir)
+            plan.bundle_dir = await self._absolute(slurm, plan.bundle_dir or plan.slurm_dir)
+            await bundle.check_writable(slurm, plan.bundle_dir)
         # slurmctld checks what is left (memory, CPUs, account) without queuing anything.
         probe = self._batch(
             plan,
@@ -267,6 +320,17 @@ class SlurmPlatform:
             workdir=plan.slurm_dir,
         )
         await slurm.test_only(spec.batch_script(probe, plan.resources))
+
+    async def _absolute(self, slurm: Slurm, path: str) -> str:
+        """``path`` on the cluster as an absolute path (relative ones from the
+        current folder here, from the login user's home over ssh)."""
+        if slurm.cluster.host is None:
+            return _local_path(path)
+        if path.startswith("~/"):
+            path = f"{await slurm.home()}/{path[2:]}"
+        elif not path.startswith("/"):
+            path = f"{await slurm.home()}/{path}"
+        return path.rstrip("/") or "/"
 
     def push_key(self, plan: Any) -> str | None:
         return None
@@ -284,9 +348,31 @@ class SlurmPlatform:
                 ) from None
             image, digest = plan.image, str(info.get("Id", ""))
         plan.run_image = image
-        if plan.cluster.host is not None:
+        if plan.runtime == "oci":
+            await self._bundle(plan, image)
+        elif plan.cluster.host is not None:
             plan.archive = await self._export(plan, image, digest)
         return Published(image=image, digest=digest, images={"": image})
+
+    async def _bundle(self, plan: SlurmPlan, image: str) -> None:
+        """The image's OCI bundle on the cluster, exported once per image id."""
+        docker = await self._ctx.docker()
+        try:
+            info = await docker.images.inspect(image)
+        except Exception as exc:  # aiodocker's DockerError
+            raise ValidationError(f"image {image!r} is not on this machine: {exc}") from None
+        config = info.get("Config") or {}
+        made = await bundle.ensure(
+            self._client(plan.cluster),
+            image=image,
+            image_id=str(info.get("Id", "")),
+            image_config=config if isinstance(config, dict) else {},
+            root=plan.bundle_dir or str(plan.slurm_dir),
+            shared=str(plan.slurm_dir),
+            notify=lambda text: self._ctx.sink(Notice(text, "status")),
+        )
+        plan.bundle = made.path
+        plan.process = made.process.to_json()
 
     async def _export(self, plan: SlurmPlan, image: str, digest: str) -> str:
         """Put the image, once per digest, where the cluster's nodes load it from."""
@@ -362,6 +448,9 @@ class SlurmPlatform:
             labels=dict(self._ctx.labels),
             run_image=first.image,
             archive=_text(first.spec.get("archive")),
+            runtime=_text(first.spec.get("runtime")) or "docker",
+            bundle=_text(first.spec.get("bundle")),
+            process=_mapping(first.spec.get("process")),
         )
         tasks = [spec.Task(j.job_id, _strs(j.spec.get("argv"))) for j in current]
         workdir = f"{root}/{_safe(first.xgroup)}/{batch_id}"
@@ -386,11 +475,10 @@ class SlurmPlatform:
             ]
         )
         try:
+            if plan.runtime == "oci":
+                await _check_bundle(slurm, plan.bundle)
             await slurm.write(batch.args_path, spec.args_file(tasks))
-            await slurm.write(
-                batch.script_path,
-                spec.batch_script(batch, plan.resources, docker_args=plan.docker_args),
-            )
+            await slurm.write(batch.script_path, plan.script(batch))
             array_id = await slurm.sbatch(batch.script_path, workdir)
         except ValidationError as exc:
             await run.record(
@@ -561,6 +649,18 @@ class SlurmPlatform:
 
     async def remove(self, handles: Sequence[object]) -> None:
         return None
+
+
+async def _check_bundle(slurm: Slurm, path: str | None) -> None:
+    """A bundle removed since the sweep was first sent (a resubmit) fails its jobs
+    here: Slurm would hold them pending forever ("launch failed requeued held")."""
+    found = await slurm.run_raw(["test", "-f", f"{path}/{oci.CONFIG}"]) if path else None
+    if found is not None and found.returncode == 255 and slurm.cluster.host is not None:
+        raise slurm._failure(["test"], found, "checking the OCI bundle")  # ssh: try again later
+    if found is None or found.returncode != 0:
+        raise ValidationError(
+            f"the OCI bundle {path} is gone; submit the sweep again to export the image anew"
+        )
 
 
 def _safe(name: str) -> str:

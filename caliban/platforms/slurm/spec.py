@@ -3,7 +3,8 @@
 A sweep goes to Slurm as one array job: a batch script whose task number
 (``SLURM_ARRAY_TASK_ID``) picks one line of an argument file caliban writes
 beside it, each line a caliban job id and that job's argv. The task runs the
-sweep's image with ``docker run``, labelled like local job containers. The
+sweep's image with ``docker run``, labelled like local job containers (or, with
+``--runtime oci``, inside the image's OCI bundle: :mod:`.oci`). The
 array's name (``caliban-<batch>``) and comment (the store id) let a re-run find
 an array whose ``sbatch`` answer was lost before anything is sent again.
 
@@ -165,10 +166,15 @@ _PLAIN = re.compile(r"[A-Za-z0-9_./=:,+@%-]+")
 
 
 def quote(word: str) -> str:
-    """``word`` as one bash word on one line (ANSI-C ``$'...'`` quoting where needed),
-    so arguments with newlines still keep one task per line."""
+    """``word`` as one shell word on one line.
+
+    POSIX single quotes where they do (so a plain ``sh`` in an image without
+    bash reads the line too); bash's ANSI-C ``$'...'`` only for words with
+    control characters, so arguments with newlines still keep one task per line."""
     if _PLAIN.fullmatch(word):
         return word
+    if not any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in word):
+        return "'" + word.replace("'", "'\\''") + "'"
     out = []
     for ch in word:
         if ch in "\\'":
@@ -193,29 +199,55 @@ def args_file(tasks: Iterable[Task]) -> str:
     return "".join(args_line(t) + "\n" for t in tasks)
 
 
-_WORD = re.compile(r"\$'((?:[^'\\]|\\.)*)'|(\S+)")
 _ESCAPES = {"n": "\n", "t": "\t", "\\": "\\", "'": "'"}
 
 
+def _ansi_c(line: str, i: int) -> tuple[str, int]:
+    """The body of a ``$'...'`` word starting at ``line[i]`` (after ``$'``), and
+    the index after its closing quote."""
+    out: list[str] = []
+    while line[i] != "'":
+        if line[i] == "\\":
+            esc = line[i + 1]
+            if esc == "x":
+                out.append(chr(int(line[i + 2 : i + 4], 16)))
+                i += 4
+            else:
+                out.append(_ESCAPES.get(esc, esc))
+                i += 2
+        else:
+            out.append(line[i])
+            i += 1
+    return "".join(out), i + 1
+
+
 def parse_args_line(line: str) -> Task:
-    """The inverse of :func:`args_line` (bash's ``eval set --`` reads it the same way)."""
+    """The inverse of :func:`args_line` (the shell's ``eval set --`` reads it the same way)."""
     words: list[str] = []
-    for m in _WORD.finditer(line):
-        if m.group(2) is not None:
-            words.append(m.group(2))
-            continue
-        body = m.group(1)
-        words.append(
-            re.sub(
-                r"\\(x[0-9a-f]{2}|.)",
-                lambda e: (
-                    chr(int(e.group(1)[1:], 16))
-                    if e.group(1).startswith("x") and len(e.group(1)) == 3
-                    else _ESCAPES.get(e.group(1), e.group(1))
-                ),
-                body,
-            )
-        )
+    i, n = 0, len(line)
+    try:
+        while i < n:
+            if line[i] in " \t":
+                i += 1
+                continue
+            parts: list[str] = []
+            while i < n and line[i] not in " \t":
+                if line[i] == "'":
+                    end = line.index("'", i + 1)
+                    parts.append(line[i + 1 : end])
+                    i = end + 1
+                elif line.startswith("$'", i):
+                    text, i = _ansi_c(line, i + 2)
+                    parts.append(text)
+                elif line[i] == "\\":
+                    parts.append(line[i + 1])
+                    i += 2
+                else:
+                    parts.append(line[i])
+                    i += 1
+            words.append("".join(parts))
+    except (IndexError, ValueError):
+        raise ValueError(f"unterminated quote in argument line {line[:80]!r}") from None
     if not words:
         raise ValueError("empty argument line")
     return Task(words[0], tuple(words[1:]))
