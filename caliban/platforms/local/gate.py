@@ -170,6 +170,17 @@ class Gate:
         await self.armed()
         return await self._byte()
 
+    def ended_now(self) -> int | None:
+        """The job's exit status if the helper has written it by now (None: not yet,
+        or the gate was never armed)."""
+        if not self._armed:
+            return None
+        try:
+            data = os.read(self._done, 1)
+        except OSError:  # nothing written yet (BlockingIOError), or closed
+            return None
+        return data[0] if data else None
+
     def close(self) -> None:
         for fd in (self._go, self._done):
             with contextlib.suppress(OSError):
