@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
+from caliban.cli.main import run
 
-from caliban.cli.main import main
-
-sys.exit(main())
+run()

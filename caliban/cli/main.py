@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from caliban.cli.args import non_negative_int, positive_float, positive_int
 from caliban.cli.flags import (
@@ -245,6 +246,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+def run() -> NoReturn:
+    """The ``caliban`` command: :func:`main`, then a quick exit."""
+    exit_now(main())
+
+
+def exit_now(code: int) -> NoReturn:
+    """Exit with ``code`` once the exit handlers ran, without the interpreter's
+    teardown of every module and object: 60-200 ms after a sweep (more on a busy
+    machine), spent on nothing that a command leaves open by then. With a thread
+    still running, or output that cannot be flushed, the usual way instead."""
+    import atexit
+    import threading
+
+    if threading.active_count() > 1:
+        sys.exit(code)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):  # the reader left, or closed: let Python report it
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    try:
+        sys.stdout.flush()  # what the exit handlers said
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    sys.exit(main())
+    run()

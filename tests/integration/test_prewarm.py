@@ -198,7 +198,7 @@ def _wait_warm(home: Path, count: int, timeout: float = 120) -> str:
         if (home / "caliban.db").exists():
             try:
                 store = store_id(home)
-            except sqlite3.Error:
+            except (sqlite3.Error, LookupError):  # being created: no id yet
                 store = ""
             if store and len(_containers(store, "status=running", "label=caliban.gate")) >= count:
                 return store

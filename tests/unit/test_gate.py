@@ -3,6 +3,7 @@ would have run, nothing else changed."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from caliban.platforms.local import gate
@@ -47,3 +48,28 @@ def test_only_a_local_engine_can_share_the_fifos() -> None:
     assert gate.local_engine({})
     assert gate.local_engine({"DOCKER_HOST": "unix:///run/docker.sock"})
     assert not gate.local_engine({"DOCKER_HOST": "tcp://10.0.0.1:2376"})
+
+
+async def test_the_exit_status_can_be_read_at_once_once_written(tmp_path: Path) -> None:
+    """What the helper writes before it exits is there to read without waiting,
+    even when nobody was waiting on it (the output's end came first)."""
+    helper = tmp_path / "gate-helper"
+    helper.write_bytes(b"")
+    gates = gate.Gates(helper)
+    try:
+        g = gates.make()
+        fd = os.open(g.directory / "done", os.O_WRONLY | os.O_NONBLOCK)
+        try:
+            assert g.ended_now() is None  # not armed: the first byte is not a status
+            os.write(fd, gate.Gate.ARMED)
+            await g.armed()
+            assert g.ended_now() is None  # armed, the job not over
+            os.write(fd, bytes([143]))
+            assert g.ended_now() == 143
+            assert g.ended_now() is None  # read once
+        finally:
+            os.close(fd)
+        g.close()
+        assert g.ended_now() is None  # closed: nothing more to read
+    finally:
+        gates.close()

@@ -137,6 +137,12 @@ def with_cpus(
     return config
 
 
+def exit_update(job_id: str, code: int) -> Update:
+    """How a job that exited with ``code`` ended."""
+    state = JobState.SUCCEEDED if code == 0 else JobState.FAILED
+    return Update(job_id, state, code, None if code == 0 else f"exit code {code}")
+
+
 def _is_missing(exc: BaseException) -> bool:
     return status_of(exc) == 404
 
@@ -521,9 +527,7 @@ class LocalBackend(JobContainers):
             if _is_missing(exc):  # removed by `caliban stop` from elsewhere
                 return Update(job_id, JobState.STOPPED, message="container removed")
             raise
-        code = int(result.get("StatusCode", -1))
-        state = JobState.SUCCEEDED if code == 0 else JobState.FAILED
-        return Update(job_id, state, code, None if code == 0 else f"exit code {code}")
+        return exit_update(job_id, int(result.get("StatusCode", -1)))
 
     async def _existing(self, job_id: str) -> aiodocker.docker.DockerContainer | None:
         try:

@@ -8,7 +8,9 @@ a small static helper (``gate.c``, compiled once with the host's C compiler and
 cached) that reads a FIFO before it runs the job's argv. Opening that gate is all that is left on
 the critical path; the helper writes the job's exit status to a second FIFO
 once the job and everything it left behind are gone, so the slot goes on at
-once while Docker's wait, the log's end and the removal happen in the background.
+once while the log's end and the removal happen in the background; once the log
+has ended, that status is the job's recorded exit code (the engine's wait,
+which also waits for the network's teardown, is not needed).
 
 The helper is bind-mounted read-only with the two FIFOs, so nothing is needed in
 the image (no shell). Plain starts are used instead when the helper cannot be
@@ -169,6 +171,17 @@ class Gate:
         """The job's exit status as the helper saw it, once it and its leftovers are gone."""
         await self.armed()
         return await self._byte()
+
+    def ended_now(self) -> int | None:
+        """The job's exit status if the helper has written it by now (None: not yet,
+        or the gate was never armed)."""
+        if not self._armed:
+            return None
+        try:
+            data = os.read(self._done, 1)
+        except OSError:  # nothing written yet (BlockingIOError), or closed
+            return None
+        return data[0] if data else None
 
     def close(self) -> None:
         for fd in (self._go, self._done):

@@ -33,6 +33,7 @@ from caliban.platforms.local import joboutput
 from caliban.platforms.local.containers import (
     LocalBackend,
     container_name,
+    exit_update,
     with_cpus,
     with_gpus,
 )
@@ -58,6 +59,54 @@ class _Warm:
     over: anyio.Event = field(default_factory=anyio.Event)
     # No longer this run's job (stopped meanwhile, claim lost): nothing to record.
     dropped: bool = False
+    # The job's exit status as the helper reported it, once the job is over.
+    status: int | None = None
+
+
+class FirstWave:
+    """Every slot's first container starts before any slot pre-warms its next one:
+    starts in parallel share the engine (and, on a small machine, its cores), and
+    a second container has a whole job's time to get ready, the first ones none."""
+
+    def __init__(self, slots: int) -> None:
+        self._waiting = slots
+        self.started = anyio.Event()
+        if slots <= 0:
+            self.started.set()
+
+    def arrive(self) -> None:
+        self._waiting -= 1
+        if self._waiting <= 0:
+            self.started.set()
+
+
+class ImageConfigs:
+    """Each image's own Config (its ENTRYPOINT and CMD), inspected once per sweep
+    for all the slots."""
+
+    def __init__(self, docker: aiodocker.Docker) -> None:
+        self._docker = docker
+        self._known: dict[str, dict[str, Any]] = {}
+        self._lock = anyio.Lock()
+
+    async def get(self, name: str) -> dict[str, Any]:
+        async with self._lock:
+            if name not in self._known:
+                info = await self._docker.images.inspect(name)
+                self._known[name] = info.get("Config") or {}
+            return self._known[name]
+
+
+async def _either(first: anyio.Event, second: anyio.Event) -> None:
+    """Until one of the two events is set."""
+    async with anyio.create_task_group() as tg:
+
+        async def wait(event: anyio.Event) -> None:
+            await event.wait()
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(wait, first)
+        tg.start_soon(wait, second)
 
 
 class Slot:
@@ -70,6 +119,8 @@ class Slot:
         inventory: GpuInventory | None,
         simulated_cpus: bool,
         plain: Callable[..., Awaitable[None]],
+        wave: FirstWave | None = None,
+        images: ImageConfigs | None = None,
     ) -> None:
         self.backend = backend
         self.run = run
@@ -77,27 +128,45 @@ class Slot:
         self.inventory = inventory
         self.simulated_cpus = simulated_cpus
         self.plain = plain
-        self._images: dict[str, dict[str, Any]] = {}
+        self.wave = wave or FirstWave(1)
+        self.images = images or ImageConfigs(backend.docker)
+        self._arrived = False
+
+    def _arrive(self) -> None:
+        if not self._arrived:
+            self._arrived = True
+            self.wave.arrive()
 
     async def serve(
         self,
         jobs: MemoryObjectReceiveStream[Planned],
         holder: Callable[[], contextlib.AbstractAsyncContextManager[Choice]],
     ) -> None:
-        async with jobs, holder() as held, anyio.create_task_group() as tails:
-            current = await self._next(jobs, held, tails)
-            while current is not None:
-                if not isinstance(current, _Warm):
-                    # Not gateable: a plain start on this slot's own GPUs and cores.
-                    await self.plain(current, pinned=held)
-                    current = await self._next(jobs, held, tails)
-                elif await self._open(current, held):
-                    following = await self._next(jobs, held, tails)
-                    await current.over.wait()
-                    current = following
-                else:
-                    await current.over.wait()
-                    current = await self._next(jobs, held, tails)
+        try:
+            async with jobs, holder() as held, anyio.create_task_group() as tails:
+                await self._serve(jobs, held, tails)
+        finally:
+            self._arrive()  # a slot that is done holds no other back
+
+    async def _serve(
+        self, jobs: MemoryObjectReceiveStream[Planned], held: Choice, tails: TaskGroup
+    ) -> None:
+        current = await self._next(jobs, held, tails)
+        while current is not None:
+            if not isinstance(current, _Warm):
+                # Not gateable: a plain start on this slot's own GPUs and cores.
+                self._arrive()
+                await self.plain(current, pinned=held)
+                current = await self._next(jobs, held, tails)
+            elif await self._open(current, held):
+                self._arrive()
+                await _either(self.wave.started, current.over)
+                following = await self._next(jobs, held, tails)
+                await current.over.wait()
+                current = following
+            else:
+                await current.over.wait()
+                current = await self._next(jobs, held, tails)
 
     async def _open(self, warm: _Warm, held: Choice) -> bool:
         """Record the job RUNNING, then open its gate. False: it is not to run
@@ -142,7 +211,7 @@ class Slot:
             )
             config = with_cpus(config, held.cpus, simulated=self.simulated_cpus, numa=held.numa)
             try:
-                image = await self._image(job.image)
+                image = await self.images.get(job.image)
             except DockerError:
                 return p  # the plain start reports what is wrong with the image
             gate = self.gates.make()
@@ -166,12 +235,6 @@ class Slot:
                 continue
             return warm
         return None
-
-    async def _image(self, name: str) -> dict[str, Any]:
-        if name not in self._images:
-            info = await self.backend.docker.images.inspect(name)
-            self._images[name] = info.get("Config") or {}
-        return self._images[name]
 
     async def _tail(
         self,
@@ -232,7 +295,11 @@ class Slot:
                     job.job_id, label, outcome.state, exit_code=outcome.exit_code, argv=job.args
                 )
             )
-        await self.backend.remove(container)
+        if warm.status is not None:
+            # The job and all it left are gone, its output read: nothing to stop.
+            await self.backend.discard(container)
+        else:
+            await self.backend.remove(container)
 
     async def _follow(
         self, warm: _Warm, container: aiodocker.docker.DockerContainer, start: joboutput.Start
@@ -244,7 +311,7 @@ class Slot:
         async def watch_gate() -> None:
             await warm.gate.armed()
             warm.armed.set()
-            await warm.gate.ended()
+            warm.status = await warm.gate.ended()
             warm.over.set()
 
         try:
@@ -264,8 +331,18 @@ class Slot:
             if len(group.exceptions) == 1:
                 raise group.exceptions[0] from None
             raise
+        if warm.status is None and warm.released.is_set():
+            # Written before the helper exited, so before the output ended: the
+            # watcher may just not have read it yet.
+            warm.status = warm.gate.ended_now()
         warm.armed.set()
         warm.over.set()
+        if warm.status is not None:
+            # The job's own exit status, which the container exits with (the
+            # helper passes it on as tini does), and its output is all in the
+            # log: the engine's wait, which also waits for the network's
+            # teardown, would only say it again later.
+            return exit_update(job.job_id, warm.status)
         return await self.backend.result(container, job.job_id)
 
 

@@ -152,6 +152,8 @@ async def execute(
             def reap(container: Any) -> None:
                 reaper.start_soon(backend.remove, container)
 
+            wave = prewarm.FirstWave(workers)
+            images = prewarm.ImageConfigs(backend.docker)
             async with anyio.create_task_group() as tg:
                 for _ in range(workers):
                     if gates is None:
@@ -164,6 +166,8 @@ async def execute(
                             inventory=inventory,
                             simulated_cpus=bool(cpus and cpus.simulated),
                             plain=functools.partial(run_one, reap=reap),
+                            wave=wave,
+                            images=images,
                         )
                         tg.start_soon(slot.serve, receive.clone(), holder)
     finally:
