@@ -153,12 +153,14 @@ async def execute(
                 reaper.start_soon(backend.remove, container)
 
             wave = prewarm.FirstWave(workers)
-            images = prewarm.ImageConfigs(backend.docker)
+            # Plain starts (no gates) never inspect an image here.
+            images = prewarm.ImageConfigs(backend.docker) if gates is not None else None
             async with anyio.create_task_group() as tg:
                 for _ in range(workers):
                     if gates is None:
                         tg.start_soon(worker, reap)
                     else:
+                        assert images is not None
                         slot = prewarm.Slot(
                             backend=backend,
                             run=run,
