@@ -54,8 +54,11 @@ async def submit_all(
     sink: Sink,
     pacing: Pacing,
     total: int,
-) -> list[JobRecord]:
-    """Submit every ``new``/``reconcile`` job; return all planned jobs as recorded."""
+) -> None:
+    """Submit every ``new``/``reconcile`` job and record what became of each.
+
+    Nothing is read back: the caller reads the store once, when the whole launch
+    is over (see :func:`caliban.sweep.engine.launch`)."""
     todo = [p for p in planned if p.action in ("new", "reconcile")]
     buckets: dict[str, TokenBucket] = {}
     send, receive = anyio.create_memory_object_stream[Planned](math.inf)
@@ -214,4 +217,3 @@ async def submit_all(
         # Also after Ctrl-C or a failure: what the platform accepted is recorded.
         with anyio.CancelScope(shield=True):
             await flush()
-    return await store.jobs(job_ids=[p.job.job_id for p in planned])
