@@ -14,7 +14,10 @@ Two ways in, both ending in one ``ApiClient`` per cluster, owned by the session:
 Calls use the generated API classes with ``_preload_content=False`` and read the
 JSON themselves: objects stay plain dicts (exactly what was sent and what the
 manifests are), decoding is several times cheaper than building models, and pod
-logs are not mangled by the generated JSON decoding. Every aiohttp or HTTP error
+logs are not mangled by the generated JSON decoding. A Job create, the one call a
+sweep makes hundreds of times, skips the generated layer: its recorded JSON text is
+POSTed on the ApiClient's own session with the ApiClient's headers and authentication
+(:meth:`KubeClient._post_json`). Every aiohttp or HTTP error
 becomes a :class:`~caliban.errors.BackendError` here: 429/5xx and connection
 failures are retryable, and a create whose connection dropped is
 :class:`~caliban.errors.OutcomeUnknown` (the object may exist).
