@@ -19,7 +19,6 @@ responses, crashes and Ctrl-C.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import sys
 from collections.abc import Sequence
@@ -191,7 +190,8 @@ async def submit_all(
                 )
                 return
             accepted = found
-        unrecorded.append(dataclasses.replace(accepted, job_id=job.job_id).row())
+        # The row under this job's id, whatever id the platform's answer carried.
+        unrecorded.append((job.job_id, *accepted.row()[1:]))
         wake.set()
         sink(
             JobStateChanged(

@@ -56,6 +56,26 @@ async def test_bucket_pause_holds_every_caller() -> None:
     assert clock.now >= 0.3
 
 
+async def test_bucket_serves_callers_in_arrival_order_past_free_tokens() -> None:
+    """A token freed while others wait goes to the first in line, not to a newcomer
+    that finds the bucket refilled."""
+    clock = FakeClock()
+    bucket = TokenBucket(rate=10, burst=1, clock=clock, sleep=clock.sleep)
+    granted: list[int] = []
+
+    async def take(n: int) -> None:
+        await bucket.acquire()
+        granted.append(n)
+
+    async with anyio.create_task_group() as tg:
+        for n in range(4):
+            tg.start_soon(take, n)
+            await anyio.lowlevel.checkpoint()
+        clock.now += 10  # a full bucket for a late caller, while two still wait
+        tg.start_soon(take, 4)
+    assert granted == [0, 1, 2, 3, 4]
+
+
 def test_bucket_rejects_a_zero_rate() -> None:
     with pytest.raises(ValueError):
         TokenBucket(rate=0)
