@@ -1,13 +1,14 @@
 """Concurrency limits shared by every backend: rate, retries, GPU and CPU slots.
 
-anyio only (plus tenacity for the retry loop). Nothing here knows about Docker,
-Vertex or Kubernetes; backends raise :class:`~caliban.errors.BackendError` with
-``retryable``/``retry_after`` set and these helpers decide what to do.
+anyio only. Nothing here knows about Docker, Vertex or Kubernetes; backends
+raise :class:`~caliban.errors.BackendError` with ``retryable``/``retry_after``
+set and these helpers decide what to do.
 """
 
 from __future__ import annotations
 
 import random
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -15,9 +16,6 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import anyio
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
-from tenacity.stop import stop_after_delay, stop_base
-from tenacity.wait import wait_base
 
 from caliban.core import topology
 from caliban.core.topology import Choice, GpuAffinity
@@ -62,6 +60,16 @@ class TokenBucket:
         self._stamp = now
 
     async def acquire(self) -> None:
+        # Nobody holds the lock, so nobody waits for it (anyio hands a released Lock
+        # straight to its next waiter): a token in the bucket is taken without the
+        # lock's round trip through the event loop, hundreds of times in a fast sweep.
+        if not self._lock.locked():
+            now = self._clock()
+            if now >= self._paused_until:
+                self._refill(now)
+                if self._tokens >= 1.0 - 1e-9:
+                    self._tokens = max(0.0, self._tokens - 1.0)
+                    return
         async with self._lock:
             while True:
                 now = self._clock()
@@ -96,41 +104,48 @@ class RetryPolicy:
     # (still within the deadline) before a job is given up.
     quota_attempts: int = 24
 
+    def window(self, attempt: int) -> float:
+        """The longest wait after ``attempt`` failed: doubling from ``initial``, capped."""
+        return min(self.max_delay, self.initial * 2.0 ** (attempt - 1))
+
     def backoff(self, attempt: int) -> float:
         # Full jitter: spreads a thundering herd of retries over the whole window.
-        return random.uniform(0, min(self.max_delay, self.initial * 2 ** (attempt - 1)))
-
-
-class _WaitRetryAfter(wait_base):
-    """Use the server's Retry-After when it gave one, else the policy's backoff."""
-
-    def __init__(self, policy: RetryPolicy) -> None:
-        self.policy = policy
-
-    def __call__(self, retry_state: RetryCallState) -> float:
-        outcome = retry_state.outcome
-        exc = outcome.exception() if outcome is not None else None
-        if isinstance(exc, BackendError) and exc.retry_after is not None:
-            return min(exc.retry_after, self.policy.max_delay * 5)
-        return self.policy.backoff(retry_state.attempt_number)
-
-
-class _OutOfAttempts(stop_base):
-    """``attempts`` tries, or ``quota_attempts`` when the last answer was a 429."""
-
-    def __init__(self, policy: RetryPolicy) -> None:
-        self.policy = policy
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        outcome = retry_state.outcome
-        exc = outcome.exception() if outcome is not None else None
-        quota = isinstance(exc, QuotaError)
-        cap = self.policy.quota_attempts if quota else self.policy.attempts
-        return retry_state.attempt_number >= cap
+        return random.uniform(0, self.window(attempt))
 
 
 def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, BackendError) and exc.retryable
+
+
+def retry_delay(
+    attempt: int,
+    error: BaseException,
+    policy: RetryPolicy,
+    *,
+    elapsed: float,
+    jitter: float | None = None,
+) -> float | None:
+    """How long to wait before trying again after ``attempt`` (1 for the first try)
+    failed with ``error``, ``elapsed`` seconds after the first try began; None: give up.
+
+    Only a retryable :class:`BackendError` is tried again, at most ``attempts`` times in
+    all (``quota_attempts`` when the last answer was a 429) and never once ``deadline``
+    seconds have passed. The wait is the server's Retry-After when it named one (capped
+    at five times ``max_delay``), else the policy's full-jitter backoff. ``jitter`` in
+    [0, 1] picks the point in the backoff window; by default it is drawn at random.
+    Pure when ``jitter`` is given.
+    """
+    if not is_retryable(error):
+        return None
+    cap = policy.quota_attempts if isinstance(error, QuotaError) else policy.attempts
+    if attempt >= cap or elapsed >= policy.deadline:
+        return None
+    assert isinstance(error, BackendError)  # is_retryable said so
+    if error.retry_after is not None:
+        return min(error.retry_after, policy.max_delay * 5)
+    if jitter is None:
+        return policy.backoff(attempt)
+    return jitter * policy.window(attempt)
 
 
 OnRetry = Callable[[int, float, BaseException], None]
@@ -142,32 +157,29 @@ async def with_retries(
     *,
     on_retry: OnRetry | None = None,
 ) -> T:
-    """Run ``call`` until it succeeds, fails for good, or the policy gives up.
+    """Run ``call`` until it succeeds, fails for good, or the policy gives up
+    (see :func:`retry_delay`); the last error is re-raised as is.
+    ``on_retry(attempt, delay, error)`` runs before each sleep so the caller can
+    report it (and pause a shared bucket).
 
-    Only :class:`BackendError` with ``retryable`` set is retried; the last
-    error is re-raised as is. ``on_retry(attempt, delay, error)`` runs before
-    each sleep so the caller can report it (and pause a shared bucket).
+    A plain loop: a sweep runs one of these per job, and building a retrying
+    object per call cost more than the rest of the bookkeeping of a create.
     """
-
-    def before_sleep(state: RetryCallState) -> None:
-        if on_retry is None or state.outcome is None or state.next_action is None:
-            return
-        exc = state.outcome.exception()
-        if exc is not None:
-            on_retry(state.attempt_number, state.next_action.sleep, exc)
-
-    retrying = AsyncRetrying(
-        retry=retry_if_exception(is_retryable),
-        wait=_WaitRetryAfter(policy),
-        stop=_OutOfAttempts(policy) | stop_after_delay(policy.deadline),
-        sleep=anyio.sleep,
-        before_sleep=before_sleep,
-        reraise=True,
-    )
-    async for attempt in retrying:
-        with attempt:
+    start = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
             return await call()
-    raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+        except BackendError as exc:
+            delay = retry_delay(attempt, exc, policy, elapsed=time.monotonic() - start)
+            if delay is None:
+                raise
+            error: BackendError = exc
+        if on_retry is not None:
+            on_retry(attempt, delay, error)
+        del error  # not kept alive (with its traceback) across the sleep
+        await anyio.sleep(delay)
 
 
 class ResourcePool:

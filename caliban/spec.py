@@ -159,6 +159,12 @@ class _DecodedOnRead:
 
     def __set__(self, obj: object, value: dict[str, object]) -> None:
         obj.__dict__[self.name] = value
+        # Any text kept for the old value no longer says the same.
+        obj.__dict__.pop(_SPEC_TEXT, None)
+
+
+# Where a JobRecord keeps its spec's JSON text, when it has it (see JobRecord.spec_json).
+_SPEC_TEXT = "_spec_json"
 
 
 @dataclass(frozen=True)
@@ -198,15 +204,30 @@ class JobRecord:
     provenance: dict[str, object] | None = None
 
     @classmethod
-    def with_spec_json(cls, spec_json: str, **fields: Any) -> JobRecord:
-        """A record whose ``spec`` stays JSON text until something reads it.
+    def with_spec_json(
+        cls, spec_json: str, *, spec: dict[str, object] | None = None, **fields: Any
+    ) -> JobRecord:
+        """A record whose spec is ``spec_json``, JSON text, and stays so until something
+        reads it; or, given ``spec`` (the object that text was made from), that object.
 
-        The store lists thousands of jobs for ``status``, which never looks at
-        their specs; decoding them all cost more than the query.
+        The store lists thousands of jobs for ``status``, which never looks at their
+        specs; decoding them all cost more than the query. Either way the record keeps
+        the text for :meth:`spec_json`.
         """
         record = cls(spec={}, **fields)
-        record.__dict__["spec"] = _SpecJSON(spec_json)
+        record.__dict__["spec"] = _SpecJSON(spec_json) if spec is None else spec
+        record.__dict__[_SPEC_TEXT] = spec_json
         return record
+
+    def spec_json(self) -> str:
+        """The spec as compact JSON text: the store's own text when this record was
+        read from it or made along with writing it (a remote platform sends it as the
+        request body, unchanged and without serialising it again), else serialised now.
+        """
+        text = self.__dict__.get(_SPEC_TEXT)
+        if text is None:
+            text = json.dumps(self.spec, separators=(",", ":"))
+        return str(text)
 
     @property
     def short_id(self) -> str:

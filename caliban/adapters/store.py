@@ -571,11 +571,13 @@ class Store:
                 ],
             )
             async with db.execute(
-                "SELECT key, id FROM experiments WHERE xgroup_id = ? AND container_spec_id = ?"
+                "SELECT key, id, idx, args, kwargs FROM experiments"
+                " WHERE xgroup_id = ? AND container_spec_id = ?"
                 f" AND key IN ({marks})",
                 (*scope, *keys),
             ) as cur:
-                experiment_of = {str(k): int(i) for k, i in await cur.fetchall()}
+                stored = {str(row[0]): row[1:] for row in await cur.fetchall()}
+            experiment_of = {key: int(row[0]) for key, row in stored.items()}
             # The latest job of each experiment on this platform, if any.
             latest: dict[int, tuple[str, JobState]] = {}
             async with db.execute(
@@ -588,11 +590,13 @@ class Store:
                     latest[int(experiment_id)] = (str(job_id), JobState(state))
             decided: list[tuple[Action, str]] = []
             fresh: list[tuple[PlanItem, int]] = []
+            fresh_keys: list[str] = []
             for key, item in items:
                 experiment_id = experiment_of[key]
                 job_id, state = latest.get(experiment_id, (item.job_id, None))
                 if state is None or state in (JobState.FAILED, JobState.STOPPED):
                     fresh.append((item, experiment_id))
+                    fresh_keys.append(key)
                     decided.append(("new", item.job_id))
                 elif state is JobState.PLANNED:
                     decided.append(("reconcile", job_id))
@@ -600,8 +604,45 @@ class Store:
                     decided.append(("done", job_id))
                 else:
                     decided.append(("active", job_id))
-            await self._insert_jobs(db, fresh, platform, user, stamp)
-        records = {r.job_id: r for r in await self.jobs(job_ids=[j for _, j in decided])}
+            texts = await self._insert_jobs(db, fresh, platform, user, stamp)
+            context = await self._record_context(db, xgroup_id, {i.provenance_id for i, _ in fresh})
+        # The new jobs are made from what was just written, as _record would read them
+        # back (the experiment's own columns, the details decoded from their text), with
+        # the platform's spec object and its text: reading 500 rows back cost more than
+        # writing them. Jobs of earlier runs are read.
+        xgroup_name, provenance_of = context
+        records: dict[str, JobRecord] = {}
+        for (item, experiment_id), key, (spec_text, details_text) in zip(
+            fresh, fresh_keys, texts, strict=True
+        ):
+            _, idx, args, kwargs = stored[key]
+            records[item.job_id] = JobRecord.with_spec_json(
+                spec_text,
+                spec=item.spec,
+                job_id=item.job_id,
+                platform=platform,
+                state=JobState.PLANNED,
+                xgroup=xgroup_name,
+                experiment_id=experiment_id,
+                index=int(idx),
+                args=tuple(json.loads(args)),
+                kwargs=dict(json.loads(kwargs)),
+                image=item.image,
+                details=json.loads(details_text),
+                platform_id=None,
+                exit_code=None,
+                message=None,
+                log_path=item.log_path,
+                user=user,
+                created=stamp,
+                updated=stamp,
+                container_spec_id=container_spec_id,
+                provenance_id=item.provenance_id,
+                provenance=provenance_of.get(item.provenance_id),
+            )
+        earlier = [job_id for _, job_id in decided if job_id not in records]
+        if earlier:
+            records.update({r.job_id: r for r in await self.jobs(job_ids=earlier)})
         return [Planned(action, records[job_id]) for action, job_id in decided]
 
     @staticmethod
@@ -611,9 +652,11 @@ class Store:
         platform: Platform,
         user: str,
         stamp: str,
-    ) -> None:
+    ) -> list[tuple[str, str]]:
+        """Insert PLANNED jobs; returns the JSON text of each one's spec and details."""
         if not jobs:
-            return
+            return []
+        texts = [(_dumps(item.spec), _dumps(item.details)) for item, _ in jobs]
         await db.executemany(
             "INSERT INTO jobs (id, experiment_id, platform, state, image, spec, details,"
             " log_path, user, created, updated, provenance_id)"
@@ -625,21 +668,45 @@ class Store:
                     platform.value,
                     JobState.PLANNED.value,
                     item.image,
-                    _dumps(item.spec),
-                    _dumps(item.details),
+                    spec_text,
+                    details_text,
                     item.log_path,
                     user,
                     stamp,
                     stamp,
                     item.provenance_id,
                 )
-                for item, experiment_id in jobs
+                for (item, experiment_id), (spec_text, details_text) in zip(
+                    jobs, texts, strict=True
+                )
             ],
         )
         await db.executemany(
             "INSERT INTO job_events (job_id, at, state, detail) VALUES (?, ?, ?, ?)",
             [(item.job_id, stamp, JobState.PLANNED.value, None) for item, _ in jobs],
         )
+        return texts
+
+    @staticmethod
+    async def _record_context(
+        db: aiosqlite.Connection, xgroup_id: int, provenance_ids: Iterable[int | None]
+    ) -> tuple[str, dict[int | None, dict[str, object]]]:
+        """The group's name and the provenance records new jobs of it carry."""
+        async with db.execute("SELECT name FROM xgroups WHERE id = ?", (xgroup_id,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            raise StoreError(f"no experiment group {xgroup_id} in the history store")
+        provenance: dict[int | None, dict[str, object]] = {}
+        for provenance_id in provenance_ids:
+            if provenance_id is None:
+                continue
+            async with db.execute(
+                "SELECT data FROM provenance WHERE id = ?", (provenance_id,)
+            ) as cur:
+                found = await cur.fetchone()
+            if found is not None and found[0]:
+                provenance[provenance_id] = _provenance(found[0])
+        return str(row[0]), provenance
 
     async def add_jobs(
         self, jobs: Iterable[tuple[JobRecord, PlanItem]], *, user: str

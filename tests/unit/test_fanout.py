@@ -94,7 +94,7 @@ async def test_a_timed_out_create_waits_to_settle_without_holding_the_others(
     platform = MemoryPlatform({0: ["lost"]})
     async with Store(tmp_path / "db") as store:
         planned = await _planned(store, 5)
-        jobs = await submit_all(
+        await submit_all(
             planned,
             platform,
             store=store,
@@ -102,6 +102,7 @@ async def test_a_timed_out_create_waits_to_settle_without_holding_the_others(
             pacing=Pacing(6000, 4, RetryPolicy(initial=0.01)),
             total=5,
         )
+        jobs = await store.jobs(job_ids=[p.job.job_id for p in planned])
     assert [j.state for j in jobs] == [JobState.SUBMITTED] * 5
     assert jobs[0].platform_id == "name-0"
     creates = [(i, t) for op, i, t in platform.log if op == "create"]
@@ -138,7 +139,7 @@ async def test_quota_429s_get_more_attempts_than_other_errors(tmp_path: Path) ->
     platform = MemoryPlatform({0: ["429"] * 9})
     async with Store(tmp_path / "db") as store:
         planned = await _planned(store, 1)
-        (job,) = await submit_all(
+        await submit_all(
             planned,
             platform,
             store=store,
@@ -146,6 +147,7 @@ async def test_quota_429s_get_more_attempts_than_other_errors(tmp_path: Path) ->
             pacing=Pacing(6000, 1, RetryPolicy(attempts=3, quota_attempts=10, initial=0.001)),
             total=1,
         )
+        (job,) = await store.jobs(job_ids=[p.job.job_id for p in planned])
     assert job.state is JobState.SUBMITTED
     assert len([op for op, _, _ in platform.log if op == "create"]) == 10
 
@@ -193,7 +195,7 @@ async def test_a_timed_out_create_is_looked_up_twice_before_it_is_sent_again(
     submitter = Slow()
     async with Store(tmp_path / "c.db") as store:
         planned = await _planned(store, 1)
-        jobs = await submit_all(
+        await submit_all(
             planned,
             submitter,
             store=store,
@@ -201,5 +203,6 @@ async def test_a_timed_out_create_is_looked_up_twice_before_it_is_sent_again(
             pacing=Pacing(rate_per_minute=6000),
             total=1,
         )
+        jobs = await store.jobs(job_ids=[p.job.job_id for p in planned])
     assert submitter.creates == 1 and submitter.finds == 2
     assert jobs[0].state is JobState.SUBMITTED and jobs[0].platform_id == "remote/1"

@@ -10,6 +10,7 @@ import pytest
 from aiohttp import web
 from kubernetes_asyncio import client as k8s
 
+from caliban.errors import BackendError
 from caliban.platforms.kubernetes import client as kc
 from caliban.platforms.kubernetes.spec import ClusterTarget
 
@@ -131,3 +132,70 @@ async def test_plain_bodies_are_sent_as_given_and_models_still_serialised(
     meta = k8s.V1ObjectMeta(name="m", labels={"b": "2"})
     assert api.sanitize_for_serialization(meta) == {"name": "m", "labels": {"b": "2"}}
     assert api.sanitize_for_serialization([meta]) == [{"name": "m", "labels": {"b": "2"}}]
+
+
+async def test_a_create_sends_the_recorded_text_with_the_clients_headers_and_fresh_auth(
+    proxy: tuple[str, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Job create bypasses the generated API, not the ApiClient: its default headers,
+    its cookie and its token hook (as exec plugins and GKE use it) apply per request."""
+    url, seen = proxy
+    monkeypatch.setenv("HTTP_PROXY", url)
+    api = _api("http://cluster.invalid:8080")
+    api.cookie = "session=abc"
+    tokens = iter(["first", "second"])
+
+    async def refresh(cfg: Any) -> None:
+        cfg.api_key["BearerToken"] = next(tokens)
+
+    api.configuration.refresh_api_key_hook = refresh
+    await kc.settle_transport(api)
+    text = '{"apiVersion":"batch/v1","kind":"Job","metadata":{"name":"j4"},"spec":{"x":[1]}}'
+    client = kc.KubeClient(api, _TARGET)
+    try:
+        await client.create_job("ns", {"metadata": {"name": "j4"}}, want_body=False, encoded=text)
+        made = await client.create_job("ns", _BODY)
+    finally:
+        await api.close()
+    assert made == {"metadata": {"name": "made"}}
+    first, second = seen
+    assert first["body"] == {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "j4"},
+        "spec": {"x": [1]},
+    }
+    assert second["body"] == _BODY
+    for request, token in ((first, "first"), (second, "second")):
+        assert request["method"] == "POST"
+        assert request["url"] == "http://cluster.invalid:8080/apis/batch/v1/namespaces/ns/jobs"
+        assert request["headers"]["Authorization"] == f"Bearer {token}"
+        assert request["headers"]["User-Agent"] == api.user_agent
+        assert request["headers"]["Cookie"] == "session=abc"
+        assert request["headers"]["Content-Type"] == "application/json"
+        assert request["headers"]["Accept"] == "application/json"
+
+
+async def test_a_refused_create_is_translated_with_the_servers_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def handle(request: web.Request) -> web.Response:
+        status = {"kind": "Status", "message": "jobs.batch exists", "reason": "AlreadyExists"}
+        return web.json_response(status, status=409)
+
+    app = web.Application()
+    app.router.add_post("/apis/batch/v1/namespaces/ns/jobs", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    api = _api(f"http://127.0.0.1:{port}")
+    await kc.settle_transport(api)
+    try:
+        with pytest.raises(BackendError, match=r"jobs\.batch exists") as caught:
+            await kc.KubeClient(api, _TARGET).create_job("ns", _BODY, want_body=False)
+    finally:
+        await api.close()
+        await runner.cleanup()
+    assert caught.value.status == 409 and not caught.value.retryable

@@ -10,7 +10,14 @@ import pytest
 
 from caliban.core.topology import GpuAffinity
 from caliban.errors import BackendError, QuotaError
-from caliban.limits import GpuPool, ResourcePool, RetryPolicy, TokenBucket, with_retries
+from caliban.limits import (
+    GpuPool,
+    ResourcePool,
+    RetryPolicy,
+    TokenBucket,
+    retry_delay,
+    with_retries,
+)
 
 
 class FakeClock:
@@ -47,6 +54,26 @@ async def test_bucket_pause_holds_every_caller() -> None:
     bucket.pause(0.3)
     await bucket.acquire()
     assert clock.now >= 0.3
+
+
+async def test_bucket_serves_callers_in_arrival_order_past_free_tokens() -> None:
+    """A token freed while others wait goes to the first in line, not to a newcomer
+    that finds the bucket refilled."""
+    clock = FakeClock()
+    bucket = TokenBucket(rate=10, burst=1, clock=clock, sleep=clock.sleep)
+    granted: list[int] = []
+
+    async def take(n: int) -> None:
+        await bucket.acquire()
+        granted.append(n)
+
+    async with anyio.create_task_group() as tg:
+        for n in range(4):
+            tg.start_soon(take, n)
+            await anyio.lowlevel.checkpoint()
+        clock.now += 10  # a full bucket for a late caller, while two still wait
+        tg.start_soon(take, 4)
+    assert granted == [0, 1, 2, 3, 4]
 
 
 def test_bucket_rejects_a_zero_rate() -> None:
@@ -101,6 +128,104 @@ def test_backoff_is_jittered_and_capped() -> None:
     delays = [policy.backoff(n) for n in range(1, 10) for _ in range(20)]
     assert all(0 <= d <= 8 for d in delays)
     assert len(set(delays)) > 100
+
+
+def test_retry_delay_retries_only_retryable_backend_errors() -> None:
+    policy = RetryPolicy()
+    for error in (
+        BackendError("forbidden", retryable=False, status=403),
+        ValueError("a bug"),
+        TimeoutError(),
+    ):
+        assert retry_delay(1, error, policy, elapsed=0, jitter=0.5) is None
+    assert retry_delay(1, BackendError("down", retryable=True), policy, elapsed=0) is not None
+
+
+def test_retry_delay_caps_attempts_and_gives_429s_more() -> None:
+    policy = RetryPolicy(attempts=3, quota_attempts=5, initial=0.1)
+    down = BackendError("unavailable", retryable=True, status=503)
+    assert [retry_delay(n, down, policy, elapsed=0, jitter=1) is None for n in (1, 2, 3)] == [
+        False,
+        False,
+        True,
+    ]
+    busy = QuotaError("slow down", retryable=True)
+    assert [retry_delay(n, busy, policy, elapsed=0, jitter=1) is None for n in range(1, 6)] == [
+        False,
+        False,
+        False,
+        False,
+        True,
+    ]
+
+
+def test_retry_delay_stops_at_the_deadline() -> None:
+    policy = RetryPolicy(attempts=10, deadline=30)
+    down = BackendError("unavailable", retryable=True)
+    assert retry_delay(2, down, policy, elapsed=29.9, jitter=0) == 0
+    assert retry_delay(2, down, policy, elapsed=30, jitter=0) is None
+    # A server that names a wait does not buy time past the deadline either.
+    late = QuotaError("slow down", retryable=True, retry_after=1)
+    assert retry_delay(2, late, policy, elapsed=31) is None
+
+
+def test_retry_delay_backs_off_exponentially_with_full_jitter() -> None:
+    policy = RetryPolicy(attempts=10, initial=1, max_delay=8)
+    down = BackendError("unavailable", retryable=True)
+    tops = [retry_delay(n, down, policy, elapsed=0, jitter=1) for n in range(1, 7)]
+    assert tops == [1, 2, 4, 8, 8, 8]
+    assert retry_delay(3, down, policy, elapsed=0, jitter=0.25) == 1
+    assert retry_delay(3, down, policy, elapsed=0, jitter=0) == 0
+    drawn = [retry_delay(3, down, policy, elapsed=0) for _ in range(200)]
+    assert all(d is not None and 0 <= d <= 4 for d in drawn) and len(set(drawn)) > 100
+
+
+def test_retry_delay_takes_the_servers_retry_after_capped() -> None:
+    policy = RetryPolicy(max_delay=2)
+    told = BackendError("unavailable", retryable=True, retry_after=3.5)
+    assert retry_delay(1, told, policy, elapsed=0, jitter=0) == 3.5
+    assert retry_delay(1, told, policy, elapsed=0, jitter=1) == 3.5
+    far = QuotaError("slow down", retryable=True, retry_after=600)
+    assert retry_delay(1, far, policy, elapsed=0) == 10  # 5 x max_delay
+    now = QuotaError("slow down", retryable=True, retry_after=0)
+    assert retry_delay(1, now, policy, elapsed=0, jitter=1) == 0
+
+
+async def test_retries_give_429s_their_own_cap_and_pass_other_errors_through() -> None:
+    answers: list[BaseException] = [QuotaError("slow down", retryable=True, retry_after=0)] * 4
+
+    async def busy() -> str:
+        if answers:
+            raise answers.pop()
+        return "ok"
+
+    # Four 429s in a row, more than ``attempts`` allows for other errors.
+    assert await with_retries(busy, RetryPolicy(attempts=2, quota_attempts=5)) == "ok"
+
+    calls = itertools.count(1)
+
+    async def broken() -> None:
+        next(calls)
+        raise KeyError("a bug, not a platform answer")
+
+    with pytest.raises(KeyError):
+        await with_retries(broken, RetryPolicy(attempts=5, initial=0.001))
+    assert next(calls) == 2  # called once
+
+
+async def test_retries_stop_at_the_deadline() -> None:
+    started = anyio.current_time()
+    tries = itertools.count(1)
+
+    async def down() -> None:
+        next(tries)
+        raise BackendError("unavailable", retryable=True, retry_after=0.03)
+
+    with pytest.raises(BackendError, match="unavailable"):
+        await with_retries(down, RetryPolicy(attempts=100, deadline=0.1))
+    # 0, 0.03, 0.06, 0.09 (+ scheduling): the try after 0.1 s is the last.
+    assert 3 <= next(tries) - 1 <= 6
+    assert anyio.current_time() - started < 0.5
 
 
 async def test_gpu_pool_never_hands_out_an_id_twice() -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from caliban.adapters.store import PlanItem, Store
 from caliban.errors import StoreError, StoreUnwritable
-from caliban.spec import JobState, Platform
+from caliban.spec import JobRecord, JobState, Platform
 
 
 def _item(i: int) -> PlanItem:
@@ -138,3 +138,58 @@ async def test_a_write_refused_mid_transaction_is_a_store_error(tmp_path: Path) 
         await store.db.execute("PRAGMA query_only = ON")
         with pytest.raises(StoreError, match=r"cannot write to .*readonly"):
             await store.xgroup("g", "alice")
+
+
+async def test_planned_records_are_what_the_store_reads_back(tmp_path: Path) -> None:
+    """The records planning hands out are built from what it wrote, not read back:
+    they must be the very records a read gives, field by field, and carry the text
+    the store holds for their spec."""
+    async with Store(tmp_path / "caliban.db") as store:
+        xid = await store.xgroup("g", "alice")
+        sid = await store.container_spec("gke:abc", "img:1", {}, "alice")
+        pid = await store.provenance({"git": {"commit": "abc"}, "argv": ["caliban"]})
+
+        def items(order: list[int], prefix: str) -> list[PlanItem]:
+            return [
+                PlanItem(
+                    index=n,
+                    args=("--i", str(i)),
+                    kwargs={"i": i, "name": f"x{i}", "rate": 0.5},
+                    job_id=f"{prefix}{i:06d}",
+                    image="img:1",
+                    spec={"metadata": {"name": f"j{i}"}, "spec": {"args": ["--i", str(i)]}},
+                    details={"cluster": {"namespace": "ns"}, "k8s_job": f"j{i}"},
+                    log_path=f"/logs/{i}" if i % 2 else None,
+                    provenance_id=pid if i % 3 else None,
+                )
+                for n, i in enumerate(order)
+            ]
+
+        async def plan(batch: list[PlanItem]) -> list[tuple[str, JobRecord]]:
+            planned = await store.plan(
+                xgroup_id=xid,
+                container_spec_id=sid,
+                platform=Platform.GKE,
+                user="alice",
+                items=batch,
+                batch=4,
+            )
+            read = {r.job_id: r for r in await store.jobs(job_ids=[p.job.job_id for p in planned])}
+            for p in planned:
+                assert p.job == read[p.job.job_id]
+                assert p.job.spec_json() == read[p.job.job_id].spec_json()
+                assert p.job.provenance == read[p.job.job_id].provenance
+            return [(p.action, p.job) for p in planned]
+
+        first = await plan(items(list(range(10)), "a"))
+        assert [a for a, _ in first] == ["new"] * 10
+        await store.transition("a000002", JobState.FAILED, message="boom")
+        await store.transition("a000005", JobState.SUBMITTED, platform_id="j5")
+        # Re-planned in another order: a failed experiment gets a new job that keeps the
+        # experiment as first recorded (its index), the others are handed back as they are.
+        again = await plan(items([9, 8, 7, 6, 5, 4, 3, 2, 1, 0], "b"))
+        actions = {job.job_id: action for action, job in again}
+        assert actions["b000002"] == "new" and actions["a000005"] == "active"
+        assert sum(a == "reconcile" for a in actions.values()) == 8
+        (renewed,) = [job for action, job in again if action == "new"]
+        assert renewed.index == 2 and renewed.experiment_id == first[2][1].experiment_id

@@ -140,8 +140,11 @@ class KubeSubmitter:
         target = self._target(job)
         client = await self.connections.client(target)
         try:
-            # A new Job has no status yet: its name is all that is needed back.
-            await client.create_job(target.namespace, job.spec, want_body=False)
+            # A new Job has no status yet: its name is all that is needed back. The body
+            # is the text the store recorded, sent as it is.
+            await client.create_job(
+                target.namespace, job.spec, want_body=False, encoded=job.spec_json()
+            )
         except BackendError as exc:
             if exc.status != 409:
                 raise
