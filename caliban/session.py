@@ -370,7 +370,7 @@ class Session:
         if path is not None:
             from caliban.adapters import enginequick
 
-            return await anyio.to_thread.run_sync(enginequick.inspect_image, path, ref)
+            return await enginequick.inspect_image(path, ref)
         return await engine.inspect_image(await self.docker(), ref)
 
     async def build_prepared(self, prepared: Prepared, *, no_cache: bool = False) -> BuiltImage:

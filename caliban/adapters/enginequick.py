@@ -15,18 +15,16 @@ what aiodocker's ``api_version="auto"`` settles on (it asks ``/version``
 first); the fields caliban reads (an image inspect, a container's list entry,
 inspect and state) are the same in every version caliban uses.
 
-:func:`inspect_image` blocks (a build runs it in a thread); :func:`call` and
-:func:`stream` are async, on anyio's Unix sockets, so a followed log or a
-long ``stop`` is cancelled like any other await.
+:func:`inspect_image`, :func:`call` and :func:`stream` are async, on anyio's
+Unix sockets, so a followed log or a long ``stop`` is cancelled like any other
+await.
 """
 
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
-import socket
 import urllib.parse
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -41,22 +39,6 @@ from caliban.errors import BackendError, EngineUnavailable
 # Where aiodocker looks, in its order, when DOCKER_HOST is not set.
 _SOCKETS = ("/run/docker.sock", "/var/run/docker.sock", "~/.docker/run/docker.sock")
 _TIMEOUT = 15.0
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self._path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
 
 
 def _context_named(environ: Mapping[str, str]) -> bool:
@@ -87,34 +69,6 @@ def local_socket(url: str | None, environ: Mapping[str, str] = os.environ) -> st
     if url.startswith("unix://"):
         return url.removeprefix("unix://")
     return None
-
-
-def inspect_image(path: str, ref: str, *, timeout: float = _TIMEOUT) -> dict[str, Any] | None:
-    """``GET /images/{ref}/json`` on the socket at ``path``: the image, or None if it
-    does not exist. Blocking: run it in a thread."""
-    conn = _UnixConnection(path, timeout)
-    try:
-        try:
-            conn.request("GET", f"/images/{urllib.parse.quote(ref, safe='')}/json")
-            response = conn.getresponse()
-            body = response.read()
-        except OSError as exc:
-            raise EngineUnavailable(f"unix://{path}: {exc.strerror or exc}") from exc
-    finally:
-        conn.close()
-    if response.status == 404:
-        return None
-    try:
-        data = json.loads(body)
-    except ValueError:
-        data = None
-    if response.status != 200 or not isinstance(data, dict):
-        message = data.get("message") if isinstance(data, dict) else body[:200].decode("replace")
-        raise BackendError(
-            f"Docker engine: image inspect of {ref}: {response.status} {message}".rstrip(),
-            status=response.status,
-        )
-    return data
 
 
 class EngineError(Exception):
@@ -252,3 +206,32 @@ async def stream(path: str, method: str, where: str) -> AsyncIterator[AsyncItera
         if response.status >= 400:
             raise _error(response.status, b"".join([p async for p in response.pieces()]))
         yield response.pieces()
+
+
+async def inspect_image(path: str, ref: str) -> dict[str, Any] | None:
+    """``GET /images/{ref}/json`` on the socket at ``path``: the image, or None if it
+    does not exist."""
+    where = f"/images/{urllib.parse.quote(ref, safe='')}/json"
+    try:
+        with anyio.fail_after(_TIMEOUT):
+            async with _exchange(path, "GET", where, None) as response:
+                body = await response.read()
+    except TimeoutError as exc:
+        raise EngineUnavailable(f"unix://{path}: no answer in {_TIMEOUT:g} s") from exc
+    except _CUT as exc:
+        raise EngineUnavailable(
+            f"unix://{path}: answer cut off ({exc or type(exc).__name__})"
+        ) from exc
+    if response.status == 404:
+        return None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if response.status != 200 or not isinstance(data, dict):
+        message = data.get("message") if isinstance(data, dict) else body[:200].decode("replace")
+        raise BackendError(
+            f"Docker engine: image inspect of {ref}: {response.status} {message}".rstrip(),
+            status=response.status,
+        )
+    return data
