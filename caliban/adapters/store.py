@@ -246,30 +246,38 @@ def _provenance(text: str) -> dict[str, object]:
     return data
 
 
+_PLATFORMS = {p.value: p for p in Platform}
+_STATES = {s.value: s for s in JobState}
+_loads = json.JSONDecoder().decode
+
+
 def _record(row: Sequence[Any]) -> JobRecord:
-    # The spec is the biggest column and listing jobs rarely needs it: decoded on first read.
-    return JobRecord.with_spec_json(
+    # The spec is the biggest column and listing jobs rarely needs it: decoded on first
+    # read. Enum members by dict lookup: ``JobState(value)`` costs a function call chain.
+    return JobRecord.from_row(
         row[9],
-        job_id=row[0],
-        platform=Platform(row[1]),
-        state=JobState(row[2]),
-        xgroup=row[3],
-        experiment_id=row[4],
-        index=row[5],
-        args=tuple(json.loads(row[6])),
-        kwargs=dict(json.loads(row[7])),
-        image=row[8],
-        details=json.loads(row[10]),
-        platform_id=row[11],
-        exit_code=row[12],
-        message=row[13],
-        log_path=row[14],
-        user=row[15],
-        created=row[16],
-        updated=row[17],
-        container_spec_id=row[18],
-        provenance_id=row[19],
-        provenance=_provenance(row[20]) if row[20] else None,
+        {
+            "job_id": row[0],
+            "platform": _PLATFORMS[row[1]],
+            "state": _STATES[row[2]],
+            "xgroup": row[3],
+            "experiment_id": row[4],
+            "index": row[5],
+            "args": tuple(_loads(row[6])),
+            "kwargs": dict(_loads(row[7])),
+            "image": row[8],
+            "details": _loads(row[10]),
+            "platform_id": row[11],
+            "exit_code": row[12],
+            "message": row[13],
+            "log_path": row[14],
+            "user": row[15],
+            "created": row[16],
+            "updated": row[17],
+            "container_spec_id": row[18],
+            "provenance_id": row[19],
+            "provenance": _provenance(row[20]) if row[20] else None,
+        },
     )
 
 

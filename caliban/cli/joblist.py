@@ -59,16 +59,21 @@ def job_json(job: JobRecord) -> dict[str, object]:
 
 
 def json_chunks(jobs: Iterable[JobRecord]) -> Iterator[str]:
-    """The text of ``json.dumps([job_json(j) for j in jobs], indent=2)``, one job at a
-    time, so a big listing is never one big string."""
+    """A JSON array of :func:`job_json` objects, one job to a line, written job by job,
+    so a big listing is never one big string.
+
+    One line per job rather than ``indent=2``: the standard library encodes indented
+    JSON in pure Python, which took about 1 s for 10,000 jobs, and compact JSON in C;
+    a line per job also suits ``grep`` and ``head``. Parsers see the same document.
+    """
     first = True
     for job in jobs:
-        # An item nested one level down is the same text indented by two more
-        # spaces; JSON strings escape their newlines, so only layout ones move.
-        item = "  " + json.dumps(job_json(job), indent=2).replace("\n", "\n  ")
-        yield ("[\n" if first else ",\n") + item
+        yield ("[\n" if first else ",\n") + _encode(job_json(job))
         first = False
     yield "[]" if first else "\n]"
+
+
+_encode = json.JSONEncoder().encode
 
 
 def write_json(jobs: Iterable[JobRecord], out: IO[str]) -> None:

@@ -104,9 +104,17 @@ def test_cells_are_verbatim_and_controls_are_removed() -> None:
 @given(_jobs)
 def test_streamed_json_is_the_same_document(jobs: list[JobRecord]) -> None:
     streamed = "".join(joblist.json_chunks(jobs))
-    expected = json.dumps([joblist.job_json(j) for j in jobs], indent=2)
-    assert streamed == expected
-    assert [j["job_id"] for j in json.loads(streamed)] == [j.job_id for j in jobs]
+    assert json.loads(streamed) == [joblist.job_json(j) for j in jobs]
+    lines = streamed.split("\n")
+    # One job to a line between the brackets: each line is that job's own object.
+    if jobs:
+        assert lines[0] == "[" and lines[-1] == "]"
+        body = lines[1:-1]
+        assert len(body) == len(jobs)
+        for line, job in zip(body, jobs, strict=True):
+            assert json.loads(line.removesuffix(",")) == joblist.job_json(job)
+    else:
+        assert streamed == "[]"
 
 
 def test_streamed_json_of_nothing_and_of_awkward_strings() -> None:
@@ -118,6 +126,7 @@ def test_streamed_json_of_nothing_and_of_awkward_strings() -> None:
     assert parsed[0]["args"] == ["a\nb", '"q"', "\\", "\u2028"]
     assert parsed[1]["message"] == "line\n  indented"
     assert out.getvalue().endswith("\n]\n")
+    assert out.getvalue().count("\n") == 4  # the brackets' lines and one per job
 
 
 def _console(terminal: bool) -> tuple[Console, io.StringIO]:

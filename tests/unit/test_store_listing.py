@@ -147,3 +147,18 @@ async def test_a_batch_of_transitions_changes_what_one_by_one_would(tmp_path: Pa
         }
         assert await store.transitions([(d, JobState.FAILED, 1, "forced", None, None)], force=True)
         assert (await store.job(d)).state is JobState.FAILED  # type: ignore[union-attr]
+
+
+async def test_a_listed_record_is_the_one_the_constructor_makes(tmp_path: Path) -> None:
+    async with Store(tmp_path / "c.db") as store:
+        await _history(store, "g", experiments=2, attempts=1)
+        listed = (await store.jobs(xgroup="g"))[0]
+    fields = {f.name: getattr(listed, f.name) for f in dataclasses.fields(JobRecord)}
+    built = JobRecord(**fields)
+    assert listed == built and dataclasses.astuple(listed) == dataclasses.astuple(built)
+    assert listed.platform is Platform.LOCAL and listed.state is JobState.PLANNED
+    assert (
+        isinstance(listed.args, tuple) and listed.spec_json() == '{"Cmd":["--i","0"],"attempt":0}'
+    )
+    with_dict = {k: v for k, v in vars(listed).items() if not k.startswith("_")}
+    assert with_dict.keys() == {f.name for f in dataclasses.fields(JobRecord)}
