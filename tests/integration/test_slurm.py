@@ -187,6 +187,31 @@ async def test_stop_cancels_running_and_pending_tasks(
     assert err.count("has no output file") == 2, err
 
 
+async def test_the_submitters_secrets_stay_out_of_the_job_slurm_keeps(
+    make_project: MakeProject, env: dict[str, str]
+) -> None:
+    """sbatch hands its environment to the job (slurmctld stores it, the batch script
+    runs in it): only Slurm's settings, paths and locale get there."""
+    folder = make_project()
+    config = write_config(folder, tag=["a"])
+    secret = "caliban-test-secret-7f3c9e"
+    leaky = {**env, "WANDB_API_KEY": secret, "MY_SERVICE_TOKEN": secret}
+    code, out, err = await caliban(
+        submit(config, "noleak", "--nogpu", "--sbatch_args=--hold"), cwd=folder, env=leaky
+    )
+    assert code == 0, err + out
+    [job] = await status(folder, env, "noleak")
+    array_id = int(str(job["platform_id"]).split("_")[0])
+    state = Path(os.environ.get("CALIBAN_SLURM_DIR", "/tmp/caliban-slurm")) / "ctld"
+    stored = (state / f"hash.{array_id % 10}" / f"job.{array_id}" / "environment").read_bytes()
+    names = {item.split(b"=", 1)[0].decode() for item in stored.split(b"\0") if item}
+    assert "PATH" in names and "SLURM_CONF" in names, names
+    assert secret.encode() not in stored
+    assert not names & {"WANDB_API_KEY", "MY_SERVICE_TOKEN", "CALIBAN_HOME"}, names
+    code, out, err = await caliban(["stop", "--xgroup", "noleak", "--yes"], cwd=folder, env=env)
+    assert code == 0, err + out
+
+
 def _wrapper(bin_dir: Path, marker: Path, *, before: bool = False) -> dict[str, str]:
     """An sbatch that says in ``marker`` it was called and never answers: after
     submitting (caliban killed then has sent the array without knowing its id) or,

@@ -15,6 +15,7 @@ want: 2 when nothing can work as asked, 1 when trying again may.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -30,6 +31,36 @@ from caliban.platforms.slurm import spec
 # need a few seconds to connect.
 TIMEOUT = 120.0
 SSH_CONNECT_TIMEOUT = 15
+
+# What the Slurm commands (and ssh) get of caliban's environment. sbatch's default,
+# --export=ALL, hands its whole environment to the job: slurmctld keeps a copy with
+# the job's state and the batch script runs in it. The tokens and keys a user
+# exported for other tools have no business there; the commands need only their own
+# configuration, the paths, the locale, and what the docker client on the node reads.
+_KEPT = frozenset(
+    {
+        "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR",
+        "LD_LIBRARY_PATH", "XDG_RUNTIME_DIR", "SSH_AUTH_SOCK", "KRB5CCNAME",
+        "DOCKER_HOST", "DOCKER_CONFIG", "DOCKER_CONTEXT", "DOCKER_CERT_PATH",
+        "DOCKER_TLS_VERIFY", "DOCKER_API_VERSION",
+    }
+)  # fmt: skip
+# Slurm's own settings (SLURM_CONF, SBATCH_PARTITION, SQUEUE_FORMAT ...) and the locale.
+_KEPT_PREFIXES = (
+    "LC_", "SLURM_", "SBATCH_", "SQUEUE_", "SACCT_", "SCANCEL_", "SCONTROL_", "SINFO_",
+)  # fmt: skip
+# A token for slurmrestd: a credential, whatever its prefix.
+_DROPPED = frozenset({"SLURM_JWT"})
+
+
+def command_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    """The part of ``environ`` the Slurm commands run with (see :data:`_KEPT`)."""
+    return {
+        name: value
+        for name, value in environ.items()
+        if (name in _KEPT or name.startswith(_KEPT_PREFIXES)) and name not in _DROPPED
+    }
+
 
 _UNREACHABLE = re.compile(
     r"Unable to contact slurm controller|Socket timed out|Connection refused|"
@@ -51,7 +82,8 @@ class Cluster:
 
     host: str | None = None
     ssh_options: tuple[str, ...] = ()
-    # The environment of local commands (SLURM_CONF, PATH).
+    # The environment caliban runs in (empty: this process's); the commands get the
+    # part of it command_environ keeps.
     environ: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -100,7 +132,7 @@ class Slurm:
         self, command: Sequence[str], *, input: bytes | None = None
     ) -> subprocess.CompletedProcess[bytes]:
         argv = self.cluster.argv(command)
-        env = dict(self.cluster.environ) if self.cluster.environ else None
+        env = command_environ(self.cluster.environ or os.environ)
         try:
             with anyio.fail_after(TIMEOUT):
                 return await anyio.run_process(argv, input=input, check=False, env=env)

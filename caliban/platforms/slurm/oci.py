@@ -14,10 +14,10 @@ What Slurm 22.05 does with a bundle, and why this module is shaped by it:
 - it replaces ``process.args`` with the batch script (mounted at
   ``/tmp/slurm/startup``), so the image's entrypoint and command cannot come
   from ``config.json``: the script runs them;
-- it appends the submitter's whole environment to ``process.env``, so the
-  script starts the program under ``env -i`` with exactly the image's
-  environment plus the variables caliban gives every job (as ``docker run``
-  does);
+- it appends the batch script's environment (what sbatch ran with) to
+  ``process.env``, so the script starts the program under ``env -i`` with exactly
+  the image's environment plus the variables caliban gives every job (as
+  ``docker run`` does);
 - the script is the container's PID 1, which ignores signals it has no
   handler for: it runs the program as a child, passes SIGTERM on (scancel) and
   exits with the child's code, so a failing task is FAILED with its code;
