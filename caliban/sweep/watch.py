@@ -30,6 +30,8 @@ from caliban.spec import JobRecord, JobState, Update
 from caliban.sweep.engine import Host, RunResult, latest_xgroup, launch, refresh
 
 DEFAULT_INTERVAL = 10.0
+# Details that say which attempt a job is, not where it ran.
+_OWN_DETAILS = frozenset({"moved_from", "attempt", "move_reason"})
 
 
 def _utcnow() -> datetime:
@@ -140,13 +142,20 @@ async def _settle(host: Host, new: JobRecord, total: int) -> None:
         if not old.state.terminal:
             return  # Vertex confirms cancellations later: the next round looks again
     if old is not None and old.state is JobState.SUCCEEDED:
-        # It finished before the cancel took effect: nothing is left to move.
+        # It finished before the cancel took effect: nothing is left to move. The new
+        # attempt, the experiment's latest, stands for the old one from now on: it
+        # records where that one ran, so `logs` and `results` read the output that
+        # answers the experiment rather than finding none.
+        where = {k: v for k, v in old.details.items() if k not in _OWN_DETAILS}
         await store.record(
             [
                 Update(
                     new.job_id,
                     JobState.SUCCEEDED,
+                    exit_code=old.exit_code,
                     message=f"not moved: attempt {old.job_id} succeeded",
+                    platform_id=old.platform_id,
+                    details={**where, "ran_as": old.job_id},
                 )
             ]
         )

@@ -11,8 +11,11 @@ from pathlib import Path
 
 import anyio
 
+from caliban.platforms.vertex import cloudlog
+from caliban.session import Session
 from caliban.spec import JobRecord, JobState
 from tests.conftest import CALIBAN, MakeProject
+from tests.fakes.cloudlogging import FakeLogging
 from tests.fakes.vertex import FakeVertex
 from tests.fakes.vertex_jobs import (
     CANCELLED,
@@ -178,3 +181,45 @@ async def test_kill_9_of_watch_mid_move_then_a_restart_changes_nothing(
     assert vertex_server.duplicates(JOB_LABEL) == {}
     assert len(vertex_server.jobs) == 5  # 3 first attempts, 2 moved out of us-central1
     assert sum(j.state == SUCCEEDED for j in vertex_server.jobs) == 3
+
+
+async def test_an_attempt_that_succeeds_while_being_cancelled_keeps_its_answer(
+    vertex_server: FakeVertex,
+    logging_server: FakeLogging,
+    vertex_request: VertexRequest,
+    tmp_path: Path,
+    session_env: dict[str, str],
+) -> None:
+    """A job that ends SUCCEEDED while watch cancels it to move it: the move is not
+    made, and the experiment's latest attempt leads `results` and `logs` to its output."""
+    vertex_server.lifecycle = Lifecycle()
+    vertex_server.capacity[("us-central1", "*")] = NO_CAPACITY
+    vertex_server.cancel_delay = 0.3
+    vertex_server.cancel_outcome = SUCCEEDED  # it finished before the cancel took effect
+    req = vertex_request(
+        experiments={"i": [0]},
+        xgroup="race",
+        regions=("us-central1", "europe-west4"),
+        capacity="standard",
+        queue_timeout="1s",
+    )
+    env = {**session_env, cloudlog.ENDPOINT_ENV: logging_server.url}
+    async with Session(home=tmp_path / "home", environ=env) as s:
+        first = await s.cloud(req)
+        assert first.ok
+        (remote,) = vertex_server.jobs
+        logging_server.add(remote, "epoch 1", '{"accuracy": 0.93}')
+        result = await s.watch(xgroup="race", interval=FAST)
+        (latest,) = result.jobs
+        (answer,) = await s.results(xgroup="race")
+        output = "".join([chunk async for chunk in s.logs(latest.job_id)])
+    (old,) = first.jobs
+    assert latest.job_id != old.job_id and latest.details["moved_from"] == old.job_id
+    assert latest.state is JobState.SUCCEEDED and latest.exit_code == old.exit_code
+    assert latest.message == f"not moved: attempt {old.job_id} succeeded"
+    assert latest.details["ran_as"] == old.job_id
+    assert latest.details["region"] == "us-central1"  # where the answer came from
+    assert latest.platform_id == remote.name
+    assert answer.metrics == {"accuracy": 0.93}
+    assert output == 'epoch 1\n{"accuracy": 0.93}\n'
+    assert len(vertex_server.jobs) == 1  # the move never reached Vertex
