@@ -349,6 +349,16 @@ async def test_dry_run_prints_the_batch_script_and_records_nothing(
         (("--qos", "high"), "unknown QOS 'high'", 2),
         (("--mem", "100000G"), "no node of the partition has what each task asks for", 2),
         (("--host", "nobody@127.0.0.1", "--ssh_option", "Port=1"), "cannot reach", 1),
+        (
+            ("--image_tag", "caliban-test/absent:1"),
+            "image 'caliban-test/absent:1' is not on this machine",
+            2,
+        ),
+        (
+            ("--image_tag", "caliban-test/absent:1", "--runtime", "oci"),
+            "image 'caliban-test/absent:1' is not on this machine",
+            2,
+        ),
     ],
 )
 async def test_bad_input_is_one_line_and_records_nothing(
@@ -362,6 +372,6 @@ async def test_bad_input_is_one_line_and_records_nothing(
     config = write_config(folder, tag=["a"])
     code, out, err = await caliban(submit(config, "bad", *extra), cwd=folder, env=env)
     assert code == exit_code, err + out
-    assert message in err
+    assert message in err and len(err.strip().splitlines()) == 1, err
     code, out, _ = await caliban(["status", "--json"], cwd=folder, env=env)
     assert json.loads(out) == []

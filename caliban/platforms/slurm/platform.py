@@ -25,6 +25,7 @@ from typing import Any
 import anyio
 
 from caliban.adapters.build import BuiltImage
+from caliban.adapters.docker import error_text, errors, status_of
 from caliban.adapters.store import Planned
 from caliban.core.config import SLURM_RUNTIMES
 from caliban.core.experiment import Config
@@ -336,31 +337,34 @@ class SlurmPlatform:
         return None
 
     async def publish(self, plan: Any, prepared: Prepared, built: BuiltImage | None) -> Published:
+        info: dict[str, Any] | None = None
         if built is not None:
             image, digest = built.tag, built.digest or built.image_id
         else:
-            docker = await self._ctx.docker()
-            try:
-                info = await docker.images.inspect(plan.image)
-            except Exception as exc:  # aiodocker's DockerError: not found here
-                raise ValidationError(
-                    f"image {plan.image!r} is not on this machine: {exc}"
-                ) from None
+            info = await self._inspect(plan.image)
             image, digest = plan.image, str(info.get("Id", ""))
         plan.run_image = image
         if plan.runtime == "oci":
-            await self._bundle(plan, image)
+            await self._bundle(plan, image, info or await self._inspect(image))
         elif plan.cluster.host is not None:
             plan.archive = await self._export(plan, image, digest)
         return Published(image=image, digest=digest, images={"": image})
 
-    async def _bundle(self, plan: SlurmPlan, image: str) -> None:
-        """The image's OCI bundle on the cluster, exported once per image id."""
+    async def _inspect(self, image: str) -> dict[str, Any]:
         docker = await self._ctx.docker()
         try:
-            info = await docker.images.inspect(image)
-        except Exception as exc:  # aiodocker's DockerError
-            raise ValidationError(f"image {image!r} is not on this machine: {exc}") from None
+            info: dict[str, Any] = await docker.images.inspect(image)
+        except errors() as exc:
+            if status_of(exc) == 404:
+                raise ValidationError(f"image {image!r} is not on this machine") from None
+            raise BackendError(
+                f"Docker engine: image inspect of {image}: {error_text(exc)}",
+                status=status_of(exc),
+            ) from None
+        return info
+
+    async def _bundle(self, plan: SlurmPlan, image: str, info: Mapping[str, Any]) -> None:
+        """The image's OCI bundle on the cluster, exported once per image id."""
         config = info.get("Config") or {}
         made = await bundle.ensure(
             self._client(plan.cluster),
