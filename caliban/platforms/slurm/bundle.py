@@ -48,7 +48,7 @@ async def check_writable(slurm: Slurm, root: str) -> None:
     script = 'mkdir -p "$1" 2>/dev/null && [ -d "$1" ] && [ -w "$1" ]'
     result = await slurm.run_raw(["sh", "-c", script, "sh", f"{root.rstrip('/')}/{BUNDLES}"])
     if result.returncode == 255 and slurm.cluster.host is not None:
-        raise slurm._failure(["sh"], result, "checking the bundle folder")
+        raise slurm.failure(["sh"], result, "checking the bundle folder")
     if result.returncode != 0:
         raise ValidationError(
             f"the bundle folder {root}/{BUNDLES} is not writable {slurm.where}",

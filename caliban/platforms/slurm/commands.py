@@ -125,7 +125,7 @@ class Slurm:
         """``command``'s standard output; a failure raised as a caliban error."""
         result = await self.run_raw(command, input=input)
         if result.returncode != 0:
-            raise self._failure(command, result, what or command[0])
+            raise self.failure(command, result, what or command[0])
         return result.stdout.decode(errors="replace")
 
     async def run_raw(
@@ -149,9 +149,11 @@ class Slurm:
                 f"{command[0]} {self.where} did not answer within {TIMEOUT:.0f} s", retryable=True
             ) from None
 
-    def _failure(
+    def failure(
         self, command: Sequence[str], result: subprocess.CompletedProcess[bytes], what: str
     ) -> Exception:
+        """The caliban error for ``command`` (``what`` in messages) ending as ``result``
+        did: the one place that reads Slurm's and ssh's failures."""
         err = (result.stderr or b"").decode(errors="replace").strip()
         last = err.splitlines()[-1] if err else f"exit status {result.returncode}"
         if self.cluster.host is not None and result.returncode == 255:
@@ -250,7 +252,7 @@ class Slurm:
                 "no node of the partition has what each task asks for (CPUs, memory, GPUs): "
                 + err.strip().splitlines()[-1]
             )
-        return self._failure(command, result, "sbatch")
+        return self.failure(command, result, "sbatch")
 
     # -- following jobs -----------------------------------------------------------------
 
@@ -300,5 +302,5 @@ class Slurm:
         if result.returncode == _NO_FILE:
             return None
         if result.returncode != 0:
-            raise self._failure(["tail"], result, f"reading {path}")
+            raise self.failure(["tail"], result, f"reading {path}")
         return result.stdout

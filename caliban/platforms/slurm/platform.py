@@ -595,7 +595,7 @@ class SlurmPlatform:
                 result = await slurm.run_raw(["scancel", *ids])
                 err = result.stderr.decode(errors="replace")
                 if result.returncode != 0 and "already completing or completed" not in err:
-                    raise slurm._failure(["scancel"], result, "scancel")
+                    raise slurm.failure(["scancel"], result, "scancel")
             for name in names:
                 await slurm.run(["scancel", f"--name={name}"], what="scancel")
             seen = await self._seen(slurm, group) if ids or names else {}
@@ -660,7 +660,7 @@ async def _check_bundle(slurm: Slurm, path: str | None) -> None:
     here: Slurm would hold them pending forever ("launch failed requeued held")."""
     found = await slurm.run_raw(["test", "-f", f"{path}/{oci.CONFIG}"]) if path else None
     if found is not None and found.returncode == 255 and slurm.cluster.host is not None:
-        raise slurm._failure(["test"], found, "checking the OCI bundle")  # ssh: try again later
+        raise slurm.failure(["test"], found, "checking the OCI bundle")  # ssh: try again later
     if found is None or found.returncode != 0:
         raise ValidationError(
             f"the OCI bundle {path} is gone; submit the sweep again to export the image anew"
