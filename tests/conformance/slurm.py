@@ -31,7 +31,7 @@ import anyio
 import pytest
 
 from caliban.options import ProjectOptions, SlurmRequest
-from caliban.platforms.slurm import spec
+from caliban.platforms.slurm import spec, states
 from caliban.session import Session
 from caliban.spec import JobRecord, JobState
 from caliban.spec import Platform as Kind
@@ -91,7 +91,7 @@ def _squeue() -> dict[str, str]:
     done = subprocess.run(
         [_real("squeue"), "--json"], capture_output=True, text=True, timeout=60, check=True
     )
-    return {s.key: s.status.slurm_state for s in spec.parse_squeue_json(done.stdout)}
+    return {s.key: s.status.slurm_state for s in states.parse_squeue_json(done.stdout)}
 
 
 @asynccontextmanager

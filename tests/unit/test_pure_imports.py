@@ -24,6 +24,8 @@ PURE = [
     "caliban.platforms.vertex.scheduling",
     "caliban.platforms.vertex.ladder",
     "caliban.platforms.slurm.spec",
+    "caliban.platforms.slurm.limits",
+    "caliban.platforms.slurm.states",
     "caliban.events",
     "caliban.options",
     "caliban.core.dockerfile",

@@ -8,8 +8,9 @@ import subprocess
 import pytest
 
 from caliban.errors import ValidationError
-from caliban.platforms.slurm import spec
-from caliban.platforms.slurm.spec import Batch, Partition, Resources, Task
+from caliban.platforms.slurm import limits, spec, states
+from caliban.platforms.slurm.limits import Partition
+from caliban.platforms.slurm.spec import Batch, Resources, Task
 from caliban.spec import JobState
 
 JOB = "0AAAAAAAAAAAAAAAAAAAAAAAAA"
@@ -149,13 +150,13 @@ def test_parse_sbatch() -> None:
     ("raw", "code"), [(0, 0), (768, 3), (256, 1), (9, 137), (15, 143), (36608, 143)]
 )
 def test_exit_from_wait_status(raw: int, code: int) -> None:
-    assert spec.exit_from_wait_status(raw) == code
+    assert states.exit_from_wait_status(raw) == code
 
 
 def test_exit_from_pair() -> None:
-    assert spec.exit_from_pair("3:0") == 3
-    assert spec.exit_from_pair("0:9") == 137
-    assert spec.exit_from_pair("junk") is None
+    assert states.exit_from_pair("3:0") == 3
+    assert states.exit_from_pair("0:9") == 137
+    assert states.exit_from_pair("junk") is None
 
 
 @pytest.mark.parametrize(
@@ -176,14 +177,14 @@ def test_exit_from_pair() -> None:
     ],
 )
 def test_status_of(word: str, exit_code: int | None, state: JobState) -> None:
-    assert spec.status_of(word, exit_code).state is state
+    assert states.status_of(word, exit_code).state is state
 
 
 def test_failed_keeps_its_code_and_slurm_ends_are_named() -> None:
-    failed = spec.status_of("FAILED", 3)
+    failed = states.status_of("FAILED", 3)
     assert (failed.exit_code, failed.message) == (3, "exited with code 3")
-    assert "TIMEOUT" in (spec.status_of("TIMEOUT", 0).message or "")
-    assert "memory" in (spec.status_of("OUT_OF_MEMORY", 0).message or "")
+    assert "TIMEOUT" in (states.status_of("TIMEOUT", 0).message or "")
+    assert "memory" in (states.status_of("OUT_OF_MEMORY", 0).message or "")
 
 
 @pytest.mark.parametrize(
@@ -191,7 +192,7 @@ def test_failed_keeps_its_code_and_slurm_ends_are_named() -> None:
     [("2-3%2", [2, 3]), ("5", [5]), ("0,4-6", [0, 4, 5, 6]), ("1-7:3%1", [1, 4, 7])],
 )
 def test_expand_tasks(text: str, tasks: list[int]) -> None:
-    assert spec.expand_tasks(text) == tasks
+    assert states.expand_tasks(text) == tasks
 
 
 # Trimmed from squeue --json of Slurm 22.05 on this machine.
@@ -216,7 +217,7 @@ SQUEUE = {
 
 
 def test_parse_squeue_json_expands_pending_tasks_and_reads_raw_exit_codes() -> None:
-    seen = {s.key: s for s in spec.parse_squeue_json(json.dumps(SQUEUE))}
+    seen = {s.key: s for s in states.parse_squeue_json(json.dumps(SQUEUE))}
     assert sorted(seen) == ["12", "1_0", "1_1", "1_2", "1_3"]
     assert seen["1_0"].status.state is JobState.RUNNING
     assert seen["1_2"].status.state is JobState.SUBMITTED
@@ -233,13 +234,13 @@ def test_parse_squeue_json_newer_number_objects() -> None:
     job: dict[str, object] = {"job_id": num(9), "array_job_id": num(8), "array_task_id": num(1)}
     job |= {"job_state": ["FAILED"], "exit_code": num(512), "name": "n", "comment": ""}
     doc = {"jobs": [job]}
-    (seen,) = spec.parse_squeue_json(json.dumps(doc))
+    (seen,) = states.parse_squeue_json(json.dumps(doc))
     assert seen.key == "8_1" and seen.status.exit_code == 2
 
 
 def test_parse_squeue_json_refuses_garbage() -> None:
     with pytest.raises(ValueError):
-        list(spec.parse_squeue_json("squeue: error: x"))
+        list(states.parse_squeue_json("squeue: error: x"))
 
 
 JOBCOMP = (
@@ -252,7 +253,7 @@ JOBCOMP = (
 
 
 def test_parse_jobcomp_lines() -> None:
-    seen = {s.key: s for s in spec.parse_records(JOBCOMP)}
+    seen = {s.key: s for s in states.parse_records(JOBCOMP)}
     assert (seen["1_1"].status.state, seen["1_1"].status.exit_code) == (JobState.FAILED, 3)
     assert seen["1_1"].name == "caliban-B"
     assert seen["13"].status.state is JobState.SUCCEEDED
@@ -264,7 +265,7 @@ def test_parse_scontrol_show_job() -> None:
         "JobId=1 ArrayJobId=1 ArrayTaskId=2-3%2 ArrayTaskThrottle=2 JobName=caliban-B "
         "JobState=PENDING Reason=JobArrayTaskLimit ExitCode=0:0 Comment=caliban:store=s"
     )
-    seen = list(spec.parse_records(line))
+    seen = list(states.parse_records(line))
     assert [s.key for s in seen] == ["1_2", "1_3"]
     assert all(s.status.state is JobState.SUBMITTED for s in seen)
 
@@ -287,25 +288,27 @@ PARTITIONS = (
     ],
 )
 def test_parse_minutes(text: str, minutes: float | None) -> None:
-    assert spec.parse_minutes(text) == minutes
+    assert limits.parse_minutes(text) == minutes
 
 
 def test_parse_minutes_refuses_garbage() -> None:
     with pytest.raises(ValidationError, match="not a Slurm time"):
-        spec.parse_minutes("an hour")
+        limits.parse_minutes("an hour")
 
 
 def test_partitions_and_gpus_are_read() -> None:
-    parts = spec.parse_partitions(PARTITIONS)
+    parts = limits.parse_partitions(PARTITIONS)
     assert parts["short"] == Partition("short", False, 10, ("normal", "high"), "vm")
     assert parts["debug"].default and parts["debug"].max_minutes is None
     nodes = "NodeName=a Gres=gpu:4 CPUTot=8\nNodeName=b Gres=gpu:a100:8(S:0-1),tmp:1 CPUTot=8\n"
-    assert spec.max_gpus_per_node(nodes) == 8
-    assert spec.max_gpus_per_node("NodeName=c Gres=(null)\n") == 0
+    assert limits.max_gpus_per_node(nodes) == 8
+    assert limits.max_gpus_per_node("NodeName=c Gres=(null)\n") == 0
 
 
 def _check(res: Resources, qos: list[str] | None = None) -> Partition:
-    return spec.check_resources(res, spec.parse_partitions(PARTITIONS), max_gpus=4, qos_names=qos)
+    return limits.check_resources(
+        res, limits.parse_partitions(PARTITIONS), max_gpus=4, qos_names=qos
+    )
 
 
 def test_check_resources_accepts_and_picks_default() -> None:
@@ -345,7 +348,7 @@ def test_check_resources_refuses_with_names(
 
 def test_parse_sacct_lines() -> None:
     text = "12_3|caliban-B|FAILED|3:0\n12_4|caliban-B|CANCELLED by 0|0:15\n13|other|COMPLETED|0:0\n"
-    seen = {s.key: s for s in spec.parse_sacct(text)}
+    seen = {s.key: s for s in states.parse_sacct(text)}
     assert (seen["12_3"].task, seen["12_3"].status.exit_code) == (3, 3)
     assert seen["12_4"].status.state is JobState.STOPPED
     assert seen["13"].task is None and seen["13"].status.state is JobState.SUCCEEDED
@@ -354,5 +357,5 @@ def test_parse_sacct_lines() -> None:
 @pytest.mark.parametrize("arg", ["--array=0-3", "-J", "--output=x", "--comment=x"])
 def test_sbatch_args_may_not_take_what_caliban_owns(arg: str) -> None:
     with pytest.raises(ValidationError, match="caliban sets it"):
-        spec.check_syntax(Resources(sbatch_args=(arg,)))
-    spec.check_syntax(Resources(sbatch_args=("--exclusive", "--nice=10")))
+        limits.check_syntax(Resources(sbatch_args=(arg,)))
+    limits.check_syntax(Resources(sbatch_args=("--exclusive", "--nice=10")))

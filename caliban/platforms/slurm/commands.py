@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from caliban.errors import BackendError, ValidationError
-from caliban.platforms.slurm import spec
+from caliban.platforms.slurm import limits, spec, states
 
 # How long one command may take: slurmctld answers in milliseconds, ssh may
 # need a few seconds to connect.
@@ -171,16 +171,16 @@ class Slurm:
 
     # -- reading the cluster ----------------------------------------------------------
 
-    async def partitions(self) -> dict[str, spec.Partition]:
-        return spec.parse_partitions(
+    async def partitions(self) -> dict[str, limits.Partition]:
+        return limits.parse_partitions(
             await self.run(["scontrol", "show", "partition", "-o"], what="scontrol show partition")
         )
 
-    async def max_gpus(self, partition: spec.Partition) -> int:
+    async def max_gpus(self, partition: limits.Partition) -> int:
         command = ["scontrol", "show", "node", "-o"]
         if partition.nodes and partition.nodes not in ("ALL", "(null)"):
             command.append(partition.nodes)
-        return spec.max_gpus_per_node(await self.run(command, what="scontrol show node"))
+        return limits.max_gpus_per_node(await self.run(command, what="scontrol show node"))
 
     async def qos_names(self) -> list[str] | None:
         """The cluster's QOS, or None when it keeps no accounting (no slurmdbd)."""
@@ -256,21 +256,21 @@ class Slurm:
 
     # -- following jobs -----------------------------------------------------------------
 
-    async def squeue(self) -> list[spec.Seen]:
+    async def squeue(self) -> list[states.Seen]:
         text = await self.run(["squeue", "--json"], what="squeue")
         try:
-            return list(spec.parse_squeue_json(text))
+            return list(states.parse_squeue_json(text))
         except ValueError as exc:
             raise BackendError(f"squeue {self.where}: {exc}") from None
 
-    async def finished(self, ids: Sequence[str] = ()) -> list[spec.Seen]:
+    async def finished(self, ids: Sequence[str] = ()) -> list[states.Seen]:
         """Jobs slurmctld has forgotten: from the jobcomp file (no slurmdbd needed),
         else from ``sacct`` for ``ids``. Empty when the cluster keeps neither."""
         conf = await self.config()
         if conf.get("JobCompType") == "jobcomp/filetxt" and conf.get("JobCompLoc"):
             result = await self.run_raw(["cat", conf["JobCompLoc"]])
             if result.returncode == 0:
-                return list(spec.parse_records(result.stdout.decode(errors="replace")))
+                return list(states.parse_records(result.stdout.decode(errors="replace")))
         if not ids or conf.get("AccountingStorageType", "") in ("", "accounting_storage/none"):
             return []
         result = await self.run_raw(
@@ -286,7 +286,7 @@ class Slurm:
         )
         if result.returncode != 0:
             return []
-        return list(spec.parse_sacct(result.stdout.decode(errors="replace")))
+        return list(states.parse_sacct(result.stdout.decode(errors="replace")))
 
     async def scancel(self, ids: Sequence[str]) -> None:
         if ids:

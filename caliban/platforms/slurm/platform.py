@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import codecs
 import json
-import os
 import re
 import shlex
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -34,132 +32,28 @@ from caliban.events import Document, JobStateChanged, Notice
 from caliban.options import SlurmRequest
 from caliban.platforms.base import (
     Context,
-    JobSpec,
     Kind,
     Launch,
     Prepared,
     Published,
     Rebound,
-    Row,
     job_label,
     ours,
 )
-from caliban.platforms.slurm import bundle, oci, spec
+from caliban.platforms.slurm import bundle, limits, oci, spec, states
 from caliban.platforms.slurm.commands import Cluster, Slurm
+from caliban.platforms.slurm.plan import (
+    Settings,
+    SlurmPlan,
+    dict_or_none,
+    local_path,
+    nonempty_str,
+    recorded_resources,
+    str_tuple,
+)
 from caliban.spec import JobMode, JobRecord, JobState, Update
 
 _POLL = 1.0
-
-
-@dataclass
-class SlurmPlan:
-    """A checked ``caliban slurm submit``; ``workdir``/``image`` are filled in
-    by preflight and publish."""
-
-    image: str | None
-    resources: spec.Resources
-    cluster: Cluster
-    max_parallel: int | None
-    per_job: bool
-    docker_args: tuple[str, ...]
-    slurm_dir: str | None
-    labels: Mapping[str, str] = field(default_factory=dict)
-    run_image: str = ""
-    archive: str | None = None
-    script_args: tuple[str, ...] = ()
-    # "docker" (`docker run` on the node) or "oci" (Slurm's --container with
-    # the image's bundle, filled in by publish: its path and the image's process).
-    runtime: str = "docker"
-    bundle_dir: str | None = None
-    bundle: str | None = None
-    process: Mapping[str, object] | None = None
-
-    def script(self, batch: spec.Batch) -> str:
-        """The batch script of ``batch`` for this plan's runtime."""
-        if self.runtime == "oci":
-            process = oci.ImageProcess.from_json(self.process or {})
-            return oci.batch_script(batch, self.resources, process, self.bundle or "<bundle>")
-        return spec.batch_script(batch, self.resources, docker_args=self.docker_args)
-
-    def _job_spec(self, row: Row) -> dict[str, object]:
-        return {
-            "argv": list(row.argv),
-            "resources": {
-                **asdict(self.resources),
-                "sbatch_args": list(self.resources.sbatch_args),
-            },
-            "host": self.cluster.host,
-            "ssh_options": list(self.cluster.ssh_options),
-            "slurm_dir": self.slurm_dir,
-            "per_job": self.per_job,
-            "docker_args": list(self.docker_args),
-            "archive": self.archive,
-            "runtime": self.runtime,
-            "bundle": self.bundle,
-            "process": dict(self.process) if self.process is not None else None,
-        }
-
-    def jobs(
-        self,
-        rows: Iterable[Row],
-        *,
-        total: int,
-        xgroup: str,
-        store_id: str,
-        images: Mapping[str, str],
-        commit: str | None = None,
-    ) -> Iterator[JobSpec]:
-        image = images.get("") or self.run_image
-        for row in rows:
-            yield JobSpec(row, self._job_spec(row), {"cluster": self.cluster.key}, image)
-
-    def spec_key(self, published: Published) -> str:
-        return json.dumps(
-            {
-                "platform": "slurm",
-                "digest": published.digest,
-                "cluster": self.cluster.key,
-                "resources": asdict(self.resources),
-                "per_job": self.per_job,
-                "docker_args": list(self.docker_args),
-                "runtime": self.runtime,
-                "bundle": self.bundle,
-            },
-            sort_keys=True,
-        )
-
-    def record(self, published: Published) -> dict[str, object]:
-        return {"platform": "slurm", "cluster": self.cluster.key}
-
-
-@dataclass(frozen=True)
-class Settings:
-    max_parallel: int | None
-
-
-def _resources(job: JobRecord) -> spec.Resources:
-    given = job.spec.get("resources")
-    raw: dict[str, Any] = dict(given) if isinstance(given, dict) else {}
-    raw["sbatch_args"] = _strs(raw.get("sbatch_args"))
-    return spec.Resources(**raw)
-
-
-def _strs(value: object) -> tuple[str, ...]:
-    """A recorded list of strings (JSON gives back lists)."""
-    return tuple(str(v) for v in value) if isinstance(value, (list, tuple)) else ()
-
-
-def _text(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-def _local_path(path: str) -> str:
-    # Pure string work (no filesystem access): absolute, ~ expanded.
-    return os.path.abspath(os.path.expanduser(path))
-
-
-def _mapping(value: object) -> dict[str, object] | None:
-    return dict(value) if isinstance(value, dict) else None
 
 
 class SlurmPlatform:
@@ -185,7 +79,7 @@ class SlurmPlatform:
     def _job_client(self, job: JobRecord) -> Slurm:
         host = job.spec.get("host")
         options = job.spec.get("ssh_options") or []
-        return self._client(self._cluster(_text(host), _strs(options)))
+        return self._client(self._cluster(nonempty_str(host), str_tuple(options)))
 
     # -- submit -----------------------------------------------------------------------
 
@@ -207,7 +101,7 @@ class SlurmPlatform:
             qos=req.qos,
             sbatch_args=tuple(req.sbatch_args),
         )
-        spec.check_syntax(resources)  # the cluster's own limits are read in preflight
+        limits.check_syntax(resources)  # the cluster's own limits are read in preflight
         if req.per_job and req.max_parallel is not None:
             raise ValidationError(
                 "--max_parallel throttles an array; it cannot limit --per_job jobs"
@@ -299,7 +193,7 @@ class SlurmPlatform:
         part = partitions.get(plan.resources.partition or "") or default
         max_gpus = await slurm.max_gpus(part) if part is not None else 0
         qos = await slurm.qos_names() if plan.resources.qos else []
-        spec.check_resources(plan.resources, partitions, max_gpus=max_gpus, qos_names=qos)
+        limits.check_resources(plan.resources, partitions, max_gpus=max_gpus, qos_names=qos)
         if plan.slurm_dir is None:
             if plan.cluster.host is None:
                 plan.slurm_dir = str(self._ctx.home / "slurm")
@@ -326,7 +220,7 @@ class SlurmPlatform:
         """``path`` on the cluster as an absolute path (relative ones from the
         current folder here, from the login user's home over ssh)."""
         if slurm.cluster.host is None:
-            return _local_path(path)
+            return local_path(path)
         if path.startswith("~/"):
             path = f"{await slurm.home()}/{path[2:]}"
         elif not path.startswith("/"):
@@ -443,20 +337,20 @@ class SlurmPlatform:
         batch_id = first.job_id
         plan = SlurmPlan(
             image=first.image,
-            resources=_resources(first),
+            resources=recorded_resources(first),
             cluster=slurm.cluster,
             max_parallel=settings.max_parallel,
             per_job=bool(first.spec.get("per_job")),
-            docker_args=_strs(first.spec.get("docker_args")),
+            docker_args=str_tuple(first.spec.get("docker_args")),
             slurm_dir=root,
             labels=dict(self._ctx.labels),
             run_image=first.image,
-            archive=_text(first.spec.get("archive")),
-            runtime=_text(first.spec.get("runtime")) or "docker",
-            bundle=_text(first.spec.get("bundle")),
-            process=_mapping(first.spec.get("process")),
+            archive=nonempty_str(first.spec.get("archive")),
+            runtime=nonempty_str(first.spec.get("runtime")) or "docker",
+            bundle=nonempty_str(first.spec.get("bundle")),
+            process=dict_or_none(first.spec.get("process")),
         )
-        tasks = [spec.Task(j.job_id, _strs(j.spec.get("argv"))) for j in current]
+        tasks = [spec.Task(j.job_id, str_tuple(j.spec.get("argv"))) for j in current]
         workdir = f"{root}/{_safe(first.xgroup)}/{batch_id}"
         batch = self._batch(
             plan, tasks, xgroup=first.xgroup, store_id=store_id, batch_id=batch_id, workdir=workdir
@@ -694,7 +588,7 @@ def _groups(jobs: Sequence[JobRecord]) -> list[list[JobRecord]]:
 
 
 def _match(
-    jobs: Sequence[JobRecord], seen: Sequence[spec.Seen], store_id: str | None
+    jobs: Sequence[JobRecord], seen: Sequence[states.Seen], store_id: str | None
 ) -> dict[str, Update]:
     """Updates for ``jobs`` found in ``seen``: by platform id once submitted, by
     batch name and task while the submission is unconfirmed."""
@@ -707,7 +601,7 @@ def _match(
     }
     out: dict[str, Update] = {}
     for job in jobs:
-        hit: spec.Seen | None = None
+        hit: states.Seen | None = None
         if job.platform_id and job.state is not JobState.PLANNED:
             hit = by_key.get(job.platform_id)
         elif job.details.get("batch"):
@@ -728,4 +622,4 @@ def _match(
     return out
 
 
-__all__ = ["SlurmPlan", "SlurmPlatform"]
+__all__ = ["SlurmPlatform"]
