@@ -46,6 +46,7 @@ from caliban.platforms.base import (
 from caliban.spec import JobRecord, JobState, Update
 from caliban.spec import Platform as Kind
 from caliban.sweep.fanout import submit_all
+from caliban.sweep.heap import old_objects_frozen
 
 # How long a run's claims outlive its last sign of life, when its pid cannot be
 # checked (another host) or was reused; renewed four times per lease.
@@ -233,12 +234,15 @@ async def submit(host: Host, kind: Kind, request: Any) -> RunResult:
                 provenance_id=provenance_id,
             )
 
-    planned = await store.plan(
-        xgroup_id=xgroup_id, container_spec_id=spec_id, platform=kind, user=user, items=items()
-    )
-    return await launch(
-        host, platform, planned, platform.launch_settings(plan), xgroup=xgroup, total=total
-    )
+    # Every module the sweep needs is loaded by now: the collector's full scans skip
+    # them while jobs are planned and launched (see caliban.sweep.heap).
+    with old_objects_frozen():
+        planned = await store.plan(
+            xgroup_id=xgroup_id, container_spec_id=spec_id, platform=kind, user=user, items=items()
+        )
+        return await launch(
+            host, platform, planned, platform.launch_settings(plan), xgroup=xgroup, total=total
+        )
 
 
 async def _provenance(
@@ -627,6 +631,20 @@ async def resubmit(
         kind: await platforms[kind].resume(group, max_parallel=max_parallel)
         for kind, group in groups.items()
     }
+    with old_objects_frozen():
+        jobs = await _launch_again(host, xgroup, groups, platforms, settings)
+    return RunResult(xgroup, jobs)
+
+
+async def _launch_again(
+    host: Host,
+    xgroup: str,
+    groups: Mapping[Kind, list[JobRecord]],
+    platforms: Mapping[Kind, Platform],
+    settings: Mapping[Kind, object],
+) -> list[JobRecord]:
+    """:func:`resubmit`'s new jobs, recorded and launched platform by platform."""
+    store = await host.store()
     jobs: list[JobRecord] = []
     # Remote submissions first: they return at once, a local sweep runs to its end.
     for kind in sorted(groups, key=lambda k: not platforms[k].remote):
@@ -655,7 +673,7 @@ async def resubmit(
             host, platform, planned, settings[kind], xgroup=xgroup, total=len(planned)
         )
         jobs += result.jobs
-    return RunResult(xgroup, jobs)
+    return jobs
 
 
 __all__ = [
