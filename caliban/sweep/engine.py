@@ -332,7 +332,8 @@ async def launch(
     finally:
         with anyio.CancelScope(shield=True):
             await store.close_run(run_id)
-    jobs = await store.jobs(job_ids=[p.job.job_id for p in planned])
+    # What planning made, with what the launch (or another run) recorded since.
+    jobs = await store.current([p.job for p in planned])
     return RunResult(
         xgroup,
         jobs,
