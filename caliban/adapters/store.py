@@ -384,19 +384,25 @@ class Store:
                 f"{self.path} was written by a newer caliban (schema {version}, "
                 f"this one knows {SCHEMA_VERSION}); upgrade caliban"
             )
-        for number in range(version, SCHEMA_VERSION):
-            async with self._tx() as db:
-                # Read again under the write lock: two caliban processes opening a
-                # new store at once both saw the old version, and only the first
-                # may migrate (the second would find its tables already made).
-                async with db.execute("PRAGMA user_version") as cur:
-                    row = await cur.fetchone()
-                if row and int(row[0]) > number:
-                    continue
+        if version == SCHEMA_VERSION:
+            return
+        # Every step left in one transaction: a new store is made in one go (each
+        # transaction's statements are round trips to aiosqlite's thread), and a
+        # failed step leaves the store as it was.
+        async with self._tx() as db:
+            # Read again under the write lock: two caliban processes opening a new
+            # store at once both saw the old version, and only the first may migrate
+            # (the second would find its tables already made).
+            async with db.execute("PRAGMA user_version") as cur:
+                row = await cur.fetchone()
+            now_at = int(row[0]) if row else 0
+            if now_at >= SCHEMA_VERSION:
+                return
+            for number in range(now_at, SCHEMA_VERSION):
                 for statement in MIGRATIONS[number]:
                     await db.execute(statement)
-                # PRAGMA takes no parameters; the value is our own integer.
-                await db.execute(f"PRAGMA user_version = {number + 1}")
+            # PRAGMA takes no parameters; the value is our own integer.
+            await db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     async def _ensure_store_id(self) -> str:
         async with self._tx() as db:
