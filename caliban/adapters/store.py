@@ -462,6 +462,7 @@ class Store:
         user: str,
         items: Iterable[PlanItem],
         batch: int = 500,
+        claim_for: str | None = None,
     ) -> list[Planned]:
         """Record intent for every experiment before anything is launched.
 
@@ -472,6 +473,10 @@ class Store:
         cancellation (Ctrl-C, SIGTERM) lands between them; whatever stops the
         planning, the jobs it recorded become STOPPED, not PLANNED jobs that
         nothing would launch, so resubmit (or the same command) runs them.
+
+        ``claim_for``: the open run (:meth:`open_run`) that will launch the new
+        jobs holds them from the start, as :meth:`claim` would make them its own,
+        so its claim does not write each of them again.
         """
         seen: list[str] = []
 
@@ -488,6 +493,7 @@ class Store:
                 user=user,
                 items=noted(items),
                 batch=batch,
+                claim_for=claim_for,
             )
         except BaseException:
             if seen:
@@ -510,6 +516,7 @@ class Store:
         user: str,
         items: Iterable[PlanItem],
         batch: int = 500,
+        claim_for: str | None = None,
     ) -> list[Planned]:
         """:meth:`plan` without the clean-up when interrupted."""
         out: list[Planned] = []
@@ -526,12 +533,16 @@ class Store:
             pending.append((base if n == 1 else f"{base}#{n}", item))
             if len(pending) >= batch:
                 out.extend(
-                    await self._plan_batch(xgroup_id, container_spec_id, platform, user, pending)
+                    await self._plan_batch(
+                        xgroup_id, container_spec_id, platform, user, pending, claim_for
+                    )
                 )
                 pending = []
         if pending:
             out.extend(
-                await self._plan_batch(xgroup_id, container_spec_id, platform, user, pending)
+                await self._plan_batch(
+                    xgroup_id, container_spec_id, platform, user, pending, claim_for
+                )
             )
         return out
 
@@ -564,6 +575,7 @@ class Store:
         platform: Platform,
         user: str,
         items: list[tuple[str, PlanItem]],
+        claim_for: str | None,
     ) -> list[Planned]:
         # Set-based: a handful of statements per batch instead of several per
         # job, since every statement is a round trip to aiosqlite's thread.
@@ -615,7 +627,7 @@ class Store:
                     decided.append(("done", job_id))
                 else:
                     decided.append(("active", job_id))
-            texts = await self._insert_jobs(db, fresh, platform, user, stamp)
+            texts = await self._insert_jobs(db, fresh, platform, user, stamp, claim_for)
             context = await self._record_context(db, xgroup_id, {i.provenance_id for i, _ in fresh})
         # The new jobs are made from what was just written, as _record would read them
         # back (the experiment's own columns, the details decoded from their text), with
@@ -663,6 +675,7 @@ class Store:
         platform: Platform,
         user: str,
         stamp: str,
+        claimed_by: str | None = None,
     ) -> list[tuple[str, str]]:
         """Insert PLANNED jobs; returns the JSON text of each one's spec and details."""
         if not jobs:
@@ -670,8 +683,8 @@ class Store:
         texts = [(_dumps(item.spec), _dumps(item.details)) for item, _ in jobs]
         await db.executemany(
             "INSERT INTO jobs (id, experiment_id, platform, state, image, spec, details,"
-            " log_path, user, created, updated, provenance_id)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " log_path, user, created, updated, provenance_id, claimed_by)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     item.job_id,
@@ -686,6 +699,7 @@ class Store:
                     stamp,
                     stamp,
                     item.provenance_id,
+                    claimed_by,
                 )
                 for (item, experiment_id), (spec_text, details_text) in zip(
                     jobs, texts, strict=True
@@ -1050,13 +1064,22 @@ class Store:
             if r[2] != here or _pid_exists(int(r[1]))
         }
 
-    async def claim(self, run_id: str, job_ids: Sequence[str]) -> Claim:
+    async def claim(
+        self, run_id: str, job_ids: Sequence[str], *, lease: float | None = None
+    ) -> Claim:
         """Make ``job_ids`` this run's, except those a live run holds, in one
-        transaction: of two runs claiming the same job, exactly one gets it."""
+        transaction: of two runs claiming the same job, exactly one gets it. With
+        ``lease``, the run's lease is renewed in it (a run opened before a long
+        planning claims with a fresh one)."""
         claimed: set[str] = set()
         held: dict[str, RunOwner] = {}
         ids = list(dict.fromkeys(job_ids))
         async with self._tx() as db:
+            if lease is not None:
+                await db.execute(
+                    "UPDATE runs SET lease_until = ? WHERE id = ? AND ended IS NULL",
+                    (_later(lease), run_id),
+                )
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 marks = ",".join("?" * len(chunk))
@@ -1068,12 +1091,14 @@ class Store:
                 live = await self._live_owners(db, others)
                 free = [j for j, owner in current.items() if owner not in live]
                 held.update({j: live[o] for j, o in current.items() if o in live})
-                if free:
+                # Jobs planned for this run (plan's claim_for) are its own already.
+                taken = [j for j in free if current[j] != run_id]
+                if taken:
+                    marks = ",".join("?" * len(taken))
                     await db.execute(
-                        f"UPDATE jobs SET claimed_by = ? WHERE id IN ({','.join('?' * len(free))})",
-                        (run_id, *free),
+                        f"UPDATE jobs SET claimed_by = ? WHERE id IN ({marks})", (run_id, *taken)
                     )
-                    claimed.update(free)
+                claimed.update(free)
         return Claim(frozenset(claimed), held)
 
     async def owners(self, job_ids: Sequence[str]) -> dict[str, RunOwner]:

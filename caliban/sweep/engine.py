@@ -236,13 +236,31 @@ async def submit(host: Host, kind: Kind, request: Any) -> RunResult:
 
     # Every module the sweep needs is loaded by now: the collector's full scans skip
     # them while jobs are planned and launched (see caliban.sweep.heap).
-    with old_objects_frozen():
-        planned = await store.plan(
-            xgroup_id=xgroup_id, container_spec_id=spec_id, platform=kind, user=user, items=items()
-        )
-        return await launch(
-            host, platform, planned, platform.launch_settings(plan), xgroup=xgroup, total=total
-        )
+    # The run is opened first so that the jobs it plans are its own from the start
+    # (the claim then has nothing to write for them).
+    run_id = await store.open_run(lease=LEASE)
+    try:
+        with old_objects_frozen():
+            planned = await store.plan(
+                xgroup_id=xgroup_id,
+                container_spec_id=spec_id,
+                platform=kind,
+                user=user,
+                items=items(),
+                claim_for=run_id,
+            )
+            return await launch(
+                host,
+                platform,
+                planned,
+                platform.launch_settings(plan),
+                xgroup=xgroup,
+                total=total,
+                run_id=run_id,
+            )
+    finally:
+        with anyio.CancelScope(shield=True):
+            await store.close_run(run_id)
 
 
 async def _provenance(
@@ -283,16 +301,20 @@ async def launch(
     *,
     xgroup: str,
     total: int,
+    run_id: str | None = None,
 ) -> RunResult:
     """Claim the ``new``/``reconcile`` jobs of ``planned`` and launch those this
-    call holds; every other job is another run's (or done)."""
+    call holds; every other job is another run's (or done). ``run_id``: a run the
+    caller opened (and closes), else this call opens and closes its own."""
     store = await host.store()
     wanted = [p.job.job_id for p in planned if p.action in ("new", "reconcile")]
-    run_id = await store.open_run(lease=LEASE)
+    own_run = run_id is None
+    if run_id is None:
+        run_id = await store.open_run(lease=LEASE)
     try:
         # Another run of this group may hold some of them: we launch only what we
         # claim, and leave the rest to it.
-        claim = await store.claim(run_id, wanted)
+        claim = await store.claim(run_id, wanted, lease=LEASE)
         mine = len(claim.claimed)
         skipped = len(planned) - mine
         host.sink(JobsPlanned(xgroup, total, mine, skipped, remote=platform.remote))
@@ -330,8 +352,9 @@ async def launch(
             if failed is not None:
                 raise failed
     finally:
-        with anyio.CancelScope(shield=True):
-            await store.close_run(run_id)
+        if own_run:
+            with anyio.CancelScope(shield=True):
+                await store.close_run(run_id)
     # What planning made, with what the launch (or another run) recorded since.
     jobs = await store.current([p.job for p in planned])
     return RunResult(
