@@ -10,7 +10,7 @@ import enum
 import json
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from caliban.core.names import short_id
@@ -234,6 +234,22 @@ class JobRecord:
         record.__dict__.update(fields)
         return record
 
+    def with_changes(self, **changes: Any) -> JobRecord:
+        """This record with ``changes`` to fields other than its spec, made by copying
+        its fields rather than running the constructor again (a sweep's end makes
+        hundreds). The copy's spec is this record's JSON text, decoded when first
+        read, like the spec of a record read from the store."""
+        unknown = changes.keys() - _CHANGEABLE
+        if unknown:
+            raise TypeError(f"not a field of JobRecord other than spec: {sorted(unknown)}")
+        text = self.spec_json()
+        record = object.__new__(type(self))
+        record.__dict__.update(self.__dict__)
+        record.__dict__.update(changes)
+        record.__dict__["spec"] = _SpecJSON(text)
+        record.__dict__[_SPEC_TEXT] = text
+        return record
+
     def spec_json(self) -> str:
         """The spec as compact JSON text: the store's own text when this record was
         read from it or made along with writing it (a remote platform sends it as the
@@ -247,6 +263,9 @@ class JobRecord:
     @property
     def short_id(self) -> str:
         return short_id(self.job_id)
+
+
+_CHANGEABLE = frozenset(f.name for f in fields(JobRecord)) - {"spec"}
 
 
 @dataclass(frozen=True)

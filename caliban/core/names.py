@@ -33,12 +33,20 @@ _DNS_INVALID = re.compile(r"[^a-z0-9-]")
 _DOCKER_SEPARATOR = re.compile(r"[^a-z0-9]+")
 
 
+# Every pair of digits, indexed by the 10 bits they stand for: a job id is 13 look-ups
+# instead of 26 divisions (a 500-job sweep makes its ids while it plans).
+_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]
+
+
 def _encode(number: int, length: int) -> str:
-    chars = []
-    for _ in range(length):
-        number, digit = divmod(number, 32)
-        chars.append(_CROCKFORD[digit])
-    return "".join(reversed(chars))
+    """The low ``5 * length`` bits of ``number`` as ``length`` Crockford digits."""
+    parts = []
+    for _ in range(length // 2):
+        parts.append(_PAIRS[number & 0x3FF])
+        number >>= 10
+    if length % 2:
+        parts.append(_CROCKFORD[number & 31])
+    return "".join(reversed(parts))
 
 
 class JobIdFactory:

@@ -46,6 +46,7 @@ from caliban.platforms.base import (
 from caliban.spec import JobRecord, JobState, Update
 from caliban.spec import Platform as Kind
 from caliban.sweep.fanout import submit_all
+from caliban.sweep.heap import old_objects_frozen
 
 # How long a run's claims outlive its last sign of life, when its pid cannot be
 # checked (another host) or was reused; renewed four times per lease.
@@ -233,12 +234,33 @@ async def submit(host: Host, kind: Kind, request: Any) -> RunResult:
                 provenance_id=provenance_id,
             )
 
-    planned = await store.plan(
-        xgroup_id=xgroup_id, container_spec_id=spec_id, platform=kind, user=user, items=items()
-    )
-    return await launch(
-        host, platform, planned, platform.launch_settings(plan), xgroup=xgroup, total=total
-    )
+    # Every module the sweep needs is loaded by now: the collector's full scans skip
+    # them while jobs are planned and launched (see caliban.sweep.heap).
+    # The run is opened first so that the jobs it plans are its own from the start
+    # (the claim then has nothing to write for them).
+    run_id = await store.open_run(lease=LEASE)
+    try:
+        with old_objects_frozen():
+            planned = await store.plan(
+                xgroup_id=xgroup_id,
+                container_spec_id=spec_id,
+                platform=kind,
+                user=user,
+                items=items(),
+                claim_for=run_id,
+            )
+            return await launch(
+                host,
+                platform,
+                planned,
+                platform.launch_settings(plan),
+                xgroup=xgroup,
+                total=total,
+                run_id=run_id,
+            )
+    finally:
+        with anyio.CancelScope(shield=True):
+            await store.close_run(run_id)
 
 
 async def _provenance(
@@ -279,16 +301,20 @@ async def launch(
     *,
     xgroup: str,
     total: int,
+    run_id: str | None = None,
 ) -> RunResult:
     """Claim the ``new``/``reconcile`` jobs of ``planned`` and launch those this
-    call holds; every other job is another run's (or done)."""
+    call holds; every other job is another run's (or done). ``run_id``: a run the
+    caller opened (and closes), else this call opens and closes its own."""
     store = await host.store()
     wanted = [p.job.job_id for p in planned if p.action in ("new", "reconcile")]
-    run_id = await store.open_run(lease=LEASE)
+    own_run = run_id is None
+    if run_id is None:
+        run_id = await store.open_run(lease=LEASE)
     try:
         # Another run of this group may hold some of them: we launch only what we
         # claim, and leave the rest to it.
-        claim = await store.claim(run_id, wanted)
+        claim = await store.claim(run_id, wanted, lease=LEASE)
         mine = len(claim.claimed)
         skipped = len(planned) - mine
         host.sink(JobsPlanned(xgroup, total, mine, skipped, remote=platform.remote))
@@ -326,9 +352,11 @@ async def launch(
             if failed is not None:
                 raise failed
     finally:
-        with anyio.CancelScope(shield=True):
-            await store.close_run(run_id)
-    jobs = await store.jobs(job_ids=[p.job.job_id for p in planned])
+        if own_run:
+            with anyio.CancelScope(shield=True):
+                await store.close_run(run_id)
+    # What planning made, with what the launch (or another run) recorded since.
+    jobs = await store.current([p.job for p in planned])
     return RunResult(
         xgroup,
         jobs,
@@ -627,6 +655,20 @@ async def resubmit(
         kind: await platforms[kind].resume(group, max_parallel=max_parallel)
         for kind, group in groups.items()
     }
+    with old_objects_frozen():
+        jobs = await _launch_again(host, xgroup, groups, platforms, settings)
+    return RunResult(xgroup, jobs)
+
+
+async def _launch_again(
+    host: Host,
+    xgroup: str,
+    groups: Mapping[Kind, list[JobRecord]],
+    platforms: Mapping[Kind, Platform],
+    settings: Mapping[Kind, object],
+) -> list[JobRecord]:
+    """:func:`resubmit`'s new jobs, recorded and launched platform by platform."""
+    store = await host.store()
     jobs: list[JobRecord] = []
     # Remote submissions first: they return at once, a local sweep runs to its end.
     for kind in sorted(groups, key=lambda k: not platforms[k].remote):
@@ -655,7 +697,7 @@ async def resubmit(
             host, platform, planned, settings[kind], xgroup=xgroup, total=len(planned)
         )
         jobs += result.jobs
-    return RunResult(xgroup, jobs)
+    return jobs
 
 
 __all__ = [

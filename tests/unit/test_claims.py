@@ -105,6 +105,35 @@ async def test_a_live_owner_on_another_host_keeps_its_jobs_for_its_lease(tmp_pat
         assert (await store.claim(second, ["j0"])).claimed == {"j0"}
 
 
+async def test_jobs_planned_for_a_run_are_its_own_from_the_start(tmp_path: Path) -> None:
+    """plan(claim_for=run): the new jobs are held by that run before its claim, which
+    then writes no job again and renews the run's lease; others see them held."""
+    path = tmp_path / "c.db"
+    async with Store(path) as store:
+        run = await store.open_run(lease=60)
+        _edit_run(path, run, lease_until="2000-01-01T00:00:00+00:00")  # a long planning
+        xid = await store.xgroup("g", "alice")
+        sid = await store.container_spec("local:abc", "img:1", {}, "alice")
+        planned = await store.plan(
+            xgroup_id=xid,
+            container_spec_id=sid,
+            platform=Platform.LOCAL,
+            user="alice",
+            items=_items(3),
+            claim_for=run,
+        )
+        assert [p.action for p in planned] == ["new"] * 3
+        ids = [p.job.job_id for p in planned]
+        with sqlite3.connect(path) as db:
+            assert db.execute("SELECT DISTINCT claimed_by FROM jobs").fetchall() == [(run,)]
+        before = store.db.total_changes
+        assert (await store.claim(run, ids, lease=60)).claimed == set(ids)
+        assert store.db.total_changes - before == 1  # the lease, no job
+        other = await store.open_run(lease=60)
+        refused = await store.claim(other, ids)
+        assert refused.claimed == frozenset() and {o.run_id for o in refused.held.values()} == {run}
+
+
 async def test_a_store_of_the_first_schema_is_migrated_in_place(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as db:

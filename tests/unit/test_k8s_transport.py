@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import base64
+import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
+from aiohttp import TCPConnector, web
 from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio.client import rest
 
 from caliban.errors import BackendError
 from caliban.platforms.kubernetes import client as kc
 from caliban.platforms.kubernetes.spec import ClusterTarget
+from tests.fakes.k8s import FakeKubernetes
+from tests.fakes.k8s_tls import make_certificates
 
 
 @pytest.fixture(autouse=True)
@@ -199,3 +204,112 @@ async def test_a_refused_create_is_translated_with_the_servers_message(
         await api.close()
         await runner.cleanup()
     assert caught.value.status == 409 and not caught.value.retryable
+
+
+# -- TLS contexts -------------------------------------------------------------------------------
+
+
+def _config(host: str, **settings: Any) -> Any:
+    config = type.__call__(k8s.Configuration)
+    config.host = host
+    for name, value in settings.items():
+        setattr(config, name, value)
+    return config
+
+
+@pytest.fixture
+def contexts_made(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The CA files of every TLS context kubernetes_asyncio's REST client builds."""
+    made: list[object] = []
+    real = ssl.create_default_context
+
+    def counting(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        made.append(kwargs.get("cafile"))
+        return real(*args, **kwargs)
+
+    # The REST module's own ``ssl`` is the ssl module: patched there, for this test only.
+    monkeypatch.setattr(ssl, "create_default_context", counting)
+    return made
+
+
+async def test_a_plain_http_client_is_the_librarys_without_a_tls_context(
+    contexts_made: list[object],
+) -> None:
+    config = _config("http://cluster.invalid:8080", proxy="http://proxy.invalid:3128")
+    ours = kc.JsonApiClient(configuration=config)
+    theirs = k8s.ApiClient(configuration=config)
+    try:
+        assert contexts_made == [None]  # the library's own, not ours
+        assert type(ours.rest_client) is not rest.RESTClientObject
+        mine, lib = vars(ours), vars(theirs)
+        assert sorted(mine) == sorted(lib)
+        assert {k: v for k, v in mine.items() if k != "rest_client"} == {
+            k: v for k, v in lib.items() if k != "rest_client"
+        }
+        a, b = ours.rest_client, theirs.rest_client
+        assert sorted(vars(a)) == sorted(vars(b))
+        assert (a.proxy, a.proxy_headers, a.server_hostname) == (
+            b.proxy,
+            b.proxy_headers,
+            b.server_hostname,
+        )
+        for attr in ("trust_env", "_read_bufsize"):
+            assert getattr(a.pool_manager, attr) == getattr(b.pool_manager, attr)
+        mine_conn, lib_conn = a.pool_manager.connector, b.pool_manager.connector
+        assert isinstance(mine_conn, TCPConnector) and isinstance(lib_conn, TCPConnector)
+        assert mine_conn.limit == lib_conn.limit
+        # Were TLS needed after all, aiohttp's verified default applies: system CAs,
+        # hostname checked, as the library's context without a CA file.
+        assert mine_conn._ssl is True
+    finally:
+        await ours.close()
+        await theirs.close()
+
+
+@pytest.mark.parametrize(
+    "host, settings",
+    [
+        ("https://cluster.invalid", {}),
+        ("HTTPS://cluster.invalid", {}),
+        ("http://cluster.invalid", {"verify_ssl": False}),
+        ("http://cluster.invalid", {"tls_server_name": "api.internal"}),
+        ("http://cluster.invalid", {"disable_strict_ssl_verification": True}),
+        ("http://cluster.invalid", {"ssl_ca_cert": "CA"}),
+    ],
+)
+async def test_https_or_any_tls_setting_keeps_the_librarys_tls_context(
+    host: str, settings: dict[str, Any], tmp_path: Path, contexts_made: list[object]
+) -> None:
+    if settings.get("ssl_ca_cert") == "CA":
+        settings["ssl_ca_cert"] = str(tmp_path / "ca.pem")
+        Path(settings["ssl_ca_cert"]).write_text(make_certificates().ca_cert_pem)
+    api = kc.JsonApiClient(configuration=_config(host, **settings))
+    try:
+        assert type(api.rest_client) is rest.RESTClientObject
+        assert contexts_made == [settings.get("ssl_ca_cert")]
+    finally:
+        await api.close()
+    # A client certificate alone is TLS material too (its files are loaded by the library).
+    assert not kc._tls_free(_config("http://cluster.invalid", cert_file="c.pem"))
+    assert not kc._tls_free(_config("http://cluster.invalid", key_file="k.pem"))
+
+
+async def test_kubeconfig_clusters_verify_https_and_reach_http(tmp_path: Path) -> None:
+    async with FakeKubernetes(seed=0, tls=True) as kube:
+
+        async def version(**kubeconfig: Any) -> tuple[object, object]:
+            path = kube.kubeconfig(tmp_path / "kubeconfig", **kubeconfig)
+            target = ClusterTarget(kind="kubeconfig", kubeconfig=str(path))
+            api = await kc._kubeconfig_client(target)
+            await kc.settle_transport(api)
+            try:
+                return await kc.KubeClient(api, target).server_version(), api.rest_client
+            finally:
+                await api.close()
+
+        _, secure = await version(tls=True)
+        assert type(secure) is rest.RESTClientObject
+        _, plain = await version(tls=False)
+        assert type(plain) is not rest.RESTClientObject
+        with pytest.raises(BackendError):
+            await version(tls=True, ca_pem=make_certificates().ca_cert_pem)

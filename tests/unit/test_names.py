@@ -16,6 +16,7 @@ from caliban.core.names import (
     JOB_ID_LENGTH,
     SHORT_ID_LENGTH,
     JobIdFactory,
+    _encode,
     default_xgroup_name,
     dns1123_name,
     docker_repo_name,
@@ -63,6 +64,13 @@ def test_job_ids_are_unique_sorted_and_valid() -> None:
         assert is_job_id(job_id)
         assert VALUE_RE.fullmatch(job_id)
         assert DNS1123.fullmatch(job_id)
+
+
+@given(st.integers(min_value=0, max_value=2**140), st.integers(min_value=0, max_value=28))
+def test_ids_are_written_in_crockford_base32_digit_by_digit(number: int, length: int) -> None:
+    digits = "0123456789abcdefghjkmnpqrstvwxyz"
+    expected = "".join(digits[(number >> (5 * i)) & 31] for i in reversed(range(length)))
+    assert _encode(number, length) == expected
 
 
 def test_job_ids_increase_within_a_millisecond_and_when_the_clock_steps_back() -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from caliban.adapters.store import PlanItem, Store
 from caliban.errors import StoreError, StoreUnwritable
-from caliban.spec import JobRecord, JobState, Platform
+from caliban.spec import JobRecord, JobState, Platform, Update
 
 
 def _item(i: int) -> PlanItem:
@@ -193,3 +193,95 @@ async def test_planned_records_are_what_the_store_reads_back(tmp_path: Path) -> 
         assert sum(a == "reconcile" for a in actions.values()) == 8
         (renewed,) = [job for action, job in again if action == "new"]
         assert renewed.index == 2 and renewed.experiment_id == first[2][1].experiment_id
+
+
+async def test_current_records_are_what_a_full_read_gives(tmp_path: Path) -> None:
+    """A sweep's end reads only the columns that change after planning: the records
+    it gets must be those a full read gives, in the same order, spec text included."""
+    async with Store(tmp_path / "caliban.db") as store:
+        xid = await store.xgroup("g", "alice")
+        sid = await store.container_spec("gke:abc", "img:1", {}, "alice")
+        pid = await store.provenance({"git": {"commit": "abc"}})
+
+        async def plan(prefix: str, n: int) -> list[JobRecord]:
+            planned = await store.plan(
+                xgroup_id=xid,
+                container_spec_id=sid,
+                platform=Platform.GKE,
+                user="alice",
+                items=[
+                    PlanItem(
+                        index=i,
+                        args=("--i", str(i)),
+                        kwargs={"i": i, "rate": 0.5},
+                        job_id=f"{prefix}{i:06d}",
+                        image="img:1",
+                        spec={"metadata": {"name": f"j{i}"}, "spec": {"args": [str(i)]}},
+                        details={"cluster": {"namespace": "ns"}, "k8s_job": f"j{i}"},
+                        provenance_id=pid if i % 2 else None,
+                    )
+                    for i in range(n)
+                ],
+            )
+            return [p.job for p in planned]
+
+        first = await plan("a", 1203)  # more ids than one query binds
+        await store.record(
+            [
+                Update("a000001", JobState.SUBMITTED, platform_id="j1", details={"uid": "u1"}),
+                Update("a000002", JobState.FAILED, exit_code=3, message="refused"),
+            ]
+        )
+        # Planned again: a new job for the failed experiment, the others handed back.
+        again = await plan("b", 4)
+        assert {r.job_id for r in again} == {"a000000", "a000001", "b000002", "a000003"}
+        await store.transition("b000002", JobState.SUBMITTED, platform_id="j2")
+        ghost = first[0].with_changes(job_id="never-recorded")
+        for records in (first, again, [*again, ghost]):
+            full = await store.jobs(job_ids=[r.job_id for r in records])
+            current = await store.current(records)
+            assert [r.job_id for r in current] == [r.job_id for r in full]
+            assert current == full
+            assert [r.spec_json() for r in current] == [r.spec_json() for r in full]
+        submitted = {r.job_id: r for r in await store.current(again)}["a000001"]
+        assert submitted.state is JobState.SUBMITTED and submitted.platform_id == "j1"
+        assert submitted.details == {
+            "cluster": {"namespace": "ns"},
+            "k8s_job": "j1",
+            "uid": "u1",
+        }
+        assert submitted.spec == {"metadata": {"name": "j1"}, "spec": {"args": ["1"]}}
+
+
+def test_a_records_changes_never_touch_its_spec() -> None:
+    record = JobRecord.with_spec_json(
+        '{"a":1}',
+        job_id="j",
+        platform=Platform.GKE,
+        state=JobState.PLANNED,
+        xgroup="g",
+        experiment_id=1,
+        index=0,
+        args=(),
+        kwargs={},
+        image="img",
+        details={},
+        platform_id=None,
+        exit_code=None,
+        message=None,
+        log_path=None,
+        user="u",
+        created="t0",
+        updated="t0",
+    )
+    changed = record.with_changes(state=JobState.SUBMITTED, updated="t1")
+    assert (changed.state, changed.updated, record.state) == (
+        JobState.SUBMITTED,
+        "t1",
+        JobState.PLANNED,
+    )
+    assert changed.spec == {"a": 1} and changed.spec_json() == '{"a":1}'
+    bads: list[dict[str, object]] = [{"spec": {}}, {"colour": "red"}]
+    for bad in bads:
+        with pytest.raises(TypeError):
+            record.with_changes(**bad)
