@@ -14,7 +14,7 @@ import copy
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast
 
 import anyio
 
@@ -30,6 +30,13 @@ from caliban.spec import JobRecord, JobState
 
 if TYPE_CHECKING:
     import aiodocker
+
+    from caliban.platforms.local.quick import QuickContainer, QuickDocker
+
+    # A run's engine client and its containers: aiodocker's, or the standard
+    # library's on the engine's Unix socket (:mod:`caliban.platforms.local.quick`).
+    Client: TypeAlias = aiodocker.Docker | QuickDocker
+    Container: TypeAlias = aiodocker.docker.DockerContainer | QuickContainer
 
 JOB_LABEL = "caliban.job"
 XGROUP_LABEL = "caliban.xgroup"
@@ -384,18 +391,33 @@ class JobContainers:
 
 
 class LocalBackend(JobContainers):
-    """Running jobs, on an open aiodocker connection (attach, wait and the rest)."""
+    """Running jobs (create, attach, start, wait and the rest) through an open
+    aiodocker connection, or through :class:`~caliban.platforms.local.quick.QuickDocker`
+    with its ``engine`` (a :class:`~caliban.platforms.local.quick.QuickEngine`)."""
 
     def __init__(
         self,
-        docker: aiodocker.Docker,
+        docker: Client,
         *,
         store_id: str,
         sink: Sink,
         force: anyio.Event | None = None,
+        engine: Engine | None = None,
     ) -> None:
-        super().__init__(DockerEngine(docker), store_id=store_id, sink=sink, force=force)
+        if engine is None:
+            engine = DockerEngine(cast("aiodocker.Docker", docker))
+        super().__init__(engine, store_id=store_id, sink=sink, force=force)
         self.docker = docker
+
+    def by_name(self, name: str) -> Container:
+        """A container by name, not looked up: the removal of one a create may have made."""
+        return self.docker.containers.container(name)
+
+    async def image_config(self, name: str) -> dict[str, Any]:
+        """The image's own Config (ENTRYPOINT, CMD...); an engine error if it is not there."""
+        info = await self.docker.images.inspect(name)
+        config: dict[str, Any] = info.get("Config") or {}
+        return config
 
     async def run(
         self,
@@ -421,7 +443,7 @@ class LocalBackend(JobContainers):
         ``adopt``: the job was planned by an earlier run that may have created
         its container already; use that container if it is there.
         """
-        container: aiodocker.docker.DockerContainer | None = None
+        container: Container | None = None
         # Set while a create is unanswered: the engine may make the container
         # anyway, and then only its name finds it.
         unanswered: str | None = None
@@ -463,7 +485,7 @@ class LocalBackend(JobContainers):
                 if container is not None:
                     await self._remove(container)
                 elif unanswered is not None:
-                    await self._remove(self.docker.containers.container(unanswered))
+                    await self._remove(self.by_name(unanswered))
             raise
         if reap is not None:
             reap(container)
@@ -472,30 +494,26 @@ class LocalBackend(JobContainers):
                 await self._remove(container)
         return outcome
 
-    async def create(
-        self, job: JobRecord, config: dict[str, Any]
-    ) -> aiodocker.docker.DockerContainer:
+    async def create(self, job: JobRecord, config: dict[str, Any]) -> Container:
         """Create a job's container from a finished ``config`` (a pre-warmed start)."""
         name = container_name(job.job_id)
         created = await self._create(job, config, name)
         if created is None:
             with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_GRACE + 20):
-                await self.discard(self.docker.containers.container(name))
+                await self.discard(self.by_name(name))
             raise BackendError(
                 f"the Docker engine did not create the container of job "
                 f"{job.short_id} within {ENGINE_ANSWER:.0f} s"
             )
         return created
 
-    async def start(self, container: aiodocker.docker.DockerContainer) -> None:
+    async def start(self, container: Container) -> None:
         await self._start(container)
 
-    async def result(self, container: aiodocker.docker.DockerContainer, job_id: str) -> Update:
+    async def result(self, container: Container, job_id: str) -> Update:
         return await self._result(container, job_id)
 
-    async def _create(
-        self, job: JobRecord, config: dict[str, Any], name: str
-    ) -> aiodocker.docker.DockerContainer | None:
+    async def _create(self, job: JobRecord, config: dict[str, Any], name: str) -> Container | None:
         """Create, waiting for the answer even when cancelled (for a bounded
         time, then None): a create cut short on our side still makes the
         container on the engine, and the cleanup needs its handle, not a guess."""
@@ -509,7 +527,7 @@ class LocalBackend(JobContainers):
                 ) from exc
         return None
 
-    async def _start(self, container: aiodocker.docker.DockerContainer) -> None:
+    async def _start(self, container: Container) -> None:
         """Start, shielded like :meth:`_create`: a removal racing a start in
         flight can be refused by the engine, which would leave the container."""
         with anyio.CancelScope(shield=True), anyio.move_on_after(ENGINE_ANSWER):
@@ -520,7 +538,7 @@ class LocalBackend(JobContainers):
             return
         raise BackendError(f"the Docker engine did not start {container.id[:12]} in time")
 
-    async def _result(self, container: aiodocker.docker.DockerContainer, job_id: str) -> Update:
+    async def _result(self, container: Container, job_id: str) -> Update:
         try:
             result = await container.wait()
         except errors() as exc:
@@ -529,7 +547,7 @@ class LocalBackend(JobContainers):
             raise
         return exit_update(job_id, int(result.get("StatusCode", -1)))
 
-    async def _existing(self, job_id: str) -> aiodocker.docker.DockerContainer | None:
+    async def _existing(self, job_id: str) -> Container | None:
         try:
             return await self.docker.containers.get(container_name(job_id))
         except errors() as exc:
@@ -539,7 +557,7 @@ class LocalBackend(JobContainers):
 
     async def _follow(
         self,
-        container: aiodocker.docker.DockerContainer,
+        container: Container,
         job: JobRecord,
         label: str,
         log_path: Path | None,
