@@ -14,7 +14,7 @@ import copy
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 
@@ -25,18 +25,12 @@ from caliban.errors import BackendError
 from caliban.events import Sink
 from caliban.platforms.base import Update
 from caliban.platforms.local import gpus, joboutput
+from caliban.platforms.local.engineapi import Client, Container, Engine, Handle
 from caliban.platforms.local.gate import GATE_LABEL, NEVER_RAN, NEVER_RAN_CODE
 from caliban.spec import JobRecord, JobState
 
 if TYPE_CHECKING:
     import aiodocker
-
-    from caliban.platforms.local.quick import QuickContainer, QuickDocker
-
-    # A run's engine client and its containers: aiodocker's, or the standard
-    # library's on the engine's Unix socket (:mod:`caliban.platforms.local.quick`).
-    Client: TypeAlias = aiodocker.Docker | QuickDocker
-    Container: TypeAlias = aiodocker.docker.DockerContainer | QuickContainer
 
 JOB_LABEL = "caliban.job"
 XGROUP_LABEL = "caliban.xgroup"
@@ -162,39 +156,6 @@ def _start_error(exc: BaseException) -> BackendError:
             hint="install the NVIDIA container toolkit, or run with --nogpu",
         )
     return BackendError(f"cannot start a container: {text}", status=status_of(exc))
-
-
-class Handle(Protocol):
-    """A container as finding, stopping and removing jobs' containers needs it:
-    aiodocker's, or the stdlib client's (:mod:`caliban.platforms.local.quick`)."""
-
-    @property
-    def id(self) -> str: ...
-
-    async def show(self) -> dict[str, Any]: ...
-
-    async def stop(self, *, t: int | None = None) -> None: ...
-
-    async def kill(self) -> None: ...
-
-    async def delete(self, *, force: bool = False, v: bool = False) -> None: ...
-
-
-class Engine(Protocol):
-    """The few engine calls of ``status``, ``stop`` and ``logs``."""
-
-    async def listed(self, filters: str) -> list[tuple[Handle, dict[str, Any]]]:
-        """Every container (running or not) the label ``filters`` match, with its list
-        entry (``Id``, ``Labels``, ``State``...)."""
-        ...
-
-    async def output(self, handle: Handle) -> list[str]:
-        """Its output so far (stdout and stderr), as text."""
-        ...
-
-    def follow(self, handle: Handle) -> AsyncIterator[str]:
-        """Its output so far, then as it comes until it exits."""
-        ...
 
 
 class DockerEngine:

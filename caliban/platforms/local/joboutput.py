@@ -31,7 +31,7 @@ if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
 if TYPE_CHECKING:
-    from caliban.platforms.local.containers import Container
+    from caliban.platforms.local.engineapi import Container
 
 # Chunks waiting for the log writer, and how much one write takes at most.
 QUEUE_CHUNKS = 64

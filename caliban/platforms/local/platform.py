@@ -38,7 +38,6 @@ from caliban.platforms.base import (
     Row,
 )
 from caliban.platforms.local.containers import (
-    Handle,
     JobContainers,
     LocalBackend,
     container_config,
@@ -47,6 +46,7 @@ from caliban.platforms.local.containers import (
 )
 from caliban.platforms.local.cpus import CpuInventory
 from caliban.platforms.local.cpus import detect as detect_cpus
+from caliban.platforms.local.engineapi import Handle
 from caliban.platforms.local.gate import asked as prewarm_asked
 from caliban.platforms.local.gate import open_gates
 from caliban.platforms.local.gpus import GpuInventory

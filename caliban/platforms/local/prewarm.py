@@ -43,7 +43,7 @@ if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
 if TYPE_CHECKING:
-    from caliban.platforms.local.containers import Container
+    from caliban.platforms.local.engineapi import Container
 
 Plain = Callable[[Planned, Choice], Awaitable[None]]
 

@@ -40,7 +40,7 @@ import anyio
 
 from caliban.adapters import enginequick
 from caliban.adapters.enginequick import target
-from caliban.platforms.local.containers import Handle
+from caliban.platforms.local.engineapi import Handle
 
 _HEADER = struct.Struct(">BxxxL")
 # Connections open at once: a stop of a thousand jobs queues its calls, as
