@@ -26,7 +26,7 @@ import contextlib
 import json
 import os
 import urllib.parse
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +128,7 @@ class _Response:
     async def read(self) -> bytes:
         return b"".join([piece async for piece in self.chunks()])
 
-    async def pieces(self) -> AsyncIterator[bytes]:
+    async def pieces(self) -> AsyncGenerator[bytes, None]:
         """:meth:`chunks`, ending quietly where the engine cut the answer off, as
         aiodocker's log stream does."""
         with contextlib.suppress(*_CUT):
@@ -220,7 +220,11 @@ async def attach(path: str, where: str) -> AsyncIterator[AsyncIterator[bytes]]:
     async with _exchange(path, "POST", where, None, upgrade=True) as response:
         if response.status >= 400:
             raise _error(response.status, b"".join([p async for p in response.pieces()]))
-        yield response.pieces()
+        body = response.pieces()
+        try:
+            yield body
+        finally:
+            await body.aclose()
 
 
 async def ping(path: str) -> None:

@@ -32,7 +32,7 @@ import codecs
 import contextlib
 import struct
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from types import TracebackType
 from typing import Any, NamedTuple
 
@@ -46,6 +46,9 @@ _HEADER = struct.Struct(">BxxxL")
 # Connections open at once: a stop of a thousand jobs queues its calls, as
 # aiodocker's connection pool (100) does, instead of opening a socket for each.
 CONNECTIONS = 32
+# A run's calls at once, as many as aiodocker's pool allowed it: the stops of an
+# interrupted sweep of many slots go out together, each within its grace period.
+RUN_CONNECTIONS = 100
 
 
 class Frame(NamedTuple):
@@ -143,7 +146,7 @@ class QuickStream:
         self._container = container
         self._where = where
         self._stack = contextlib.AsyncExitStack()
-        self._frames: AsyncIterator[Frame] | None = None
+        self._frames: AsyncGenerator[Frame, None] | None = None
 
     async def __aenter__(self) -> QuickStream:
         tty = await self._container.has_tty()
@@ -160,7 +163,13 @@ class QuickStream:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._stack.aclose()
+        # The frame reader first, then its connection: nothing is left to the
+        # garbage collector to finish (a cancelled job's attach ends here too).
+        try:
+            if self._frames is not None:
+                await self._frames.aclose()
+        finally:
+            await self._stack.aclose()
 
     async def read_out(self) -> Frame | None:
         assert self._frames is not None, "read_out needs the stream entered"
@@ -170,12 +179,12 @@ class QuickStream:
             return None
 
 
-async def _raw(body: AsyncIterator[bytes]) -> AsyncIterator[Frame]:
+async def _raw(body: AsyncIterator[bytes]) -> AsyncGenerator[Frame, None]:
     async for piece in body:
         yield Frame(1, piece)  # a terminal has one stream, shown as stdout
 
 
-async def frames(body: AsyncIterator[bytes]) -> AsyncIterator[Frame]:
+async def frames(body: AsyncIterator[bytes]) -> AsyncGenerator[Frame, None]:
     """The frames of an Engine API frame stream, however its bytes are cut."""
     pending = bytearray()
     async for piece in body:
@@ -267,6 +276,6 @@ class QuickDocker:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.limiter = anyio.CapacityLimiter(CONNECTIONS)
+        self.limiter = anyio.CapacityLimiter(RUN_CONNECTIONS)
         self.containers = _Containers(path, self.limiter)
         self.images = _Images(path, self.limiter)
