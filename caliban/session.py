@@ -165,6 +165,17 @@ class Session:
 
         return enginequick.local_socket(self.docker_url)
 
+    async def check_engine(self) -> None:
+        """That the engine answers, before anything is built or recorded. On its Unix
+        socket, with the standard library: a run there needs no aiodocker connection."""
+        path = self.engine_socket()
+        if path is None:
+            await self.docker()
+            return
+        from caliban.adapters import enginequick
+
+        await enginequick.ping(path)
+
     async def container_options(
         self, args: Sequence[str], fragment: Mapping[str, Any] | None
     ) -> RunOptions:

@@ -26,7 +26,7 @@ import contextlib
 import json
 import os
 import urllib.parse
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +128,7 @@ class _Response:
     async def read(self) -> bytes:
         return b"".join([piece async for piece in self.chunks()])
 
-    async def pieces(self) -> AsyncIterator[bytes]:
+    async def pieces(self) -> AsyncGenerator[bytes, None]:
         """:meth:`chunks`, ending quietly where the engine cut the answer off, as
         aiodocker's log stream does."""
         with contextlib.suppress(*_CUT):
@@ -148,14 +148,17 @@ def _error(status: int, body: bytes) -> EngineError:
 
 @contextlib.asynccontextmanager
 async def _exchange(
-    path: str, method: str, where: str, body: bytes | None
+    path: str, method: str, where: str, body: bytes | None, *, upgrade: bool = False
 ) -> AsyncIterator[_Response]:
     try:
         sock: ByteStream = await anyio.connect_unix(path)
     except OSError as exc:
         raise EngineUnavailable(f"unix://{path}: {exc.strerror or exc}") from exc
     async with sock:
-        head = [f"{method} {where} HTTP/1.1", "Host: docker", "Connection: close"]
+        head = [f"{method} {where} HTTP/1.1", "Host: docker"]
+        # An attach asks to take the connection over, as aiodocker does; the engine
+        # then sends the container's raw output on it until the container exits.
+        head += ["Connection: Upgrade", "Upgrade: tcp"] if upgrade else ["Connection: close"]
         if body is not None:
             head += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
         try:
@@ -206,6 +209,41 @@ async def stream(path: str, method: str, where: str) -> AsyncIterator[AsyncItera
         if response.status >= 400:
             raise _error(response.status, b"".join([p async for p in response.pieces()]))
         yield response.pieces()
+
+
+@contextlib.asynccontextmanager
+async def attach(path: str, where: str) -> AsyncIterator[AsyncIterator[bytes]]:
+    """``POST .../attach`` taken over as aiodocker's attach takes it: the connection
+    the engine hands over, read as it comes, until the container's output ends. The
+    engine answers once it is attached, so whatever starts the container after
+    this is entered misses none of its output."""
+    async with _exchange(path, "POST", where, None, upgrade=True) as response:
+        if response.status >= 400:
+            raise _error(response.status, b"".join([p async for p in response.pieces()]))
+        body = response.pieces()
+        try:
+            yield body
+        finally:
+            await body.aclose()
+
+
+async def ping(path: str) -> None:
+    """That an engine answers on the socket at ``path`` (:class:`EngineUnavailable`
+    if not), as aiodocker's connect checks it."""
+    try:
+        with anyio.fail_after(_TIMEOUT):
+            async with _exchange(path, "GET", "/_ping", None) as response:
+                answer = await response.read()
+        if response.status >= 400:
+            raise _error(response.status, answer)
+    except TimeoutError as exc:
+        raise EngineUnavailable(f"unix://{path}: no answer in {_TIMEOUT:g} s") from exc
+    except EngineError as exc:
+        raise EngineUnavailable(f"unix://{path}: {exc.message}") from exc
+    except _CUT as exc:
+        raise EngineUnavailable(
+            f"unix://{path}: answer cut off ({exc or type(exc).__name__})"
+        ) from exc
 
 
 async def inspect_image(path: str, ref: str) -> dict[str, Any] | None:

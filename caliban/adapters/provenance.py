@@ -12,16 +12,13 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import anyio
 
 from caliban.version import __version__
-
-if TYPE_CHECKING:
-    import aiodocker
 
 #: The characters of the commit a cloud job carries as a label.
 SHORT_COMMIT = 12
@@ -83,13 +80,18 @@ def _size(path: Path) -> int:
         return -1
 
 
-async def image_digest(docker: aiodocker.Docker, ref: str) -> str | None:
-    """The registry digest of a local image (``RepoDigests``), else its image id."""
-    from aiodocker.exceptions import DockerError
+async def image_digest(
+    find_image: Callable[[str], Awaitable[dict[str, Any] | None]], ref: str
+) -> str | None:
+    """The registry digest of a local image (``RepoDigests``), else its image id.
+    ``find_image``: the session's inspect (None when there is no such image)."""
+    from caliban.adapters.docker import errors
 
     try:
-        info = await docker.images.inspect(ref)
-    except DockerError:  # gone since the build: unknown, not an error
+        info = await find_image(ref)
+    except errors():  # unknown, not an error
+        return None
+    if info is None:  # gone since the build
         return None
     digests = info.get("RepoDigests") or []
     if digests:

@@ -141,6 +141,11 @@ class Context(Protocol):
 
     async def docker(self) -> aiodocker.Docker: ...
 
+    async def check_engine(self) -> None:
+        """That the Docker engine answers (:class:`~caliban.errors.EngineUnavailable`
+        if not), without opening an aiodocker connection when it is on a Unix socket."""
+        ...
+
     def engine_socket(self) -> str | None:
         """The Docker engine's Unix socket, for calls made without aiodocker; None when
         the engine is reached another way (TCP, TLS, a Docker context) or an aiodocker

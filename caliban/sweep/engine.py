@@ -82,6 +82,8 @@ class Host(Protocol):
 
     async def check_store(self) -> None: ...
 
+    async def find_image(self, ref: str) -> dict[str, Any] | None: ...
+
     async def prepare(
         self,
         project_opts: ProjectOptions,
@@ -277,7 +279,7 @@ async def _provenance(
     base_digest = None
     if built is not None and base:
         # The build just used it, so the engine has it; a registry digest if pulled.
-        base_digest = await provenance.image_digest(await host.docker(), base)
+        base_digest = await provenance.image_digest(host.find_image, base)
     return provenance.record(
         platform=kind.value,
         git=git,

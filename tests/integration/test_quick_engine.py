@@ -9,6 +9,7 @@ aiodocker nor aiohttp imported. Every container here carries ``caliban.test``.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import time
@@ -291,3 +292,49 @@ async def test_stop_and_delete_of_a_running_container(base_image: str) -> None:
         assert caught.value.status == 404
     finally:
         docker_cli("rm", "-f", cid, check=False)
+
+
+# Bytes that are not text, on both streams, and an exit code of the job's own.
+SWEEP_PY = """\
+import sys
+code = int(sys.argv[sys.argv.index("--code") + 1])
+sys.stdout.buffer.write(b"out %d \\xff\\x00\\n" % code)
+sys.stdout.flush()
+sys.stderr.write("err %d\\n" % code)
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("prewarm", ["1", "0"], ids=["pre-warmed", "plain"])
+@pytest.mark.usefixtures("remove_leftovers")
+def test_a_sweep_of_a_built_image_runs_without_aiodocker(
+    prewarm: str, make_project: MakeProject, env: dict[str, str], home: Path, tmp_path: Path
+) -> None:
+    # The image is there already (a no-change build opens no aiodocker connection),
+    # so the whole run (create, attach, start, wait, remove) goes through the stdlib.
+    folder = make_project({"sweep.py": SWEEP_PY, "sweep.json": '{"code": [0, 3, 0, 5]}'})
+    built = run_cli(["build", "sweep.py"], cwd=folder, env=env)
+    assert built.returncode == 0, built.stderr
+    args = ["run", "--xgroup", "quick", "--max_parallel", "2"]
+    args += ["--experiment_config", "sweep.json", "sweep.py"]
+    seen = loaded_by(args, tmp_path, {**env, "CALIBAN_PREWARM": prewarm}, cwd=folder)
+    assert seen["code"] == 1, seen  # two jobs failed
+    _no_engine_client(seen)
+    with sqlite3.connect(home / "caliban.db") as db:
+        rows = db.execute(
+            "SELECT e.args, j.state, j.exit_code, j.log_path FROM jobs j "
+            "JOIN experiments e ON e.id = j.experiment_id"
+        ).fetchall()
+    assert sorted((json.loads(a)[1], str(s), c) for a, s, c, _ in rows) == [
+        ("0", "SUCCEEDED", 0),
+        ("0", "SUCCEEDED", 0),
+        ("3", "FAILED", 3),
+        ("5", "FAILED", 5),
+    ]
+    for args_json, _, code, log in rows:
+        # Every byte the job wrote, as the engine sent it: nothing decoded or replaced.
+        data = Path(log).read_bytes()
+        assert sorted(data.splitlines(keepends=True)) == sorted(
+            [b"out %d \xff\x00\n" % code, b"err %d\n" % code]
+        ), args_json
+    assert store_containers(home) == []

@@ -7,6 +7,7 @@ with errors, and cut short, so every way of reading a body is exercised.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ from anyio.abc import SocketStream
 from caliban.adapters import enginequick
 from caliban.adapters.enginequick import EngineError, target
 from caliban.errors import EngineUnavailable
+from caliban.platforms.local.quick import QuickContainer
 
 Answer = Callable[[bytes], bytes]
 
@@ -110,6 +112,75 @@ async def test_a_streamed_answer_arrives_piece_by_piece(tmp_path: Path) -> None:
         enginequick.stream(path, "GET", "/logs") as body,
     ):
         assert [p async for p in body] == [b"one", b"two"]
+
+
+UPGRADED = http(
+    "101 UPGRADED",
+    b"",
+    "Content-Type: application/vnd.docker.raw-stream",
+    "Connection: Upgrade",
+    "Upgrade: tcp",
+)
+
+
+def frame(stream: int, payload: bytes) -> bytes:
+    return struct.pack(">BxxxL", stream, len(payload)) + payload
+
+
+async def test_an_attach_takes_the_connection_over_and_reads_it_to_its_end(
+    tmp_path: Path,
+) -> None:
+    wire = frame(1, b"out\n") + frame(2, b"err\n") + frame(1, b"\xff\x00")
+    async with (
+        server(tmp_path, lambda _: UPGRADED + wire) as (path, heads),
+        enginequick.attach(path, "/containers/x/attach?stream=1") as body,
+    ):
+        got = b"".join([p async for p in body])
+    assert got == wire
+    assert heads[0].startswith(b"POST /containers/x/attach?stream=1 HTTP/1.1\r\n")
+    assert b"Connection: Upgrade\r\n" in heads[0] and b"Upgrade: tcp\r\n" in heads[0]
+    assert b"Connection: close" not in heads[0]
+
+
+async def test_a_quick_attach_gives_aiodockers_stream_numbers_and_bytes(tmp_path: Path) -> None:
+    wire = frame(1, b"out: caf\xc3") + frame(2, b"\xa9\n") + frame(1, b"") + frame(1, b"end")
+    async with server(tmp_path, lambda _: UPGRADED + wire) as (path, _):
+        container = QuickContainer(path, "x", tty=False)
+        async with container.attach(stdout=True, stderr=True) as stream:
+            got = []
+            while (piece := await stream.read_out()) is not None:
+                got.append((piece.stream, piece.data))
+    assert got == [(1, b"out: caf\xc3"), (2, b"\xa9\n"), (1, b"end")]
+
+    # With a terminal the engine sends the bytes as they are, one stream.
+    async with (
+        server(tmp_path, lambda _: UPGRADED + b"raw \x01 bytes") as (path, _),
+        QuickContainer(path, "x", tty=True).attach(stdout=True) as stream,
+    ):
+        assert await stream.read_out() == (1, b"raw \x01 bytes")
+        assert await stream.read_out() is None
+
+
+async def test_an_attach_refused_raises_before_anything_is_read(tmp_path: Path) -> None:
+    missing = http("404 Not Found", b'{"message":"No such container: x"}', "Content-Length: 34")
+    async with server(tmp_path, lambda _: missing) as (path, _):
+        with pytest.raises(EngineError) as caught:
+            async with enginequick.attach(path, "/containers/x/attach"):
+                raise AssertionError("entered")
+    assert caught.value.status == 404
+
+
+async def test_a_ping_says_whether_an_engine_answers(tmp_path: Path) -> None:
+    ok = http("200 OK", b"OK", "Content-Length: 2", "Content-Type: text/plain")
+    async with server(tmp_path, lambda _: ok) as (path, heads):
+        await enginequick.ping(path)
+    assert heads[0].startswith(b"GET /_ping HTTP/1.1\r\n")
+    broken = http("500 Internal Server Error", b"down\n")
+    async with server(tmp_path, lambda _: broken) as (path, _):
+        with pytest.raises(EngineUnavailable, match="down"):
+            await enginequick.ping(path)
+    with pytest.raises(EngineUnavailable, match=r"no\.sock"):
+        await enginequick.ping(str(tmp_path / "no.sock"))
 
 
 async def test_no_engine_on_the_socket(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import copy
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 
@@ -25,6 +25,7 @@ from caliban.errors import BackendError
 from caliban.events import Sink
 from caliban.platforms.base import Update
 from caliban.platforms.local import gpus, joboutput
+from caliban.platforms.local.engineapi import Client, Container, Engine, Handle
 from caliban.platforms.local.gate import GATE_LABEL, NEVER_RAN, NEVER_RAN_CODE
 from caliban.spec import JobRecord, JobState
 
@@ -155,39 +156,6 @@ def _start_error(exc: BaseException) -> BackendError:
             hint="install the NVIDIA container toolkit, or run with --nogpu",
         )
     return BackendError(f"cannot start a container: {text}", status=status_of(exc))
-
-
-class Handle(Protocol):
-    """A container as finding, stopping and removing jobs' containers needs it:
-    aiodocker's, or the stdlib client's (:mod:`caliban.platforms.local.quick`)."""
-
-    @property
-    def id(self) -> str: ...
-
-    async def show(self) -> dict[str, Any]: ...
-
-    async def stop(self, *, t: int | None = None) -> None: ...
-
-    async def kill(self) -> None: ...
-
-    async def delete(self, *, force: bool = False, v: bool = False) -> None: ...
-
-
-class Engine(Protocol):
-    """The few engine calls of ``status``, ``stop`` and ``logs``."""
-
-    async def listed(self, filters: str) -> list[tuple[Handle, dict[str, Any]]]:
-        """Every container (running or not) the label ``filters`` match, with its list
-        entry (``Id``, ``Labels``, ``State``...)."""
-        ...
-
-    async def output(self, handle: Handle) -> list[str]:
-        """Its output so far (stdout and stderr), as text."""
-        ...
-
-    def follow(self, handle: Handle) -> AsyncIterator[str]:
-        """Its output so far, then as it comes until it exits."""
-        ...
 
 
 class DockerEngine:
@@ -384,18 +352,33 @@ class JobContainers:
 
 
 class LocalBackend(JobContainers):
-    """Running jobs, on an open aiodocker connection (attach, wait and the rest)."""
+    """Running jobs (create, attach, start, wait and the rest) through an open
+    aiodocker connection, or through :class:`~caliban.platforms.local.quick.QuickDocker`
+    with its ``engine`` (a :class:`~caliban.platforms.local.quick.QuickEngine`)."""
 
     def __init__(
         self,
-        docker: aiodocker.Docker,
+        docker: Client,
         *,
         store_id: str,
         sink: Sink,
         force: anyio.Event | None = None,
+        engine: Engine | None = None,
     ) -> None:
-        super().__init__(DockerEngine(docker), store_id=store_id, sink=sink, force=force)
+        if engine is None:
+            engine = DockerEngine(cast("aiodocker.Docker", docker))
+        super().__init__(engine, store_id=store_id, sink=sink, force=force)
         self.docker = docker
+
+    def by_name(self, name: str) -> Container:
+        """A container by name, not looked up: the removal of one a create may have made."""
+        return self.docker.containers.container(name)
+
+    async def image_config(self, name: str) -> dict[str, Any]:
+        """The image's own Config (ENTRYPOINT, CMD...); an engine error if it is not there."""
+        info = await self.docker.images.inspect(name)
+        config: dict[str, Any] = info.get("Config") or {}
+        return config
 
     async def run(
         self,
@@ -421,7 +404,7 @@ class LocalBackend(JobContainers):
         ``adopt``: the job was planned by an earlier run that may have created
         its container already; use that container if it is there.
         """
-        container: aiodocker.docker.DockerContainer | None = None
+        container: Container | None = None
         # Set while a create is unanswered: the engine may make the container
         # anyway, and then only its name finds it.
         unanswered: str | None = None
@@ -463,7 +446,7 @@ class LocalBackend(JobContainers):
                 if container is not None:
                     await self._remove(container)
                 elif unanswered is not None:
-                    await self._remove(self.docker.containers.container(unanswered))
+                    await self._remove(self.by_name(unanswered))
             raise
         if reap is not None:
             reap(container)
@@ -472,30 +455,26 @@ class LocalBackend(JobContainers):
                 await self._remove(container)
         return outcome
 
-    async def create(
-        self, job: JobRecord, config: dict[str, Any]
-    ) -> aiodocker.docker.DockerContainer:
+    async def create(self, job: JobRecord, config: dict[str, Any]) -> Container:
         """Create a job's container from a finished ``config`` (a pre-warmed start)."""
         name = container_name(job.job_id)
         created = await self._create(job, config, name)
         if created is None:
             with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_GRACE + 20):
-                await self.discard(self.docker.containers.container(name))
+                await self.discard(self.by_name(name))
             raise BackendError(
                 f"the Docker engine did not create the container of job "
                 f"{job.short_id} within {ENGINE_ANSWER:.0f} s"
             )
         return created
 
-    async def start(self, container: aiodocker.docker.DockerContainer) -> None:
+    async def start(self, container: Container) -> None:
         await self._start(container)
 
-    async def result(self, container: aiodocker.docker.DockerContainer, job_id: str) -> Update:
+    async def result(self, container: Container, job_id: str) -> Update:
         return await self._result(container, job_id)
 
-    async def _create(
-        self, job: JobRecord, config: dict[str, Any], name: str
-    ) -> aiodocker.docker.DockerContainer | None:
+    async def _create(self, job: JobRecord, config: dict[str, Any], name: str) -> Container | None:
         """Create, waiting for the answer even when cancelled (for a bounded
         time, then None): a create cut short on our side still makes the
         container on the engine, and the cleanup needs its handle, not a guess."""
@@ -509,7 +488,7 @@ class LocalBackend(JobContainers):
                 ) from exc
         return None
 
-    async def _start(self, container: aiodocker.docker.DockerContainer) -> None:
+    async def _start(self, container: Container) -> None:
         """Start, shielded like :meth:`_create`: a removal racing a start in
         flight can be refused by the engine, which would leave the container."""
         with anyio.CancelScope(shield=True), anyio.move_on_after(ENGINE_ANSWER):
@@ -520,7 +499,7 @@ class LocalBackend(JobContainers):
             return
         raise BackendError(f"the Docker engine did not start {container.id[:12]} in time")
 
-    async def _result(self, container: aiodocker.docker.DockerContainer, job_id: str) -> Update:
+    async def _result(self, container: Container, job_id: str) -> Update:
         try:
             result = await container.wait()
         except errors() as exc:
@@ -529,7 +508,7 @@ class LocalBackend(JobContainers):
             raise
         return exit_update(job_id, int(result.get("StatusCode", -1)))
 
-    async def _existing(self, job_id: str) -> aiodocker.docker.DockerContainer | None:
+    async def _existing(self, job_id: str) -> Container | None:
         try:
             return await self.docker.containers.get(container_name(job_id))
         except errors() as exc:
@@ -539,7 +518,7 @@ class LocalBackend(JobContainers):
 
     async def _follow(
         self,
-        container: aiodocker.docker.DockerContainer,
+        container: Container,
         job: JobRecord,
         label: str,
         log_path: Path | None,

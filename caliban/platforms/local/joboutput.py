@@ -31,7 +31,7 @@ if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
 if TYPE_CHECKING:
-    import aiodocker
+    from caliban.platforms.local.engineapi import Container
 
 # Chunks waiting for the log writer, and how much one write takes at most.
 QUEUE_CHUNKS = 64
@@ -48,7 +48,7 @@ def open_log(path: Path) -> BinaryIO:
 
 
 async def pump(
-    container: aiodocker.docker.DockerContainer,
+    container: Container,
     *,
     start: Start | None,
     sink: Sink,
@@ -151,9 +151,7 @@ async def _open(path: Path) -> BinaryIO:
         ) from exc
 
 
-async def _attached(
-    container: aiodocker.docker.DockerContainer, start: Start, on_data: OnData
-) -> None:
+async def _attached(container: Container, start: Start, on_data: OnData) -> None:
     try:
         async with container.attach(stdout=True, stderr=True) as stream:
             await start()
@@ -164,7 +162,7 @@ async def _attached(
             raise
 
 
-async def _from_engine_log(container: aiodocker.docker.DockerContainer, on_data: OnData) -> None:
+async def _from_engine_log(container: Container, on_data: OnData) -> None:
     # aiodocker decodes the log endpoint's frames; what the json-file driver
     # stores is valid UTF-8 already, so encoding it again gives back its bytes.
     try:

@@ -38,7 +38,6 @@ from caliban.platforms.base import (
     Row,
 )
 from caliban.platforms.local.containers import (
-    Handle,
     JobContainers,
     LocalBackend,
     container_config,
@@ -47,6 +46,7 @@ from caliban.platforms.local.containers import (
 )
 from caliban.platforms.local.cpus import CpuInventory
 from caliban.platforms.local.cpus import detect as detect_cpus
+from caliban.platforms.local.engineapi import Handle
 from caliban.platforms.local.gate import asked as prewarm_asked
 from caliban.platforms.local.gate import open_gates
 from caliban.platforms.local.gpus import GpuInventory
@@ -225,13 +225,31 @@ class LocalPlatform:
         self._quick: JobContainers | None = None
 
     async def backend(self) -> LocalBackend:
+        """What runs jobs. On the engine's Unix socket with no aiodocker connection
+        open (a no-change build opens none), through the standard library
+        (:class:`~caliban.platforms.local.quick.QuickDocker`), so a sweep never waits
+        for aiodocker's import before its first container; else through aiodocker."""
         if self._backend is None:
-            self._backend = LocalBackend(
-                await self.ctx.docker(),
-                store_id=await self.ctx.store_id(),
-                sink=self.ctx.sink,
-                force=self.ctx.force,
-            )
+            store_id = await self.ctx.store_id()
+            path = self.ctx.engine_socket()
+            if path is None:
+                self._backend = LocalBackend(
+                    await self.ctx.docker(),
+                    store_id=store_id,
+                    sink=self.ctx.sink,
+                    force=self.ctx.force,
+                )
+            else:
+                from caliban.platforms.local.quick import QuickDocker, QuickEngine
+
+                client = QuickDocker(path)
+                self._backend = LocalBackend(
+                    client,
+                    store_id=store_id,
+                    sink=self.ctx.sink,
+                    force=self.ctx.force,
+                    engine=QuickEngine(path, client.limiter),
+                )
         return self._backend
 
     async def containers(self) -> JobContainers:
@@ -363,7 +381,7 @@ class LocalPlatform:
         )
 
     async def preflight(self, plan: LocalPlan, prepared: Prepared) -> None:
-        await self.ctx.docker()  # an engine first, then (the engine's caller) the store
+        await self.ctx.check_engine()  # an engine first, then (the engine's caller) the store
 
     def push_key(self, plan: LocalPlan) -> str | None:
         return None

@@ -15,14 +15,13 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiodocker
 import anyio
-from aiodocker.exceptions import DockerError
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from caliban.adapters.docker import errors
 from caliban.adapters.store import Planned
 from caliban.core.topology import Choice, format_cpu_list
 from caliban.errors import BackendError
@@ -43,6 +42,9 @@ from caliban.spec import JobRecord, JobState, Update
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
+if TYPE_CHECKING:
+    from caliban.platforms.local.engineapi import Container
+
 Plain = Callable[[Planned, Choice], Awaitable[None]]
 
 
@@ -51,7 +53,7 @@ class _Warm:
     planned: Planned
     label: str
     gate: gating.Gate
-    container: aiodocker.docker.DockerContainer | None = None
+    container: Container | None = None
     # The helper holds its gate open: a release can no longer be lost.
     armed: anyio.Event = field(default_factory=anyio.Event)
     released: anyio.Event = field(default_factory=anyio.Event)
@@ -84,16 +86,15 @@ class ImageConfigs:
     """Each image's own Config (its ENTRYPOINT and CMD), inspected once per sweep
     for all the slots."""
 
-    def __init__(self, docker: aiodocker.Docker) -> None:
-        self._docker = docker
+    def __init__(self, backend: LocalBackend) -> None:
+        self._backend = backend
         self._known: dict[str, dict[str, Any]] = {}
         self._lock = anyio.Lock()
 
     async def get(self, name: str) -> dict[str, Any]:
         async with self._lock:
             if name not in self._known:
-                info = await self._docker.images.inspect(name)
-                self._known[name] = info.get("Config") or {}
+                self._known[name] = await self._backend.image_config(name)
             return self._known[name]
 
 
@@ -129,7 +130,7 @@ class Slot:
         self.simulated_cpus = simulated_cpus
         self.plain = plain
         self.wave = wave or FirstWave(1)
-        self.images = images or ImageConfigs(backend.docker)
+        self.images = images or ImageConfigs(backend)
         self._arrived = False
 
     def _arrive(self) -> None:
@@ -212,7 +213,7 @@ class Slot:
             config = with_cpus(config, held.cpus, simulated=self.simulated_cpus, numa=held.numa)
             try:
                 image = await self.images.get(job.image)
-            except DockerError:
+            except errors():
                 return p  # the plain start reports what is wrong with the image
             gate = self.gates.make()
             gated = gating.gated_config(config, image, gate.directory)
@@ -267,7 +268,7 @@ class Slot:
                     if not unanswered:
                         raise
                     name = container_name(job.job_id)
-                    await self.backend.discard(self.backend.docker.containers.container(name))
+                    await self.backend.discard(self.backend.by_name(name))
                 elif warm.released.is_set():
                     await self.backend.remove(warm.container)
                 else:
@@ -301,9 +302,7 @@ class Slot:
         else:
             await self.backend.remove(container)
 
-    async def _follow(
-        self, warm: _Warm, container: aiodocker.docker.DockerContainer, start: joboutput.Start
-    ) -> Update:
+    async def _follow(self, warm: _Warm, container: Container, start: joboutput.Start) -> Update:
         """The container's output to its log until it exits, and how it exited.
         ``warm.over`` is set as soon as the helper says the job is over."""
         job = warm.planned.job

@@ -154,7 +154,7 @@ async def execute(
 
             wave = prewarm.FirstWave(workers)
             # Plain starts (no gates) never inspect an image here.
-            images = prewarm.ImageConfigs(backend.docker) if gates is not None else None
+            images = prewarm.ImageConfigs(backend) if gates is not None else None
             async with anyio.create_task_group() as tg:
                 for _ in range(workers):
                     if gates is None:
