@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 from caliban import events as ev
-from caliban.adapters.store import PlanItem
+from caliban.adapters.store import PlanItem, Planned
 from caliban.core.names import new_job_id
 from caliban.options import ProjectOptions, RunRequest
 from caliban.platforms.local.containers import LocalBackend, container_config
@@ -168,6 +168,44 @@ async def test_a_failed_create_fails_that_job_only(
     assert [j.state for j in jobs] == [JobState.SUCCEEDED, JobState.FAILED, JobState.SUCCEEDED]
     assert jobs[1].message is not None and "no such image" in jobs[1].message.lower()
     assert labelled_containers(**{"caliban.store": store.store_id}) == []
+
+
+async def test_a_same_named_container_that_is_not_the_job_s_is_never_adopted(
+    session: Session, make_project: MakeProject
+) -> None:
+    """A job left PLANNED by a crashed run is adopted through its container's name;
+    one of that name the job never made fails the job, and is left as it was."""
+    folder = make_project()
+    built = await session.build(ProjectOptions(folder=folder, entry="job.py"))
+    store = await session.store()
+    xgroup_id = await store.xgroup("impostor", "tester")
+    spec_id = await store.container_spec("local:test", built.tag, {}, "tester")
+    job_id = new_job_id()
+    body = container_config(image=built.tag, argv=["--tag", "x"], job_id=job_id,
+                            xgroup="impostor", store_id=store.store_id,
+                            base={"Labels": {TEST_LABEL: RUN_ID}})  # fmt: skip
+    (planned,) = await store.plan(
+        xgroup_id=xgroup_id, container_spec_id=spec_id, platform=Platform.LOCAL,
+        user="tester", items=[PlanItem(0, ("--tag", "x"), {"tag": "x"}, job_id, built.tag,
+                                       body, {})],
+    )  # fmt: skip
+    foreign = docker_cli(
+        "create", f"--name=caliban-{job_id}", f"--label={TEST_LABEL}={RUN_ID}",
+        "--label=someone.else=1", built.tag, "true",
+    ).strip()  # fmt: skip
+    seen: list[ev.Event] = []
+    backend = LocalBackend(await session.docker(), store_id=store.store_id, sink=seen.append)
+    run_id = await store.open_run(lease=60)
+    await store.claim(run_id, [job_id])
+    await execute([Planned("reconcile", planned.job)], backend=backend,
+                  run=StoreLaunch(store, seen.append, 1, run_id),
+                  max_parallel=1, inventory=None, gpus_per_job=0)  # fmt: skip
+    (job,) = await store.jobs(job_ids=[job_id])
+    assert job.state is JobState.FAILED, (job.state, job.message)
+    assert job.message is not None and "caliban did not make for job" in job.message
+    state = json.loads(docker_cli("inspect", foreign))[0]["State"]
+    assert state["Status"] == "created"  # neither started nor removed
+    docker_cli("rm", "-f", foreign)
 
 
 async def test_stop_removes_leftover_containers_of_finished_jobs(

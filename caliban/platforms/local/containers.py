@@ -414,7 +414,17 @@ class LocalBackend(JobContainers):
                 container = await self._existing(job.job_id)
                 if container is not None:
                     info = await container.show()
-                    if GATE_LABEL in (info["Config"].get("Labels") or {}):
+                    labels = info["Config"].get("Labels") or {}
+                    if labels.get(JOB_LABEL) != job.job_id:
+                        # The name is ours but the container is not this job's:
+                        # neither run nor removed (the except below removes ours).
+                        container = None
+                        raise BackendError(
+                            f"a container named {container_name(job.job_id)} exists that "
+                            f"caliban did not make for job {job.short_id}; rename or "
+                            "remove it, then run again"
+                        )
+                    if GATE_LABEL in labels:
                         # Pre-warmed by an earlier run for a job still PLANNED: its
                         # gate was never opened, and its GPUs were that run's.
                         await self.discard(container)
