@@ -286,6 +286,21 @@ def _record(row: Sequence[Any]) -> JobRecord:
     )
 
 
+# SQLite caps a statement's bound parameters: id lists are looked up this many at a time.
+_IN_CHUNK = 500
+
+
+async def _rows_in(db: aiosqlite.Connection, sql: str, ids: Sequence[str]) -> list[Sequence[Any]]:
+    """The rows of ``sql`` (whose ``{ids}`` is replaced by the placeholders) for every
+    id of ``ids``, asked :data:`_IN_CHUNK` ids at a time."""
+    rows: list[Sequence[Any]] = []
+    for first in range(0, len(ids), _IN_CHUNK):
+        chunk = ids[first : first + _IN_CHUNK]
+        async with db.execute(sql.format(ids=",".join("?" * len(chunk))), chunk) as cur:
+            rows += await cur.fetchall()
+    return rows
+
+
 # How long opening the store waits for other processes that hold it.
 OPEN_WAIT_SECONDS = 30.0
 
@@ -805,15 +820,9 @@ class Store:
         stamp = now()
         terminal = {s.value for s in JobState if s.terminal}
         async with self._tx() as db:
-            current: dict[str, str] = {}
             ids = list(dict.fromkeys(c[0] for c in changes))
-            for first in range(0, len(ids), 500):
-                chunk = ids[first : first + 500]
-                async with db.execute(
-                    f"SELECT id, state FROM jobs WHERE id IN ({','.join('?' * len(chunk))})",
-                    chunk,
-                ) as cur:
-                    current.update({str(r[0]): str(r[1]) for r in await cur.fetchall()})
+            found = await _rows_in(db, "SELECT id, state FROM jobs WHERE id IN ({ids})", ids)
+            current = {str(r[0]): str(r[1]) for r in found}
             updates: list[tuple[object, ...]] = []
             events: list[tuple[str, str, str, str | None]] = []
             for job_id, state, exit_code, message, platform_id, details in changes:
@@ -889,12 +898,12 @@ class Store:
             if not job_ids:
                 return []
             # SQLite caps bound parameters; look big id lists up in chunks.
-            if len(job_ids) > 500:
+            if len(job_ids) > _IN_CHUNK:
                 out: list[JobRecord] = []
-                for start in range(0, len(job_ids), 500):
+                for start in range(0, len(job_ids), _IN_CHUNK):
                     out += await self.jobs(
                         xgroup=xgroup,
-                        job_ids=job_ids[start : start + 500],
+                        job_ids=job_ids[start : start + _IN_CHUNK],
                         platform=platform,
                         states=states,
                         per_experiment=per_experiment,
@@ -924,15 +933,12 @@ class Store:
         """
         given = {r.job_id: r for r in records}
         ids = list(given)
-        rows: list[Sequence[Any]] = []
-        for first in range(0, len(ids), 500):
-            chunk = ids[first : first + 500]
-            async with self.db.execute(
-                "SELECT id, state, exit_code, message, platform_id, details, updated, created,"
-                f" rowid FROM jobs WHERE id IN ({','.join('?' * len(chunk))})",
-                chunk,
-            ) as cur:
-                rows += await cur.fetchall()
+        rows = await _rows_in(
+            self.db,
+            "SELECT id, state, exit_code, message, platform_id, details, updated, created,"
+            " rowid FROM jobs WHERE id IN ({ids})",
+            ids,
+        )
         rows.sort(key=lambda row: (row[7], row[8]))
         return [
             given[job_id].with_changes(
@@ -992,15 +998,9 @@ class Store:
         it reported none); jobs not read yet are absent."""
         out: dict[str, dict[str, Any] | None] = {}
         ids = list(dict.fromkeys(job_ids))
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            async with self.db.execute(
-                "SELECT job_id, metrics FROM job_metrics"
-                f" WHERE job_id IN ({','.join('?' * len(chunk))})",
-                chunk,
-            ) as cur:
-                for job_id, metrics in await cur.fetchall():
-                    out[str(job_id)] = None if metrics is None else json.loads(metrics)
+        sql = "SELECT job_id, metrics FROM job_metrics WHERE job_id IN ({ids})"
+        for job_id, metrics in await _rows_in(self.db, sql, ids):
+            out[str(job_id)] = None if metrics is None else json.loads(metrics)
         return out
 
     async def keep_metrics(self, found: Mapping[str, Mapping[str, Any] | None]) -> None:
@@ -1088,8 +1088,8 @@ class Store:
                     "UPDATE runs SET lease_until = ? WHERE id = ? AND ended IS NULL",
                     (_later(lease), run_id),
                 )
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
+            for start in range(0, len(ids), _IN_CHUNK):
+                chunk = ids[start : start + _IN_CHUNK]
                 marks = ",".join("?" * len(chunk))
                 async with db.execute(
                     f"SELECT id, claimed_by FROM jobs WHERE id IN ({marks})", chunk
@@ -1113,16 +1113,10 @@ class Store:
         """The live run holding each of ``job_ids``, for those a live run holds."""
         out: dict[str, RunOwner] = {}
         ids = list(dict.fromkeys(job_ids))
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            async with self.db.execute(
-                f"SELECT id, claimed_by FROM jobs WHERE claimed_by IS NOT NULL"
-                f" AND id IN ({','.join('?' * len(chunk))})",
-                chunk,
-            ) as cur:
-                current = {str(r[0]): str(r[1]) for r in await cur.fetchall()}
-            live = await self._live_owners(self.db, current.values())
-            out.update({j: live[o] for j, o in current.items() if o in live})
+        sql = "SELECT id, claimed_by FROM jobs WHERE claimed_by IS NOT NULL AND id IN ({ids})"
+        current = {str(r[0]): str(r[1]) for r in await _rows_in(self.db, sql, ids)}
+        live = await self._live_owners(self.db, set(current.values()))
+        out.update({j: live[o] for j, o in current.items() if o in live})
         return out
 
     async def holds(self, run_id: str, job_id: str) -> bool:

@@ -243,3 +243,32 @@ async def test_a_store_of_schema_2_gains_the_metrics_table(tmp_path: Path) -> No
         await store.keep_metrics({"j0": {"accuracy": 0.9}, "j1": None})
     async with Store(path) as store:
         assert await store.metrics(["j0", "j1", "nope"]) == {"j0": {"accuracy": 0.9}, "j1": None}
+
+
+async def test_lookups_of_more_ids_than_one_statement_takes(tmp_path: Path) -> None:
+    """Every lookup by a list of ids asks in chunks; 1,201 ids need three."""
+    n = 1201
+    async with Store(tmp_path / "c.db") as store:
+        xid = await store.xgroup("g", "alice")
+        sid = await store.container_spec("local:abc", "img:1", {"image": "img:1"}, "alice")
+        planned = await store.plan(
+            xgroup_id=xid, container_spec_id=sid, platform=Platform.LOCAL, user="alice",
+            items=_items(n),
+        )  # fmt: skip
+        ids = [p.job.job_id for p in planned]
+        changed = await store.transitions(
+            [(i, JobState.SUCCEEDED, 0, None, f"p{i}", None) for i in ids]
+        )
+        assert changed == n
+        fresh = await store.current([p.job for p in planned])
+        assert [j.job_id for j in fresh] == ids
+        assert {j.state for j in fresh} == {JobState.SUCCEEDED}
+        assert [j.platform_id for j in fresh] == [f"p{i}" for i in ids]
+        await store.keep_metrics({i: {"loss": k} for k, i in enumerate(ids)})
+        kept = await store.metrics(ids)
+        assert len(kept) == n and kept[ids[-1]] == {"loss": n - 1}
+        run_id = await store.open_run(lease=60)
+        claim = await store.claim(run_id, ids)
+        assert claim.claimed == frozenset(ids) and not claim.held
+        owners = await store.owners(ids)
+        assert set(owners) == set(ids) and {o.run_id for o in owners.values()} == {run_id}
