@@ -227,49 +227,45 @@ async def attach(path: str, where: str) -> AsyncIterator[AsyncIterator[bytes]]:
             await body.aclose()
 
 
-async def ping(path: str) -> None:
-    """That an engine answers on the socket at ``path`` (:class:`EngineUnavailable`
-    if not), as aiodocker's connect checks it."""
+async def _get(path: str, where: str) -> tuple[int, bytes]:
+    """``GET where``'s status and whole body, within :data:`_TIMEOUT`; an engine that
+    does not answer, or cuts the answer off, is :class:`EngineUnavailable`."""
     try:
         with anyio.fail_after(_TIMEOUT):
-            async with _exchange(path, "GET", "/_ping", None) as response:
-                answer = await response.read()
-        if response.status >= 400:
-            raise _error(response.status, answer)
+            async with _exchange(path, "GET", where, None) as response:
+                return response.status, await response.read()
     except TimeoutError as exc:
         raise EngineUnavailable(f"unix://{path}: no answer in {_TIMEOUT:g} s") from exc
-    except EngineError as exc:
-        raise EngineUnavailable(f"unix://{path}: {exc.message}") from exc
     except _CUT as exc:
         raise EngineUnavailable(
             f"unix://{path}: answer cut off ({exc or type(exc).__name__})"
         ) from exc
+
+
+async def ping(path: str) -> None:
+    """That an engine answers on the socket at ``path`` (:class:`EngineUnavailable`
+    if not), as aiodocker's connect checks it."""
+    status, answer = await _get(path, "/_ping")
+    if status >= 400:
+        raise EngineUnavailable(f"unix://{path}: {_error(status, answer).message}")
 
 
 async def inspect_image(path: str, ref: str) -> dict[str, Any] | None:
     """``GET /images/{ref}/json`` on the socket at ``path``: the image, or None if it
     does not exist."""
-    where = f"/images/{urllib.parse.quote(ref, safe='')}/json"
-    try:
-        with anyio.fail_after(_TIMEOUT):
-            async with _exchange(path, "GET", where, None) as response:
-                body = await response.read()
-    except TimeoutError as exc:
-        raise EngineUnavailable(f"unix://{path}: no answer in {_TIMEOUT:g} s") from exc
-    except _CUT as exc:
-        raise EngineUnavailable(
-            f"unix://{path}: answer cut off ({exc or type(exc).__name__})"
-        ) from exc
-    if response.status == 404:
+    status, body = await _get(path, f"/images/{urllib.parse.quote(ref, safe='')}/json")
+    if status == 404:
         return None
     try:
         data = json.loads(body)
     except ValueError:
         data = None
-    if response.status != 200 or not isinstance(data, dict):
-        message = data.get("message") if isinstance(data, dict) else body[:200].decode("replace")
+    if status != 200 or not isinstance(data, dict):
+        message = (
+            data.get("message") if isinstance(data, dict) else body[:200].decode("utf-8", "replace")
+        )
         raise BackendError(
-            f"Docker engine: image inspect of {ref}: {response.status} {message}".rstrip(),
-            status=response.status,
+            f"Docker engine: image inspect of {ref}: {status} {message}".rstrip(),
+            status=status,
         )
     return data

@@ -18,7 +18,7 @@ from anyio.abc import SocketStream
 
 from caliban.adapters import enginequick
 from caliban.adapters.enginequick import EngineError, target
-from caliban.errors import EngineUnavailable
+from caliban.errors import BackendError, EngineUnavailable
 from caliban.platforms.local.quick import QuickContainer
 
 Answer = Callable[[bytes], bytes]
@@ -192,3 +192,17 @@ def test_query_values_are_sent_as_aiodocker_sends_them() -> None:
     where = target("/containers/json", all=True, follow=False, t=10, skip=None)
     assert where == "/containers/json?all=1&follow=0&t=10"
     assert target("/x") == "/x"
+
+
+async def test_an_inspect_answered_with_text_is_an_error_naming_it(tmp_path: Path) -> None:
+    answer = http("500 Internal Server Error", b"engine \xffbroke", "Content-Length: 13")
+    async with server(tmp_path, lambda _: answer) as (path, _):
+        with pytest.raises(BackendError, match=r"image inspect of img:1: 500 engine .*broke"):
+            await enginequick.inspect_image(path, "img:1")
+
+
+async def test_a_ping_answered_with_an_error_is_an_engine_unavailable(tmp_path: Path) -> None:
+    answer = http("500 Internal Server Error", b'{"message": "down"}', "Content-Length: 19")
+    async with server(tmp_path, lambda _: answer) as (path, _):
+        with pytest.raises(EngineUnavailable, match=r"engine\.sock: down"):
+            await enginequick.ping(path)
