@@ -242,13 +242,8 @@ class JobRecord:
         unknown = changes.keys() - _CHANGEABLE
         if unknown:
             raise TypeError(f"not a field of JobRecord other than spec: {sorted(unknown)}")
-        text = self.spec_json()
-        record = object.__new__(type(self))
-        record.__dict__.update(self.__dict__)
-        record.__dict__.update(changes)
-        record.__dict__["spec"] = _SpecJSON(text)
-        record.__dict__[_SPEC_TEXT] = text
-        return record
+        kept = {k: v for k, v in self.__dict__.items() if k not in ("spec", _SPEC_TEXT)}
+        return type(self).from_row(self.spec_json(), {**kept, **changes})
 
     def spec_json(self) -> str:
         """The spec as compact JSON text: the store's own text when this record was
