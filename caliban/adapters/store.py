@@ -942,11 +942,11 @@ class Store:
         rows.sort(key=lambda row: (row[7], row[8]))
         return [
             given[job_id].with_changes(
-                state=JobState(state),
+                state=_STATES[state],
                 exit_code=exit_code,
                 message=message,
                 platform_id=platform_id,
-                details=json.loads(details),
+                details=_loads(details),
                 updated=updated,
             )
             for job_id, state, exit_code, message, platform_id, details, updated, _, _ in rows

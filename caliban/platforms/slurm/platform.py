@@ -239,7 +239,9 @@ class SlurmPlatform:
             image, digest = plan.image, str(info.get("Id", ""))
         plan.run_image = image
         if plan.runtime == "oci":
-            await self._bundle(plan, image, info or await self._inspect(image))
+            await self._bundle(
+                plan, image, info if info is not None else await self._inspect(image)
+            )
         elif plan.cluster.host is not None:
             plan.archive = await self._export(plan, image, digest)
         return Published(image=image, digest=digest, images={"": image})
